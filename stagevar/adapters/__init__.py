@@ -1,0 +1,34 @@
+"""Model-family adapters and the lookup from a model object to its adapter."""
+from __future__ import annotations
+
+from typing import Any, List, Type
+
+from .base import Adapter, UnsupportedModelError
+from .var import VARAdapter
+
+ADAPTERS: List[Type[Adapter]] = [VARAdapter]
+
+
+def adapter_for(model: Any) -> Adapter:
+    """The adapter of the first family whose attribute names ``model`` has.
+
+    Raises:
+        UnsupportedModelError: naming, per known family, the attributes the object lacks.
+    """
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
+        raise UnsupportedModelError(
+            f"stagevar.accelerate expects a loaded torch.nn.Module (a VAR model instance), got {type(model).__name__}")
+    reasons = []
+    for cls in ADAPTERS:
+        missing = cls.missing(model)
+        if not missing:
+            return cls(model)
+        reasons.append(f"{cls.family}: missing {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    raise UnsupportedModelError(
+        f"{type(model).__name__} is not a model stagevar supports (FoundationVision VAR interface). "
+        + "; ".join(reasons) + ". Pass the transformer itself (e.g. the VAR returned by build_vae_var), not a wrapper.")
+
+
+__all__ = ["Adapter", "UnsupportedModelError", "VARAdapter", "adapter_for", "ADAPTERS"]

@@ -1,0 +1,135 @@
+"""What the engine may ask of a model family.
+
+An adapter is the only code that knows a family's attribute names. The engine drives the scale
+loop through these methods and never touches the model directly.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+
+class UnsupportedModelError(TypeError):
+    """The object is not a model stagevar knows how to accelerate."""
+
+
+def missing_attributes(model: Any, names: Sequence[str]) -> List[str]:
+    """The dotted attribute paths in ``names`` that ``model`` lacks."""
+    missing = []
+    for name in names:
+        obj = model
+        for part in name.split("."):
+            if not hasattr(obj, part):
+                missing.append(name)
+                break
+            obj = getattr(obj, part)
+    return missing
+
+
+class Adapter:
+    """Base class of model-family adapters.
+
+    Per call, :meth:`begin` returns a state object that holds everything the call needs; the
+    adapter itself holds only the model, so nothing carries from one call into the next.
+    """
+
+    family: str = "?"
+    entry_point: str = "autoregressive_infer_cfg"
+    required: Tuple[str, ...] = ()
+    default_preset: str = "none"
+    default_unit_blocks: int = 1
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @classmethod
+    def missing(cls, model: Any) -> List[str]:
+        return missing_attributes(model, cls.required)
+
+    # -- static facts ---------------------------------------------------------------------
+    def blocks(self) -> List[nn.Module]:
+        """Transformer blocks in execution order."""
+        raise NotImplementedError
+
+    def default_schedule(self) -> Optional[List[Tuple[int, int]]]:
+        """The ``(h, w)`` schedule the model runs when the call does not choose one (or None)."""
+        raise NotImplementedError
+
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    # -- one call ----------------------------------------------------------------------------
+    def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> Any:
+        """Bind the call's arguments, prepare the first scale's input, turn caches on.
+
+        ``cache_condition``: compute per-block condition projections once per call (exact).
+        """
+        raise NotImplementedError
+
+    def schedule(self, st: Any) -> List[Tuple[int, int]]:
+        """The ``(h, w)`` schedule of this call."""
+        raise NotImplementedError
+
+    def g_seed(self, st: Any) -> Optional[int]:
+        """The call's seed (None when the call is unseeded)."""
+        raise NotImplementedError
+
+    def scale_input(self, st: Any, si: int) -> torch.Tensor:
+        """``(rows, M, C)`` input of scale ``si``."""
+        raise NotImplementedError
+
+    def run_block(self, st: Any, block: nn.Module, x: torch.Tensor, si: int,
+                  positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run one block on ``x`` (``(rows, n, C)``); ``positions`` ``(rows, n)`` are the scale-local
+        positions of the ``n`` tokens when they are not ``0..M-1`` (low-rank units)."""
+        raise NotImplementedError
+
+    def keep_rows(self, st: Any, branch: str) -> None:
+        """Cut every per-row tensor (KV caches, condition, text K/V, next input) to one branch."""
+        raise NotImplementedError
+
+    def predict(self, st: Any, si: int, x: torch.Tensor) -> None:
+        """Logits, guidance, sampling, and the next scale's input from scale ``si``'s output."""
+        raise NotImplementedError
+
+    def skip(self, st: Any, si: int) -> None:
+        """Scale ``si`` is not run: prepare the next input from what was generated so far."""
+        raise NotImplementedError
+
+    def finish(self, st: Any) -> Any:
+        """Decode and return exactly what the original entry point returns."""
+        raise NotImplementedError
+
+    def end(self, st: Any) -> None:
+        """Always called (in a ``finally``): caches off and emptied."""
+        raise NotImplementedError
+
+    def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
+        """Per block ``(rows, tokens)`` held in its self-attention KV cache (None if empty)."""
+        raise NotImplementedError
+
+
+def select_rows(t: torch.Tensor, B: int, branch: str) -> torch.Tensor:
+    """Rows of one CFG branch from a ``2B``-row tensor: ``[:B]`` cond, ``[B:]`` uncond."""
+    if t.shape[0] != 2 * B:
+        raise RuntimeError(f"expected {2 * B} rows (B={B}, both CFG branches), found {t.shape[0]}")
+    return t[:B] if branch == "cond" else t[B:]
+
+
+class MemoizedCondition(nn.Module):
+    """Wraps a condition projection (e.g. a block's ``ada_lin``) for one call: the output for
+    the last input tensor object is reused, so the projection runs once per distinct condition
+    instead of once per scale. Exact: the same module on the same tensor."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self._key: Optional[torch.Tensor] = None
+        self._value: Optional[torch.Tensor] = None
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        if cond is not self._key:
+            self._key, self._value = cond, self.inner(cond)
+        return self._value

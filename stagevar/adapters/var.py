@@ -1,0 +1,202 @@
+"""FoundationVision VAR (``models/var.py``, class ``VAR``), duck-typed on its attribute names."""
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models import helpers as _own_helpers
+from .base import Adapter, MemoizedCondition, select_rows
+
+
+@dataclass
+class _VARCall:
+    B: int
+    cfg: float
+    top_k: int
+    top_p: float
+    more_smooth: bool
+    g_seed: Optional[int]
+    rng: Optional[torch.Generator]
+    cond_BD: torch.Tensor          # (rows, D) class embedding; rows = 2B until one branch is kept
+    cond_BD_or_gss: torch.Tensor   # what the blocks take: cond_BD or shared_ada_lin(cond_BD)
+    lvl_pos: torch.Tensor          # (1, L, C) level + absolute position embedding
+    next_x: torch.Tensor           # (rows, M, C) input of the next scale to run
+    f_hat: torch.Tensor            # (B, Cvae, H, W) accumulated latent
+    branch: str = "both"
+
+
+def _token_dim(attn: nn.Module) -> int:
+    """Token dim of ``attn``'s KV cache: 1 under flash-attn/xformers (BLHc), 2 under SDPA (BHLc).
+
+    Upstream picks flash only for non-fp32 tensors, so decide from the cached dtype as it does.
+    """
+    k = attn.cached_k
+    if getattr(attn, "using_xform", False):
+        return 1
+    if getattr(attn, "using_flash", False) and k is not None and k.dtype != torch.float32:
+        return 1
+    return 2
+
+
+class VARAdapter(Adapter):
+    family = "var"
+    required = ("patch_nums", "blocks", "class_emb", "num_classes", "pos_start", "pos_1LC", "lvl_embed", "lvl_1L",
+                "word_embed", "shared_ada_lin", "get_logits", "vae_quant_proxy", "vae_proxy", "Cvae", "first_l",
+                "autoregressive_infer_cfg")
+    default_unit_blocks = 1
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        for i, b in enumerate(model.blocks):
+            if not hasattr(b, "attn") or not hasattr(b.attn, "kv_caching"):
+                raise TypeError(f"VAR block {i} has no attn.kv_caching(); stagevar needs upstream's AdaLNSelfAttn blocks")
+        self._signature = inspect.signature(type(model).autoregressive_infer_cfg)
+        module = sys.modules.get(type(model).__module__)
+        # The model's own sampling helpers (imported into its module upstream), else ours.
+        self._sample = getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_)
+        self._gumbel = getattr(module, "gumbel_softmax_with_rng", _own_helpers.gumbel_softmax_with_rng)
+
+    @property
+    def default_preset(self) -> str:  # type: ignore[override]
+        depth = len(self.model.blocks)
+        return f"var-d{depth}" if depth in (16, 20, 24, 30, 36) else "var-d16"
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.model.blocks)
+
+    def default_schedule(self) -> List[Tuple[int, int]]:
+        return [(pn, pn) for pn in self.model.patch_nums]
+
+    def schedule(self, st: _VARCall) -> List[Tuple[int, int]]:
+        return self.default_schedule()
+
+    def device(self) -> torch.device:
+        return self.model.lvl_1L.device
+
+    def g_seed(self, st: _VARCall) -> Optional[int]:
+        return st.g_seed
+
+    # ------------------------------------------------------------------------------------------
+    def _generator(self, g_seed: Optional[int]) -> Optional[torch.Generator]:
+        if g_seed is None:
+            return None
+        rng = getattr(self.model, "rng", None)
+        device = self.device()
+        if not isinstance(rng, torch.Generator) or rng.device.type != device.type:
+            # upstream creates `rng` on CUDA whenever CUDA is visible; a CPU model cannot use it.
+            rng = torch.Generator(device=device)
+        rng.manual_seed(g_seed)
+        return rng
+
+    def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> _VARCall:
+        m = self.model
+        try:
+            bound = self._signature.bind(m, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"autoregressive_infer_cfg{self._signature}: {e}") from None
+        bound.apply_defaults()
+        a = bound.arguments
+        B, label_B = int(a["B"]), a["label_B"]
+        rng = self._generator(a.get("g_seed"))
+        device = self.device()
+        if label_B is None:
+            label_B = torch.multinomial(m.uniform_prob, num_samples=B, replacement=True, generator=rng).reshape(B)
+        elif isinstance(label_B, int):
+            label_B = torch.full((B,), fill_value=m.num_classes if label_B < 0 else label_B, device=device)
+        if label_B.shape[0] != B:
+            raise ValueError(f"label_B has {label_B.shape[0]} labels but B={B}")
+        sos = cond_BD = m.class_emb(torch.cat((label_B, torch.full_like(label_B, fill_value=m.num_classes)), dim=0))
+        lvl_pos = m.lvl_embed(m.lvl_1L) + m.pos_1LC
+        first = (sos.unsqueeze(1).expand(2 * B, m.first_l, -1) + m.pos_start.expand(2 * B, m.first_l, -1)
+                 + lvl_pos[:, :m.first_l])
+        f_hat = sos.new_zeros(B, m.Cvae, m.patch_nums[-1], m.patch_nums[-1])
+        st = _VARCall(B=B, cfg=a.get("cfg", 1.5), top_k=a.get("top_k", 0), top_p=a.get("top_p", 0.0),
+                      more_smooth=bool(a.get("more_smooth", False)), g_seed=a.get("g_seed"), rng=rng,
+                      cond_BD=cond_BD, cond_BD_or_gss=cond_BD, lvl_pos=lvl_pos, next_x=first, f_hat=f_hat)
+        for b in m.blocks:
+            b.attn.kv_caching(True)
+            if cache_condition and isinstance(getattr(b, "ada_lin", None), nn.Module) and not getattr(b, "shared_aln", False):
+                b.ada_lin = MemoizedCondition(b.ada_lin)
+        st.cond_BD_or_gss = m.shared_ada_lin(cond_BD)
+        return st
+
+    def scale_input(self, st: _VARCall, si: int) -> torch.Tensor:
+        return st.next_x
+
+    def run_block(self, st: _VARCall, block: nn.Module, x: torch.Tensor, si: int,
+                  positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # VAR's positions are absolute embeddings already added to x: nothing to do with `positions`.
+        return block(x=x, cond_BD=st.cond_BD_or_gss, attn_bias=None)
+
+    def keep_rows(self, st: _VARCall, branch: str) -> None:
+        for b in self.model.blocks:
+            attn = b.attn
+            if attn.cached_k is not None:
+                attn.cached_k = select_rows(attn.cached_k, st.B, branch)
+                attn.cached_v = select_rows(attn.cached_v, st.B, branch)
+        st.cond_BD = select_rows(st.cond_BD, st.B, branch)
+        st.cond_BD_or_gss = select_rows(st.cond_BD_or_gss, st.B, branch)
+        st.next_x = select_rows(st.next_x, st.B, branch)
+        st.branch = branch
+
+    def _offset(self, si: int) -> int:
+        return sum(pn * pn for pn in self.model.patch_nums[:si])
+
+    def _next_input(self, st: _VARCall, si: int, next_map: torch.Tensor) -> None:
+        m = self.model
+        if si == len(m.patch_nums) - 1:
+            return
+        x = next_map.view(st.B, m.Cvae, -1).transpose(1, 2)
+        begin = self._offset(si + 1)
+        x = m.word_embed(x) + st.lvl_pos[:, begin:begin + m.patch_nums[si + 1] ** 2]
+        st.next_x = x.repeat(2, 1, 1) if st.branch == "both" else x
+
+    def predict(self, st: _VARCall, si: int, x: torch.Tensor) -> None:
+        m = self.model
+        K = len(m.patch_nums)
+        pn = m.patch_nums[si]
+        ratio = si / (K - 1) if K > 1 else 0.0
+        logits_BlV = m.get_logits(x, st.cond_BD)
+        if st.branch == "both":
+            t = st.cfg * ratio
+            logits_BlV = (1 + t) * logits_BlV[:st.B] - t * logits_BlV[st.B:]
+        # one branch: the kept rows' own logits (uncond: CFG weight 0, as in the paper)
+        idx_Bl = self._sample(logits_BlV, rng=st.rng, top_k=st.top_k, top_p=st.top_p, num_samples=1)[:, :, 0]
+        quant = m.vae_quant_proxy[0]
+        if not st.more_smooth:
+            h_BChw = quant.embedding(idx_Bl)
+        else:
+            gum_t = max(0.27 * (1 - ratio * 0.95), 0.005)
+            h_BChw = self._gumbel(logits_BlV.mul(1 + ratio), tau=gum_t, hard=False, dim=-1, rng=st.rng) \
+                @ quant.embedding.weight.unsqueeze(0)
+        h_BChw = h_BChw.transpose_(1, 2).reshape(st.B, m.Cvae, pn, pn)
+        st.f_hat, next_map = quant.get_next_autoregressive_input(si, K, st.f_hat, h_BChw)
+        self._next_input(st, si, next_map)
+
+    def skip(self, st: _VARCall, si: int) -> None:
+        m = self.model
+        if si < len(m.patch_nums) - 1:
+            nxt = m.patch_nums[si + 1]
+            self._next_input(st, si, F.interpolate(st.f_hat, size=(nxt, nxt), mode="area"))
+
+    def finish(self, st: _VARCall) -> torch.Tensor:
+        return self.model.vae_proxy[0].fhat_to_img(st.f_hat).add_(1).mul_(0.5)
+
+    def end(self, st: Any) -> None:
+        for b in self.model.blocks:
+            b.attn.kv_caching(False)
+            if isinstance(getattr(b, "ada_lin", None), MemoizedCondition):
+                b.ada_lin = b.ada_lin.inner
+
+    def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
+        out = []
+        for b in self.model.blocks:
+            k = b.attn.cached_k
+            out.append(None if k is None else (k.shape[0], k.shape[_token_dim(b.attn)]))
+        return out

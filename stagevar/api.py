@@ -1,0 +1,127 @@
+"""accelerate / restore / accelerated / report: attaching the engine to a model instance."""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Union
+
+from .adapters import adapter_for
+from .config import ConfigError, StageVARConfig
+from .engine import Engine
+from .presets import preset
+from .report import Report
+
+_ATTR = "_stagevar"
+_MISSING = object()
+
+
+@dataclass
+class _Patch:
+    """Everything stagevar adds to a model instance, in one attribute."""
+
+    engine: Engine
+    entry_point: str
+    saved: Any  # the instance attribute we replaced, or _MISSING when the class method was in use
+
+
+def _config(config: Union[None, str, StageVARConfig], default_name: str) -> StageVARConfig:
+    if config is None:
+        return preset(default_name)
+    if isinstance(config, str):
+        return preset(config)
+    if isinstance(config, dict):
+        return StageVARConfig.from_dict(config)
+    if not isinstance(config, StageVARConfig):
+        raise ConfigError(f"config must be a StageVARConfig, a preset name or a dict, got {type(config).__name__}")
+    return config
+
+
+def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None) -> Any:
+    """Patch ``model`` (this instance only) to generate with StageVAR.
+
+    The model's generation method (``autoregressive_infer_cfg``) is replaced on the instance by
+    one with the same signature and return value. Calling ``accelerate`` again re-configures;
+    :func:`restore` puts the original back.
+
+    Args:
+        model: a loaded model with a supported interface (FoundationVision ``VAR``).
+        config: a :class:`StageVARConfig`, a preset name, or None for the family's default preset.
+
+    Returns:
+        ``model``.
+
+    Raises:
+        UnsupportedModelError: ``model`` has no supported interface (names what is missing).
+        ConfigError: the config is invalid for this model (says what to change). The model is
+            left as it was.
+    """
+    patch: Optional[_Patch] = getattr(model, _ATTR, None)
+    adapter = patch.engine.adapter if patch is not None else adapter_for(model)
+    cfg = _config(config, adapter.default_preset)
+    engine = Engine(adapter, cfg)
+    schedule = adapter.default_schedule()
+    if schedule is not None:
+        engine.plan_for(schedule)  # validate against the model now, before anything is patched
+    if patch is not None:
+        patch.engine = engine
+        return model
+
+    entry = adapter.entry_point
+    saved = model.__dict__.get(entry, _MISSING)
+    original = getattr(type(model), entry)
+
+    @functools.wraps(original)
+    def accelerated_entry(*args, **kwargs):
+        return getattr(model, _ATTR).engine(*args, **kwargs)
+
+    object.__setattr__(model, _ATTR, _Patch(engine=engine, entry_point=entry, saved=saved))
+    object.__setattr__(model, entry, accelerated_entry)
+    return model
+
+
+def restore(model: Any) -> Any:
+    """Undo :func:`accelerate`: the original generation method back, exactly. No-op if not patched."""
+    patch: Optional[_Patch] = getattr(model, _ATTR, None)
+    if patch is None:
+        return model
+    if patch.saved is _MISSING:
+        object.__delattr__(model, patch.entry_point)
+    else:
+        object.__setattr__(model, patch.entry_point, patch.saved)
+    object.__delattr__(model, _ATTR)
+    return model
+
+
+def is_accelerated(model: Any) -> bool:
+    return getattr(model, _ATTR, None) is not None
+
+
+def current_config(model: Any) -> Optional[StageVARConfig]:
+    """The config ``model`` is accelerated with, or None."""
+    patch = getattr(model, _ATTR, None)
+    return None if patch is None else patch.engine.config
+
+
+@contextlib.contextmanager
+def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None) -> Iterator[Any]:
+    """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config)."""
+    before = current_config(model)
+    accelerate(model, config)
+    try:
+        yield model
+    finally:
+        if before is None:
+            restore(model)
+        else:
+            accelerate(model, before)
+
+
+def report(model: Any) -> Report:
+    """Per-scale statistics of the model's last accelerated call."""
+    patch = getattr(model, _ATTR, None)
+    if patch is None:
+        raise RuntimeError("stagevar.report: this model is not accelerated; call stagevar.accelerate(model) first")
+    if patch.engine.last_report is None:
+        raise RuntimeError("stagevar.report: no accelerated generation has run yet with the current config")
+    return patch.engine.last_report

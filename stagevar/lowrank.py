@@ -1,0 +1,109 @@
+"""Low-rank operations of StageVAR as pure tensor functions.
+
+A unit of blocks runs on ``r`` tokens instead of the scale's ``M``:
+
+1. ``idx_Br = representative_indices(x_BMC, r, gen)`` -- positions sampled without
+   replacement with probability proportional to ``||x_i||^2``;
+2. ``x_BrC = project(x_BMC, r, kind, idx_Br, gen)`` -- random projection ``Q^T x`` (Gaussian
+   or orthogonal ``Q``) or the representative tokens themselves (``"sample"``);
+3. the unit runs on ``x_BrC``;
+4. ``out_BMC = restore(prev_BChw, out_BrC, idx_Br, (h, w))`` -- the same unit's output at the
+   previous scale, area-interpolated to ``h x w``, with row ``j`` of the unit's ``r`` outputs
+   written to position ``idx_Br[:, j]``.
+
+Nothing here knows a model. Randomness comes only from the generator passed in.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["representative_indices", "projection_matrix", "project", "restore", "tokens_to_map"]
+
+
+def representative_indices(x_BMC: torch.Tensor, r: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Sample ``r`` of ``M`` positions per row, without replacement, with ``p_i ∝ ||x_i||^2``.
+
+    Args:
+        x_BMC: ``(B, M, C)`` tokens.
+        r: positions to keep, ``1 <= r <= M``.
+        generator: source of randomness (on ``x_BMC.device``).
+
+    Returns:
+        ``(B, r)`` int64 indices, distinct within each row.
+    """
+    B, M, _ = x_BMC.shape
+    if not 1 <= r <= M:
+        raise ValueError(f"rank r={r} must be in [1, M={M}]")
+    w_BM = x_BMC.float().pow(2).sum(-1)
+    # A tiny floor keeps multinomial valid when some (or all) tokens are exactly zero.
+    w_BM = w_BM + w_BM.amax(dim=-1, keepdim=True).clamp_min(1e-30) * 1e-12
+    return torch.multinomial(w_BM, r, replacement=False, generator=generator)
+
+
+def projection_matrix(M: int, r: int, kind: str, generator: Optional[torch.Generator],
+                      device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A projection ``Q`` of shape ``(M, r)``.
+
+    ``"gaussian"``: i.i.d. ``N(0, 1/r)`` entries (the paper's random projection, not
+    orthogonalised). ``"orthogonal"``: the Gaussian draw with orthonormal columns (QR).
+    """
+    Q_Mr = torch.randn(M, r, generator=generator, device=device, dtype=torch.float32)
+    if kind == "gaussian":
+        Q_Mr = Q_Mr / (r ** 0.5)
+    elif kind == "orthogonal":
+        Q_Mr, R = torch.linalg.qr(Q_Mr)
+        Q_Mr = Q_Mr * torch.sign(torch.diagonal(R)).unsqueeze(0)  # unique, sign-fixed factor
+    else:
+        raise ValueError(f"unknown projection kind {kind!r}; expected 'gaussian' or 'orthogonal'")
+    return Q_Mr.to(dtype)
+
+
+def project(x_BMC: torch.Tensor, r: int, kind: str, idx_Br: torch.Tensor,
+            generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Reduce ``M`` tokens to ``r``.
+
+    Args:
+        x_BMC: ``(B, M, C)`` unit input.
+        r: tokens to produce.
+        kind: ``"gaussian"`` / ``"orthogonal"`` (``Q^T x`` with one ``Q`` of shape ``(M, r)``
+            shared by all rows, computed in fp32) or ``"sample"`` (``x[:, idx_Br]``).
+        idx_Br: ``(B, r)`` representative positions (used by ``"sample"``).
+        generator: draws ``Q``.
+
+    Returns:
+        ``(B, r, C)`` in ``x_BMC``'s dtype.
+    """
+    if kind == "sample":
+        return torch.gather(x_BMC, 1, idx_Br.unsqueeze(-1).expand(-1, -1, x_BMC.shape[-1]))
+    Q_Mr = projection_matrix(x_BMC.shape[1], r, kind, generator, x_BMC.device)
+    return torch.einsum("mr,bmc->brc", Q_Mr, x_BMC.float()).to(x_BMC.dtype)
+
+
+def tokens_to_map(x_BMC: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """``(B, h*w, C)`` row-major tokens to a ``(B, C, h, w)`` map."""
+    B, M, C = x_BMC.shape
+    h, w = hw
+    if M != h * w:
+        raise ValueError(f"{M} tokens do not form a {h}x{w} map")
+    return x_BMC.transpose(1, 2).reshape(B, C, h, w)
+
+
+def restore(prev_BChw: torch.Tensor, out_BrC: torch.Tensor, idx_Br: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """Representative token restoration.
+
+    Args:
+        prev_BChw: ``(B, C, h', w')`` the unit's output at the previous scale.
+        out_BrC: ``(B, r, C)`` the unit's output on the reduced tokens.
+        idx_Br: ``(B, r)`` positions (row-major in ``h x w``) that receive ``out_BrC``.
+        hw: the current ``(h, w)``.
+
+    Returns:
+        ``(B, h*w, C)``: area-interpolated ``prev_BChw`` with ``out_BrC[:, j]`` at ``idx_Br[:, j]``.
+    """
+    B, C = prev_BChw.shape[:2]
+    base_BChw = F.interpolate(prev_BChw.float(), size=tuple(hw), mode="area").to(out_BrC.dtype)
+    base_BMC = base_BChw.reshape(B, C, -1).transpose(1, 2).contiguous()
+    return base_BMC.scatter(1, idx_Br.unsqueeze(-1).expand(-1, -1, C), out_BrC)

@@ -1,0 +1,87 @@
+"""Per-scale statistics of one generation call."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import List, Tuple
+
+
+@dataclass
+class ScaleStats:
+    """What ran at one scale.
+
+    ``tokens`` holds, per low-rank unit, the tokens that unit computed (``M`` when intact);
+    ``rows`` is the batch rows run (``2B`` with CFG, ``B`` with one branch, 0 when skipped).
+    """
+
+    index: int
+    hw: Tuple[int, int]
+    mode: str
+    rows: int
+    tokens: Tuple[int, ...]
+    time_s: float
+
+    @property
+    def M(self) -> int:
+        return self.hw[0] * self.hw[1]
+
+    @property
+    def token_rows(self) -> float:
+        """Rows times the mean tokens per unit: the scale's share of transformer work."""
+        return self.rows * (sum(self.tokens) / len(self.tokens)) if self.tokens else 0.0
+
+
+@dataclass
+class Report:
+    """Statistics of the last accelerated call: a printable table and :meth:`to_dict`."""
+
+    config_name: str
+    batch_size: int
+    device: str
+    scales: List[ScaleStats] = field(default_factory=list)
+    loop_s: float = 0.0
+    decode_s: float = 0.0
+    skipping: bool = False
+
+    @property
+    def total_s(self) -> float:
+        return self.loop_s + self.decode_s
+
+    @property
+    def token_rows(self) -> float:
+        return sum(s.token_rows for s in self.scales)
+
+    @property
+    def intact_token_rows(self) -> float:
+        """What the same schedule costs with both CFG branches and every token."""
+        return float(sum(2 * self.batch_size * s.M for s in self.scales))
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config_name, "batch_size": self.batch_size, "device": self.device,
+            "loop_s": self.loop_s, "decode_s": self.decode_s, "total_s": self.total_s,
+            "skipping": self.skipping, "token_rows": self.token_rows, "intact_token_rows": self.intact_token_rows,
+            "scales": [dict(asdict(s), M=s.M, token_rows=s.token_rows) for s in self.scales],
+        }
+
+    def __str__(self) -> str:
+        head = (f"stagevar report: config={self.config_name!r} B={self.batch_size} device={self.device}"
+                f"{'  [scale skipping ON]' if self.skipping else ''}")
+        lines = [head, f"{'scale':>5} {'h x w':>8} {'M':>6} {'rows':>5} {'tokens/unit':>16} {'ms':>9}  mode"]
+        for s in self.scales:
+            toks = _tokens_str(s.tokens, s.M)
+            lines.append(f"{s.index:>5} {s.hw[0]:>3} x{s.hw[1]:>3} {s.M:>6} {s.rows:>5} {toks:>16} {s.time_s * 1e3:>9.2f}  {s.mode}")
+        frac = self.token_rows / self.intact_token_rows if self.intact_token_rows else 0.0
+        lines.append(f"transformer loop {self.loop_s * 1e3:.1f} ms, decode {self.decode_s * 1e3:.1f} ms; "
+                     f"token-rows computed {self.token_rows:.0f} of {self.intact_token_rows:.0f} intact ({frac:.1%})")
+        return "\n".join(lines)
+
+
+def _tokens_str(tokens: Tuple[int, ...], M: int) -> str:
+    if not tokens:
+        return "-"
+    if all(t == M for t in tokens):
+        return str(M)
+    if len(set(tokens)) == 1:
+        return f"{tokens[0]} (all)"
+    return f"{min(tokens)}..{max(tokens)}"
+
