@@ -7,8 +7,8 @@ A unit of blocks runs on ``r`` tokens instead of the scale's ``M``:
 2. ``x_BrC = project(x_BMC, r, kind, idx_Br, gen)`` -- random projection ``Q^T x`` (Gaussian
    or orthogonal ``Q``) or the representative tokens themselves (``"sample"``);
 3. the unit runs on ``x_BrC``;
-4. ``out_BMC = restore(prev_BChw, out_BrC, idx_Br, (h, w))`` -- the same unit's output at the
-   previous scale, area-interpolated to ``h x w``, with row ``j`` of the unit's ``r`` outputs
+4. ``out_BMC = restore(prev_BMC, prev_hw, out_BrC, idx_Br, (h, w))`` -- the same unit's output
+   at the previous scale, area-interpolated to ``h x w``, with row ``j`` of the unit's ``r`` outputs
    written to position ``idx_Br[:, j]``.
 
 Nothing here knows a model. Randomness comes only from the generator passed in.
@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["representative_indices", "projection_matrix", "project", "restore", "tokens_to_map"]
+__all__ = ["representative_indices", "projection_matrix", "project", "restore", "area_resize_tokens"]
 
 
 def representative_indices(x_BMC: torch.Tensor, r: int, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -82,28 +84,44 @@ def project(x_BMC: torch.Tensor, r: int, kind: str, idx_Br: torch.Tensor,
     return torch.einsum("mr,bmc->brc", Q_Mr, x_BMC.float()).to(x_BMC.dtype)
 
 
-def tokens_to_map(x_BMC: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
-    """``(B, h*w, C)`` row-major tokens to a ``(B, C, h, w)`` map."""
+@functools.lru_cache(maxsize=256)
+def _area_weights(src: int, dst: int) -> torch.Tensor:
+    """``(dst, src)`` weights of 1-D area interpolation (PyTorch's adaptive average pooling)."""
+    return F.adaptive_avg_pool1d(torch.eye(src, dtype=torch.float64).unsqueeze(0), dst)[0].t().contiguous()
+
+
+def area_resize_tokens(x_BMC: torch.Tensor, src_hw: Tuple[int, int], dst_hw: Tuple[int, int]) -> torch.Tensor:
+    """Area-interpolate row-major token maps ``(B, h*w, C)`` from ``src_hw`` to ``dst_hw``.
+
+    Equal to ``F.interpolate(map, size=dst_hw, mode="area")`` on the ``(B, C, h, w)`` map, computed
+    separably in the token layout (no transposes), in fp32.
+    """
     B, M, C = x_BMC.shape
-    h, w = hw
+    (h, w), (H, W) = src_hw, dst_hw
     if M != h * w:
         raise ValueError(f"{M} tokens do not form a {h}x{w} map")
-    return x_BMC.transpose(1, 2).reshape(B, C, h, w)
+    Wh = _area_weights(h, H).to(device=x_BMC.device, dtype=torch.float32)
+    Ww = _area_weights(w, W).to(device=x_BMC.device, dtype=torch.float32)
+    x = x_BMC.float().view(B, h, w, C)
+    x = torch.einsum("Hh,bhwc->bHwc", Wh, x)
+    x = torch.einsum("Ww,bHwc->bHWc", Ww, x)
+    return x.reshape(B, H * W, C)
 
 
-def restore(prev_BChw: torch.Tensor, out_BrC: torch.Tensor, idx_Br: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+def restore(prev_BMC: torch.Tensor, prev_hw: Tuple[int, int], out_BrC: torch.Tensor, idx_Br: torch.Tensor,
+            hw: Tuple[int, int]) -> torch.Tensor:
     """Representative token restoration.
 
     Args:
-        prev_BChw: ``(B, C, h', w')`` the unit's output at the previous scale.
+        prev_BMC: ``(B, h'*w', C)`` the unit's output at the previous scale (row-major tokens).
+        prev_hw: ``(h', w')``.
         out_BrC: ``(B, r, C)`` the unit's output on the reduced tokens.
         idx_Br: ``(B, r)`` positions (row-major in ``h x w``) that receive ``out_BrC``.
         hw: the current ``(h, w)``.
 
     Returns:
-        ``(B, h*w, C)``: area-interpolated ``prev_BChw`` with ``out_BrC[:, j]`` at ``idx_Br[:, j]``.
+        ``(B, h*w, C)``: the area-interpolated previous output with ``out_BrC[:, j]`` written at
+        ``idx_Br[:, j]``.
     """
-    B, C = prev_BChw.shape[:2]
-    base_BChw = F.interpolate(prev_BChw.float(), size=tuple(hw), mode="area").to(out_BrC.dtype)
-    base_BMC = base_BChw.reshape(B, C, -1).transpose(1, 2).contiguous()
-    return base_BMC.scatter(1, idx_Br.unsqueeze(-1).expand(-1, -1, C), out_BrC)
+    base_BMC = area_resize_tokens(prev_BMC, prev_hw, hw).to(out_BrC.dtype)
+    return base_BMC.scatter(1, idx_Br.unsqueeze(-1).expand(-1, -1, out_BrC.shape[-1]), out_BrC)

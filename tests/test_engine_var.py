@@ -107,9 +107,10 @@ def test_lowrank_cache_growth_and_restoration(small, monkeypatch):
     restores = []
     real_restore = engine_mod.restore
 
-    def spy(prev, out, idx, hw):
-        res = real_restore(prev, out, idx, hw)
-        restores.append((prev.clone(), out.clone(), idx.clone(), hw, res.clone()))
+    def spy(prev, prev_hw, out, idx, hw):
+        res = real_restore(prev, prev_hw, out, idx, hw)
+        prev_map = prev.transpose(1, 2).reshape(prev.shape[0], -1, *prev_hw)
+        restores.append((prev_map.clone(), out.clone(), idx.clone(), hw, res.clone()))
         return res
 
     monkeypatch.setattr(engine_mod, "restore", spy)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stagevar.lowrank import project, projection_matrix, representative_indices, restore, tokens_to_map
+from stagevar.lowrank import area_resize_tokens, project, projection_matrix, representative_indices, restore
 
 
 def gen(seed=0):
@@ -53,10 +53,11 @@ def test_projections():
 
 
 def test_restore_scatters_into_area_upsampled_previous_output():
-    prev = torch.randn(2, 4, 3, 5)  # non-square previous map
+    prev = torch.randn(2, 4, 3, 5)  # non-square previous map (B, C, h, w)
+    prev_tokens = prev.reshape(2, 4, -1).transpose(1, 2)
     out = torch.randn(2, 6, 4)
     idx = torch.stack([torch.randperm(28)[:6] for _ in range(2)])
-    res = restore(prev, out, idx, (4, 7))
+    res = restore(prev_tokens, (3, 5), out, idx, (4, 7))
     base = F.interpolate(prev, size=(4, 7), mode="area").reshape(2, 4, -1).transpose(1, 2)
     assert res.shape == (2, 28, 4)
     mask = torch.ones(2, 28, dtype=torch.bool).scatter_(1, idx, False)
@@ -64,8 +65,11 @@ def test_restore_scatters_into_area_upsampled_previous_output():
     torch.testing.assert_close(torch.gather(res, 1, idx.unsqueeze(-1).expand(-1, -1, 4)), out)
 
 
-def test_tokens_to_map_is_row_major():
-    x = torch.arange(6.0).view(1, 6, 1)
-    assert tokens_to_map(x, (2, 3))[0, 0].tolist() == [[0, 1, 2], [3, 4, 5]]
+@pytest.mark.parametrize("src, dst", [((13, 13), (16, 16)), ((3, 5), (4, 7)), ((8, 6), (4, 3)), ((5, 5), (5, 5))])
+def test_area_resize_tokens_matches_interpolate(src, dst):
+    x = torch.randn(2, 3, *src)
+    want = F.interpolate(x, size=dst, mode="area").reshape(2, 3, -1).transpose(1, 2)
+    got = area_resize_tokens(x.reshape(2, 3, -1).transpose(1, 2), src, dst)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="do not form a 2x2 map"):
-        tokens_to_map(x, (2, 2))
+        area_resize_tokens(torch.zeros(1, 6, 1), (2, 2), (3, 3))
