@@ -1,5 +1,6 @@
 """stagevar: training-free, stage-aware acceleration of visual autoregressive image generators."""
 from .adapters import UnsupportedModelError
+from .calibrate import Calibration, calibrate
 from .api import accelerate, accelerated, current_config, is_accelerated, report, restore
 from .config import ConfigError, StageVARConfig
 from .plan import NoAccelerationWarning
@@ -9,5 +10,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "accelerate", "restore", "accelerated", "report", "is_accelerated", "current_config",
-    "StageVARConfig", "preset", "presets", "ConfigError", "UnsupportedModelError", "NoAccelerationWarning",
+    "calibrate", "Calibration", "StageVARConfig", "preset", "presets", "ConfigError", "UnsupportedModelError", "NoAccelerationWarning",
 ]

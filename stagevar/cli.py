@@ -1,4 +1,4 @@
-"""Command line: ``stagevar demo`` and ``stagevar plan`` (also ``python -m stagevar ...``)."""
+"""Command line: ``stagevar demo | plan | calibrate`` (also ``python -m stagevar ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -94,6 +94,30 @@ def _plan(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from .calibrate import calibrate
+    from .models import reference_var
+
+    var = reference_var(args.shape)
+    conditions = args.conditions if args.conditions else list(range(min(8, var.num_classes)))
+    print(f"stagevar calibrate: reference VAR '{args.shape}', {len(conditions)} conditions x {len(args.seeds)} seeds, "
+          f"on {machine_name()}")
+    cal = calibrate(var, conditions, seeds=args.seeds, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                    unit_blocks=args.unit_blocks, one_branch_sweep=not args.no_sweep)
+    print(cal)
+    cfg = cal.recommend(alpha=args.alpha)
+    print(f"recommended at alpha={args.alpha}: refine_start={cfg.refine_start} (of {len(cal.schedule)} scales)")
+    cal.save(args.out)
+    print(f"wrote {args.out}")
+    if args.config_out:
+        cfg.save(args.config_out)
+        print(f"wrote {args.config_out}")
+    if args.plot:
+        cal.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import VAR_SHAPES
 
@@ -114,6 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", default="d16", choices=sorted(VAR_SHAPES))
     p.add_argument("--config", default=None)
     p.set_defaults(func=_plan)
+    c = sub.add_parser("calibrate", help="measure stages and ranks of a reference model from its own generations")
+    c.add_argument("--shape", default="small", choices=sorted(VAR_SHAPES))
+    c.add_argument("--conditions", type=int, nargs="*", default=None, help="class labels (default: 0..7)")
+    c.add_argument("--seeds", type=int, nargs="+", default=[0])
+    c.add_argument("--cfg", type=float, default=4.0)
+    c.add_argument("--top-k", type=int, default=900)
+    c.add_argument("--top-p", type=float, default=0.95)
+    c.add_argument("--unit-blocks", type=int, default=None)
+    c.add_argument("--alpha", type=float, default=0.96)
+    c.add_argument("--no-sweep", action="store_true", help="skip the one-branch-from-scale-k generations")
+    c.add_argument("--out", default="calibration.json")
+    c.add_argument("--config-out", default=None, help="also save the recommended config as JSON")
+    c.add_argument("--plot", default=None, help="PNG of the per-scale curves (needs matplotlib)")
+    c.set_defaults(func=_calibrate)
     return ap
 
 

@@ -14,7 +14,7 @@ import torch
 
 from .adapters.base import Adapter, select_rows
 from .config import StageVARConfig
-from .lowrank import project, representative_indices, restore, tokens_to_map
+from .lowrank import project, representative_indices, restore
 from .plan import ScalePlan, resolve_plan
 from .report import Report, ScaleStats
 
@@ -56,6 +56,15 @@ class Engine:
         with torch.no_grad():
             return self._run(args, kwargs)
 
+    def observe(self, observer: Any, *args, **kwargs) -> Any:
+        """Run one call with ``observer`` told what happens (used by :mod:`stagevar.calibrate`).
+
+        ``observer.unit_input(st, si, u, x)`` before each unit, ``observer.scale_output(st, si, x)``
+        before sampling, ``observer.scale_done(st, si)`` after it; ``st`` is the adapter's call state.
+        """
+        with torch.no_grad():
+            return self._run(args, kwargs, observer)
+
     # ------------------------------------------------------------------------------------------
     def _sync(self, device: torch.device) -> float:
         if device.type == "cuda":
@@ -69,7 +78,7 @@ class Engine:
                                    f"expected {(rows, want)}. The model's attention cache does not behave as "
                                    f"upstream's does; please report this with the model class.")
 
-    def _run(self, args: tuple, kwargs: dict) -> Any:
+    def _run(self, args: tuple, kwargs: dict, observer: Any = None) -> Any:
         ad, cfg = self.adapter, self.config
         st = None
         try:
@@ -102,6 +111,8 @@ class Engine:
                 batch = batch or (rows // 2 if branch == "both" else rows)
                 tokens = []
                 for u, (lo, hi) in enumerate(self.units):
+                    if observer is not None:
+                        observer.unit_input(st, p.index, u, x)
                     r = None if p.ranks is None else p.ranks[u]
                     if r is None:
                         for b in blocks[lo:hi]:
@@ -116,7 +127,11 @@ class Engine:
                     if p.index < last_lowrank:
                         unit_out[u] = (x, p.hw)
                 self._check_caches(expected, rows, p.index)
+                if observer is not None:
+                    observer.scale_output(st, p.index, x)
                 ad.predict(st, p.index, x)
+                if observer is not None:
+                    observer.scale_done(st, p.index)
                 stats.append(ScaleStats(p.index, p.hw, p.mode, rows, tuple(tokens), self._sync(device) - t0))
             loop_s = self._sync(device) - t_loop
             t_dec = time.perf_counter()
@@ -137,4 +152,4 @@ class Engine:
         x_BrC = project(x_BMC, r, self.config.projection, idx_Br, gen)
         for b in blocks:
             x_BrC = self.adapter.run_block(st, b, x_BrC, p.index, positions=idx_Br)
-        return restore(tokens_to_map(prev[0], prev[1]), x_BrC, idx_Br, p.hw)
+        return restore(prev[0], prev[1], x_BrC, idx_Br, p.hw)

@@ -98,6 +98,14 @@ class Adapter:
         """Scale ``si`` is not run: prepare the next input from what was generated so far."""
         raise NotImplementedError
 
+    def decode_partial(self, st: Any) -> torch.Tensor:
+        """``(B, 3, H, W)`` image in [0, 1] decoded from the codes generated so far."""
+        raise NotImplementedError
+
+    def branch_logits(self, st: Any, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(cond, uncond)`` logits ``(B, M, V)`` of a scale's output ``x`` with both branches' rows."""
+        raise NotImplementedError
+
     def finish(self, st: Any) -> Any:
         """Decode and return exactly what the original entry point returns."""
         raise NotImplementedError

@@ -185,6 +185,13 @@ class VARAdapter(Adapter):
             nxt = m.patch_nums[si + 1]
             self._next_input(st, si, F.interpolate(st.f_hat, size=(nxt, nxt), mode="area"))
 
+    def decode_partial(self, st: _VARCall) -> torch.Tensor:
+        return self.model.vae_proxy[0].fhat_to_img(st.f_hat.clone()).add_(1).mul_(0.5)
+
+    def branch_logits(self, st: _VARCall, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model.get_logits(x, st.cond_BD)
+        return logits[:st.B], logits[st.B:]
+
     def finish(self, st: _VARCall) -> torch.Tensor:
         return self.model.vae_proxy[0].fhat_to_img(st.f_hat).add_(1).mul_(0.5)
 

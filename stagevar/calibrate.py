@@ -1,0 +1,309 @@
+"""calibrate(): measure a model's stages and low-rank structure from its own intact generations.
+
+Per scale ``k`` of the schedule, over the given conditions:
+
+1. **convergence** -- the image decoded from the codes accumulated up to scale ``k`` against the
+   final image: PSNR, SSIM (structure) and a feature distance (semantics; pluggable);
+2. **condition sensitivity** -- KL divergence between the conditional and unconditional
+   branches' token distributions at scale ``k``; and (optional sweep) the PSNR of the final image
+   when only the unconditional branch runs from scale ``k`` on, against the intact image;
+3. **low rank** -- per unit of blocks, the centred energy rank of the unit's ``M x C`` input at
+   several alphas, as a ratio of ``min(M, C)``: mean and std over conditions and batch rows.
+
+:meth:`Calibration.recommend` turns this into a :class:`StageVARConfig`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .adapters import adapter_for
+from .config import ConfigError, StageVARConfig
+from .engine import Engine
+from .presets import preset
+
+ALPHAS = (0.90, 0.95, 0.96, 0.97, 0.98, 0.99, 0.999)
+
+
+# --------------------------------------------------------------------------------------------
+# image metrics
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of ``(B, 3, H, W)`` images in [0, 1] (capped at 100 for identical images)."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).clamp_max(100.0)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Per-image SSIM of ``(B, 3, H, W)`` images in [0, 1] (uniform window, mean over channels)."""
+    a, b = a.float(), b.float()
+    window = max(1, min(window, a.shape[-1], a.shape[-2]))
+    pool = lambda t: F.avg_pool2d(t, window, stride=1)  # noqa: E731
+    mu_a, mu_b = pool(a), pool(b)
+    var_a = pool(a * a) - mu_a ** 2
+    var_b = pool(b * b) - mu_b ** 2
+    cov = pool(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(1)
+
+
+def lowfreq_features(img: torch.Tensor) -> torch.Tensor:
+    """Default feature function: the image area-downsampled to 8x8 (colour and coarse layout).
+
+    Needs no weights; it measures where colours sit in the picture, not learned semantics. Pass
+    a CLIP or DINO image embedding as ``feature_fn`` to measure semantics.
+    """
+    return F.adaptive_avg_pool2d(img.float(), 8).flatten(1)
+
+
+def feature_distance(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity of centred feature vectors, per row."""
+    fa = fa.float() - fa.float().mean(1, keepdim=True)
+    fb = fb.float() - fb.float().mean(1, keepdim=True)
+    return 1 - F.cosine_similarity(fa, fb, dim=1, eps=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# low rank
+def energy_ranks(x_MC: torch.Tensor, alphas: Sequence[float]) -> List[int]:
+    """Smallest ``k`` whose top-``k`` squared singular values of the centred ``x_MC`` reach each alpha.
+
+    Uses the eigenvalues of the smaller Gram matrix (``M x M`` or ``C x C``) in float64.
+    """
+    x = x_MC.double()
+    x = x - x.mean(0, keepdim=True)
+    gram = x @ x.t() if x.shape[0] <= x.shape[1] else x.t() @ x
+    ev = torch.linalg.eigvalsh(gram).clamp_min(0).flip(0)
+    total = ev.sum()
+    if total <= 0:
+        return [1 for _ in alphas]
+    cum = ev.cumsum(0) / total
+    return [int(min(len(ev), int(torch.searchsorted(cum, torch.tensor(a, dtype=cum.dtype)).item()) + 1)) for a in alphas]
+
+
+class _Observer:
+    def __init__(self, adapter, alphas, feature_fn):
+        self.ad, self.alphas, self.feature_fn = adapter, alphas, feature_fn
+        self.partial: Dict[int, torch.Tensor] = {}
+        self.kl: Dict[int, float] = {}
+        self.ranks: Dict[int, Dict[int, List[List[float]]]] = {}  # si -> unit -> list of [ratio per alpha]
+
+    def unit_input(self, st, si, u, x):
+        M, C = x.shape[1], x.shape[2]
+        rows = self.ranks.setdefault(si, {}).setdefault(u, [])
+        for row in x:
+            rows.append([k / min(M, C) for k in energy_ranks(row, self.alphas)])
+
+    def scale_output(self, st, si, x):
+        cond, uncond = self.ad.branch_logits(st, x)
+        lp, lq = F.log_softmax(cond.float(), -1), F.log_softmax(uncond.float(), -1)
+        self.kl[si] = float((lp.exp() * (lp - lq)).sum(-1).mean())
+
+    def scale_done(self, st, si):
+        self.partial[si] = self.ad.decode_partial(st)
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate` measured. Lists are indexed by scale; ``rank_*`` by scale, unit, alpha."""
+
+    family: str
+    schedule: List[List[int]]
+    unit_blocks: int
+    num_conditions: int
+    alphas: List[float]
+    feature_name: str
+    psnr_to_final: List[float]
+    ssim_to_final: List[float]
+    feature_dist_to_final: List[float]
+    kl_cond_uncond: List[float]
+    one_branch_psnr: Optional[List[Optional[float]]]
+    rank_ratio_mean: List[List[List[float]]]
+    rank_ratio_std: List[List[List[float]]]
+    generation_kwargs: Dict = field(default_factory=dict)
+
+    # ---- the stage boundary
+    def converged_scale(self, min_psnr: float = 25.0, max_feature_dist: float = 0.02, min_ssim: float = 0.8) -> Optional[int]:
+        """First scale from which every later partial image is within the thresholds of the final one."""
+        K = len(self.schedule)
+        for k in range(K):
+            if all(self.psnr_to_final[j] >= min_psnr and self.feature_dist_to_final[j] <= max_feature_dist
+                   and self.ssim_to_final[j] >= min_ssim for j in range(k, K)):
+                return k
+        return None
+
+    def recommend(self, alpha: float = 0.96, min_psnr: float = 25.0, max_feature_dist: float = 0.02,
+                  min_ssim: float = 0.8, branch: str = "uncond", projection: str = "gaussian") -> StageVARConfig:
+        """A config: the refinement stage starts at the first scale after semantics (feature
+        distance <= ``max_feature_dist``) and structure (PSNR >= ``min_psnr`` dB and SSIM >=
+        ``min_ssim`` against the final image) have converged, with the measured rank table at
+        ``alpha``. If they never converge before the last scale, only the last scale is refined."""
+        if alpha not in self.alphas:
+            raise ConfigError(f"alpha={alpha} was not measured; measured alphas: {self.alphas}")
+        K = len(self.schedule)
+        conv = self.converged_scale(min_psnr, max_feature_dist, min_ssim)
+        start = K - 1 if conv is None else min(max(conv + 1, 1), K - 1)
+        a = self.alphas.index(alpha)
+        table = {si: {alpha: [units[a] for units in self.rank_ratio_mean[si]]} for si in range(start, K)}
+        return StageVARConfig(refine_start=start, branch=branch, rank_table=table, alpha=alpha,
+                              unit_blocks=self.unit_blocks, projection=projection, name=f"calibrated-a{alpha}")
+
+    # ---- persistence and display
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    @classmethod
+    def load(cls, path) -> "Calibration":
+        with open(path) as f:
+            return cls(**json.load(f))
+
+    def __str__(self) -> str:
+        a96 = self.alphas.index(0.96) if 0.96 in self.alphas else len(self.alphas) // 2
+        lines = [f"calibration ({self.family}, {self.num_conditions} conditions, features: {self.feature_name})",
+                 f"{'scale':>5} {'h x w':>8} {'PSNR':>7} {'SSIM':>6} {'feat':>7} {'KL c|u':>8} {'1-br PSNR':>9} "
+                 f"{'rank@' + str(self.alphas[a96]):>11}"]
+        for si, (t, h, w) in enumerate(self.schedule):
+            ob = "-" if not self.one_branch_psnr or self.one_branch_psnr[si] is None else f"{self.one_branch_psnr[si]:.1f}"
+            rk = sum(u[a96] for u in self.rank_ratio_mean[si]) / len(self.rank_ratio_mean[si])
+            lines.append(f"{si:>5} {h:>3} x{w:>3} {self.psnr_to_final[si]:>7.1f} {self.ssim_to_final[si]:>6.3f} "
+                         f"{self.feature_dist_to_final[si]:>7.4f} {self.kl_cond_uncond[si]:>8.4f} {ob:>9} {rk:>11.3f}")
+        conv = self.converged_scale()
+        lines.append(f"converged (PSNR>=25, SSIM>=0.8, feature distance<=0.02) from scale: {conv}")
+        return "\n".join(lines)
+
+    def plot(self, path: str) -> None:
+        """The per-scale curves with the recommended boundary (needs matplotlib)."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ImportError("Calibration.plot needs matplotlib: pip install 'stagevar[plot]'") from None
+        K = len(self.schedule)
+        xs = list(range(K))
+        start = self.recommend(alpha=self.alphas[0]).refine_start
+        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+        axes[0].plot(xs, [min(v, 60.0) for v in self.psnr_to_final], "o-", label="PSNR to final (dB, shown <= 60)")
+        axes[0].set_title("structure")
+        ax2 = axes[0].twinx()
+        ax2.plot(xs, self.ssim_to_final, "s--", color="tab:orange", label="SSIM to final (right axis)")
+        ax2.legend(fontsize=7, loc="lower right")
+        axes[1].plot(xs, self.feature_dist_to_final, "o-", label=f"feature distance ({self.feature_name})")
+        axes[1].plot(xs, self.kl_cond_uncond, "s--", label="KL(cond || uncond)")
+        axes[1].set_title("semantics and condition")
+        for ai, a in enumerate(self.alphas):
+            axes[2].plot(xs, [sum(u[ai] for u in s) / len(s) for s in self.rank_ratio_mean], label=f"alpha={a}")
+        axes[2].set_title("energy rank / min(M, C)")
+        for ax in axes:
+            ax.axvline(start - 0.5, color="k", ls=":")
+            ax.set_xticks(xs, [f"{h}x{w}" for _, h, w in self.schedule], rotation=60, fontsize=7)
+            ax.legend(fontsize=7)
+        fig.suptitle("stagevar calibration: refinement stage from the dotted line")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alphas: Sequence[float] = ALPHAS,
+              feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, feature_name: Optional[str] = None,
+              unit_blocks: Optional[int] = None, one_branch_sweep: bool = True, batch_size: int = 8,
+              **generation_kwargs) -> Calibration:
+    """Measure stages and ranks of ``model`` from intact generations on ``conditions``.
+
+    Args:
+        model: a supported model (VAR interface); it is left as it was.
+        conditions: class labels (ints) to generate, one image per condition and seed.
+        seeds: ``g_seed`` values; each condition is generated once per seed.
+        alphas: energy levels for the rank table.
+        feature_fn: ``(B, 3, H, W)`` in [0, 1] -> ``(B, F)`` features (e.g. a CLIP image
+            encoder); default :func:`lowfreq_features`.
+        unit_blocks: blocks per low-rank unit (default: the family's).
+        one_branch_sweep: also generate with one branch from each scale on (K - 1 more
+            generations per batch) to measure the change in the final image.
+        batch_size: conditions per generation call.
+        **generation_kwargs: passed to the generation call (``cfg``, ``top_k``, ``top_p``, ...).
+
+    Cost: one intact generation per (condition, seed) with a decode per scale and a Gram
+    eigen-decomposition per unit per scale, plus ``K - 1`` generations per batch for the sweep.
+    """
+    conditions = list(conditions)
+    if not conditions:
+        raise ValueError("calibrate needs at least one condition (class labels to generate), got none")
+    if not seeds:
+        raise ValueError("calibrate needs at least one seed")
+    for a in alphas:
+        if not 0 < a < 1:
+            raise ValueError(f"alpha {a} must be in (0, 1)")
+    if "B" in generation_kwargs or "label_B" in generation_kwargs or "g_seed" in generation_kwargs:
+        raise ValueError("pass conditions and seeds to calibrate, not B / label_B / g_seed")
+    from . import api
+
+    before = api.current_config(model)
+    if before is not None:
+        api.restore(model)
+    try:
+        adapter = adapter_for(model)
+        base_cfg = preset("none").replace(unit_blocks=unit_blocks)
+        engine = Engine(adapter, base_cfg)
+        schedule = adapter.default_schedule()
+        K = len(schedule)
+        feat = feature_fn or lowfreq_features
+        fname = feature_name or ("lowfreq-8x8" if feature_fn is None else getattr(feature_fn, "__name__", "custom"))
+        device = adapter.device()
+        per = {"psnr": [[] for _ in range(K)], "ssim": [[] for _ in range(K)], "feat": [[] for _ in range(K)],
+               "kl": [[] for _ in range(K)], "ob": [[] for _ in range(K)]}
+        ranks: Dict[int, Dict[int, List[List[float]]]] = {}
+        for seed in seeds:
+            for i in range(0, len(conditions), batch_size):
+                chunk = conditions[i:i + batch_size]
+                labels = torch.tensor([int(c) for c in chunk], device=device)
+                kw = dict(generation_kwargs, B=len(chunk), label_B=labels, g_seed=seed)
+                obs = _Observer(adapter, list(alphas), feat)
+                final = engine.observe(obs, **kw)
+                f_final = feat(final)
+                for si in range(K):
+                    img = obs.partial[si]
+                    per["psnr"][si] += psnr(img, final).tolist()
+                    per["ssim"][si] += ssim(img, final).tolist()
+                    per["feat"][si] += feature_distance(feat(img), f_final).tolist()
+                    per["kl"][si].append(obs.kl[si])
+                    for u, rows in obs.ranks.get(si, {}).items():
+                        ranks.setdefault(si, {}).setdefault(u, []).extend(rows)
+                if one_branch_sweep:
+                    for k in range(1, K):
+                        sweep = Engine(adapter, StageVARConfig(refine_start=k, branch="uncond", unit_blocks=unit_blocks,
+                                                               cache_condition=False, name=f"sweep{k}"))
+                        per["ob"][k] += psnr(sweep(**kw), final).tolist()
+        mean = lambda v: float(sum(v) / len(v)) if v else float("nan")  # noqa: E731
+        n_units = len(engine.units)
+        r_mean, r_std = [], []
+        for si in range(K):
+            ms, ss = [], []
+            for u in range(n_units):
+                rows = torch.tensor(ranks[si][u], dtype=torch.float64)
+                ms.append(rows.mean(0).tolist())
+                ss.append((rows.std(0, unbiased=False) if len(rows) > 1 else torch.zeros(len(alphas))).tolist())
+            r_mean.append(ms)
+            r_std.append(ss)
+        ub = unit_blocks or adapter.default_unit_blocks
+        return Calibration(
+            family=adapter.family, schedule=[[1, h, w] for h, w in schedule], unit_blocks=ub,
+            num_conditions=len(conditions) * len(seeds), alphas=[float(a) for a in alphas], feature_name=fname,
+            psnr_to_final=[mean(v) for v in per["psnr"]], ssim_to_final=[mean(v) for v in per["ssim"]],
+            feature_dist_to_final=[mean(v) for v in per["feat"]], kl_cond_uncond=[mean(v) for v in per["kl"]],
+            one_branch_psnr=[None] + [mean(v) for v in per["ob"][1:]] if one_branch_sweep else None,
+            rank_ratio_mean=r_mean, rank_ratio_std=r_std,
+            generation_kwargs={k: v for k, v in generation_kwargs.items() if isinstance(v, (int, float, bool, str))},
+        )
+    finally:
+        if before is not None:
+            api.accelerate(model, before)
+

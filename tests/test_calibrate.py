@@ -1,0 +1,88 @@
+"""calibrate(): shapes, ranges, a planted low-rank stage, recommendation, JSON."""
+import pytest
+import torch
+
+import stagevar
+from stagevar.calibrate import Calibration, calibrate, energy_ranks, psnr, ssim
+from stagevar.models import reference_var
+
+
+def test_energy_ranks_of_planted_low_rank_matrices():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, generator=g) @ torch.randn(3, 40, generator=g) + 5.0  # rank 3 + a constant
+    r = energy_ranks(x, [0.5, 0.999999])
+    assert r[0] <= 3 and r[1] == 3
+    full = energy_ranks(torch.randn(30, 40, generator=g), [0.999999])
+    assert full[0] >= 28
+    assert energy_ranks(torch.ones(5, 4), [0.9]) == [1]
+
+
+def test_image_metrics():
+    a = torch.rand(2, 3, 16, 16)
+    assert torch.all(psnr(a, a) == 100) and torch.allclose(ssim(a, a), torch.ones(2))
+    b = (a + 0.1).clamp(0, 1)
+    assert torch.all(psnr(a, b) < 30) and torch.all(ssim(a, b) < 1)
+
+
+def test_calibration_report_shapes_and_ranges(small, tmp_path):
+    cal = calibrate(small, [0, 3, 5], seeds=[0], cfg=3.0, unit_blocks=2)
+    K = len(small.patch_nums)
+    assert len(cal.psnr_to_final) == len(cal.kl_cond_uncond) == len(cal.one_branch_psnr) == K
+    assert cal.psnr_to_final[-1] == 100.0 and cal.feature_dist_to_final[-1] < 1e-6
+    assert cal.one_branch_psnr[0] is None and all(v is not None for v in cal.one_branch_psnr[1:])
+    assert all(k >= 0 for k in cal.kl_cond_uncond)
+    assert len(cal.rank_ratio_mean) == K and all(len(s) == 2 for s in cal.rank_ratio_mean)
+    for si, pn in enumerate(small.patch_nums):
+        M = pn * pn
+        for unit in cal.rank_ratio_mean[si]:
+            assert len(unit) == len(cal.alphas)
+            ranks = [r * min(M, small.C) for r in unit]
+            assert all(1 - 1e-9 <= k <= min(M, small.C) + 1e-9 for k in ranks)
+            assert ranks == sorted(ranks)  # higher alpha, higher rank
+    assert "calibration (var" in str(cal)
+    path = tmp_path / "cal.json"
+    cal.save(path)
+    assert Calibration.load(path) == cal
+    cfg = cal.recommend(alpha=0.96)
+    assert cfg.alpha == 0.96 and 1 <= cfg.refine_start < K and cfg.unit_blocks == 2
+    stagevar.accelerate(small, cfg)
+    img = small.autoregressive_infer_cfg(B=2, label_B=torch.tensor([0, 1]), g_seed=0, cfg=3.0)
+    assert torch.isfinite(img).all()
+    assert stagevar.report(small).scales[-1].mode == "uncond-only+low-rank"
+    with pytest.raises(stagevar.ConfigError, match="was not measured"):
+        cal.recommend(alpha=0.5)
+
+
+def test_planted_low_rank_late_stage_is_found():
+    """With rank-2 token embeddings and no position embeddings the first unit's input at
+    scales > 0 is rank <= 2 after centring; an ordinary model's is not."""
+    def measure(var):
+        cal = calibrate(var, [1, 2], seeds=[0], one_branch_sweep=False, unit_blocks=len(var.blocks))
+        return [cal.rank_ratio_mean[si][0][cal.alphas.index(0.999)] * min(pn * pn, var.C)
+                for si, pn in enumerate(var.patch_nums)]
+
+    plain = measure(reference_var("small"))
+    planted = reference_var("small")
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        W = planted.word_embed.weight
+        planted.word_embed.weight.copy_(torch.randn(W.shape[0], 2, generator=g) @ torch.randn(2, W.shape[1], generator=g))
+        planted.pos_1LC.zero_()
+    low = measure(planted)
+    assert all(r <= 2 + 1e-9 for r in low[1:])
+    assert plain[-1] > 10 * low[-1]
+
+
+def test_calibrate_bad_inputs(tiny):
+    with pytest.raises(ValueError, match="at least one condition"):
+        calibrate(tiny, [])
+    with pytest.raises(ValueError, match="not B / label_B / g_seed"):
+        calibrate(tiny, [0], B=2)
+    with pytest.raises(stagevar.UnsupportedModelError):
+        calibrate(torch.nn.Linear(2, 2), [0])
+
+
+def test_calibrate_leaves_acceleration_as_it_was(tiny):
+    stagevar.accelerate(tiny, "var-d16")
+    calibrate(tiny, [0], one_branch_sweep=False)
+    assert stagevar.current_config(tiny).name == "var-d16"
