@@ -251,6 +251,9 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
         api.restore(model)
     try:
         adapter = adapter_for(model)
+        if adapter.default_schedule() is None:
+            raise NotImplementedError(f"calibrate supports class-conditional VAR-interface models so far; "
+                                      f"{adapter.family} models choose their schedule per call")
         base_cfg = preset("none").replace(unit_blocks=unit_blocks)
         engine = Engine(adapter, base_cfg)
         schedule = adapter.default_schedule()

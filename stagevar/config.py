@@ -64,6 +64,9 @@ class StageVARConfig:
         rank_table: ``{scale_index: {alpha: [ratio per unit]}}``, measured energy ranks;
             looked up with ``alpha``.
         alpha: energy level to look up in ``rank_table`` (e.g. 0.96).
+        resample_units: a per-unit ratio list whose length differs from the model's unit count
+            is resampled to it by linear interpolation over relative unit position (instead of
+            raising). Presets written for one depth set it so they run at any depth.
         unit_blocks: blocks per low-rank unit; ``None`` takes the model family's default
             (VAR: every block; Infinity: one block chunk).
         projection: ``"gaussian"`` (random projection, the paper), ``"orthogonal"`` (an
@@ -86,6 +89,7 @@ class StageVARConfig:
     rank_table: Dict[int, Dict[float, Tuple[float, ...]]] = field(default_factory=dict)
     alpha: Optional[float] = None
     unit_blocks: Optional[int] = None
+    resample_units: bool = False
     projection: str = "gaussian"
     skip: Tuple[int, ...] = ()
     cache_condition: bool = True
@@ -143,6 +147,8 @@ class StageVARConfig:
             raise ConfigError(f"skip must be a list of scale indices, got {self.skip!r}") from None
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.resample_units, bool):
+            raise ConfigError(f"resample_units must be True or False, got {self.resample_units!r}")
         if not isinstance(self.cache_condition, bool):
             raise ConfigError(f"cache_condition must be True or False, got {self.cache_condition!r}")
         if not isinstance(self.name, str):
@@ -203,12 +209,24 @@ class StageVARConfig:
         return self.rank_ratio is not None or bool(self.rank_ratios) or bool(self.rank_table)
 
 
-def ratios_for_units(ratio: Ratio, num_units: int, where: str) -> List[float]:
+def ratios_for_units(ratio: Ratio, num_units: int, where: str, resample: bool = False) -> List[float]:
     """Expand one ratio, or a per-unit list, to ``num_units`` floats.
 
-    A per-unit list must have exactly ``num_units`` entries.
+    A per-unit list must have exactly ``num_units`` entries unless ``resample``: then it is
+    linearly interpolated over relative unit position (entry ``i`` of ``n`` sits at ``i/(n-1)``).
     """
     if isinstance(ratio, tuple):
+        if len(ratio) != num_units and resample:
+            n = len(ratio)
+            if n == 1 or num_units == 1:
+                return [sum(ratio) / n] * num_units if num_units == 1 else [ratio[0]] * num_units
+            out = []
+            for u in range(num_units):
+                pos = u * (n - 1) / (num_units - 1)
+                i = min(int(pos), n - 2)
+                t = pos - i
+                out.append(ratio[i] * (1 - t) + ratio[i + 1] * t)
+            return out
         if len(ratio) != num_units:
             raise ConfigError(
                 f"{where}: {len(ratio)} per-unit ratios given but the model has {num_units} low-rank units "

@@ -42,6 +42,7 @@ class Engine:
             from .config import ConfigError
             raise ConfigError(f"unit_blocks={ub} exceeds the model's {n} blocks; use at most {n}")
         self.units: List[Tuple[int, int]] = [(lo, min(lo + ub, n)) for lo in range(0, n, ub)]
+        adapter.check_units(self.units)
         self._plans: Dict[Tuple[Tuple[int, int], ...], List[ScalePlan]] = {}
         self.last_report: Optional[Report] = None
 
@@ -93,7 +94,7 @@ class Engine:
             expected = [0] * len(blocks)
             branch = "both"
             stats: List[ScaleStats] = []
-            batch = None
+            batch = ad.batch_size(st)
             t_loop = self._sync(device)
             for p in plans:
                 t0 = time.perf_counter()
@@ -108,9 +109,9 @@ class Engine:
                     branch = p.rows
                 x = ad.scale_input(st, p.index)
                 rows = x.shape[0]
-                batch = batch or (rows // 2 if branch == "both" else rows)
                 tokens = []
                 for u, (lo, hi) in enumerate(self.units):
+                    x = ad.unit_input(st, p.index, lo, x)
                     if observer is not None:
                         observer.unit_input(st, p.index, u, x)
                     r = None if p.ranks is None else p.ranks[u]
@@ -137,7 +138,7 @@ class Engine:
             t_dec = time.perf_counter()
             out = ad.finish(st)
             decode_s = self._sync(device) - t_dec
-            self.last_report = Report(config_name=cfg.name, batch_size=batch or 0, device=str(device), scales=stats,
+            self.last_report = Report(config_name=cfg.name, batch_size=batch, device=str(device), scales=stats,
                                       loop_s=loop_s, decode_s=decode_s, skipping=any(p.skip for p in plans))
             return out
         finally:

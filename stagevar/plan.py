@@ -99,7 +99,7 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], nu
         ratio, where = per_scale.get(si, (config.rank_ratio, "rank_ratio"))
         ranks = None
         if ratio is not None:
-            ranks = tuple(rank_from_ratio(r, h * w) for r in ratios_for_units(ratio, num_units, where))
+            ranks = tuple(rank_from_ratio(r, h * w) for r in ratios_for_units(ratio, num_units, where, config.resample_units))
         plans.append(ScalePlan(si, (h, w), rows=config.branch, ranks=ranks))
 
     first_run = next((p for p in plans if not p.skip), None)

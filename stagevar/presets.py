@@ -18,9 +18,34 @@ def _var(depth: int) -> StageVARConfig:
                           projection="gaussian", name=f"var-d{depth}")
 
 
+# Infinity (text-to-image, 13-scale 1024^2 schedule ...32, 40, 48, 64): the paper's recipe on
+# the last three scales -- unconditional branch only, RP+RTR per block chunk at the measured
+# Infinity-2B alpha = 0.96 rank table (8 chunks). Keyed by position (-3, -2, -1), so they run at
+# any resolution and aspect ratio. Rule for other depths: a model with other than 8 chunks gets
+# the table resampled by linear interpolation over relative chunk position (resample_units).
+_INF_TABLE_096 = {
+    -3: (.0168, .1365, .2104, .2503, .2559, .1979, .1570, .1909),  # side 40 at 1024^2
+    -2: (.0134, .1173, .1894, .2220, .2346, .1828, .1339, .1631),  # side 48
+    -1: (.0082, .0544, .0832, .0665, .0567, .0297, .0383, .0557),  # side 64
+}
+
+
+def _infinity(name: str) -> StageVARConfig:
+    return StageVARConfig(refine_start=-3, branch="uncond", alpha=0.96, projection="gaussian", resample_units=True,
+                          rank_table={k: {0.96: v} for k, v in _INF_TABLE_096.items()}, name=name)
+
+
 _PRESETS: Dict[str, StageVARConfig] = {
     "none": StageVARConfig(refine_start=None, branch="both", cache_condition=False, name="none"),
     **{f"var-d{d}": _var(d) for d in (16, 20, 24, 30, 36)},
+    "infinity-2b": _infinity("infinity-2b"),
+    "infinity-8b": _infinity("infinity-8b"),
+    # The authors' released Infinity behaviour: condition dropped on the last three scales, RP+RTR
+    # on the first of them, and the last two scales skipped (the image is decoded from the codes
+    # summed up to the third-to-last scale). Scale skipping is on in this preset, and it says so.
+    "infinity-2b-paper": StageVARConfig(refine_start=-3, branch="uncond", alpha=0.96, projection="gaussian",
+                                        resample_units=True, rank_table={-3: {0.96: _INF_TABLE_096[-3]}},
+                                        skip=(-2, -1), name="infinity-2b-paper"),
 }
 
 

@@ -58,9 +58,11 @@ def test_from_dict_rejects_unknown_fields():
 
 def test_presets():
     names = stagevar.presets()
-    for n in ["none", "var-d16", "var-d20", "var-d24", "var-d30", "var-d36"]:
+    for n in ["none", "var-d16", "var-d20", "var-d24", "var-d30", "var-d36", "infinity-2b", "infinity-8b",
+              "infinity-2b-paper"]:
         assert n in names
-    assert stagevar.preset("var-d16").skip == ()  # never skip in a default
+    for n in names:  # never skip in a default; only the preset named after the authors' code does
+        assert (stagevar.preset(n).skip != ()) == (n == "infinity-2b-paper")
     with pytest.raises(ConfigError, match="unknown preset 'var-d99'; available"):
         stagevar.preset("var-d99")
 
@@ -124,3 +126,17 @@ def test_unsupported_objects_are_named():
         stagevar.accelerate("var-d16")
     with pytest.raises(stagevar.UnsupportedModelError, match=r"Linear is not a model stagevar supports.*missing patch_nums"):
         stagevar.accelerate(nn.Linear(2, 2))
+
+
+def test_resample_units_rule():
+    from stagevar.config import ratios_for_units
+    assert ratios_for_units((0.1, 0.3), 3, "x", resample=True) == pytest.approx([0.1, 0.2, 0.3])
+    assert ratios_for_units((0.1, 0.2, 0.3, 0.4, 0.5), 2, "x", resample=True) == pytest.approx([0.1, 0.5])
+    assert ratios_for_units((0.2, 0.4), 1, "x", resample=True) == pytest.approx([0.3])
+    assert ratios_for_units((0.1, 0.2), 2, "x", resample=True) == [0.1, 0.2]
+    inf = stagevar.preset("infinity-2b")
+    plans = resolve_plan(inf, [(1, 1), (2, 2), (4, 4), (8, 8)], num_units=2)
+    assert plans[-1].ranks == (int(0.0082 * 64) + 1, int(0.0557 * 64) + 1)
+    assert [p.mode for p in plans] == ["intact"] + ["uncond-only+low-rank"] * 3
+    paper = resolve_plan(stagevar.preset("infinity-2b-paper"), [(1, 1), (2, 2), (4, 4), (8, 8)], num_units=8)
+    assert [p.mode for p in paper] == ["intact", "uncond-only+low-rank", "skip", "skip"]

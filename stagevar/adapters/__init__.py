@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Any, List, Type
 
 from .base import Adapter, UnsupportedModelError
+from .infinity import InfinityAdapter
 from .var import VARAdapter
 
-ADAPTERS: List[Type[Adapter]] = [VARAdapter]
+ADAPTERS: List[Type[Adapter]] = [VARAdapter, InfinityAdapter]
 
 
 def adapter_for(model: Any) -> Adapter:
@@ -27,8 +28,8 @@ def adapter_for(model: Any) -> Adapter:
             return cls(model)
         reasons.append(f"{cls.family}: missing {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
     raise UnsupportedModelError(
-        f"{type(model).__name__} is not a model stagevar supports (FoundationVision VAR interface). "
-        + "; ".join(reasons) + ". Pass the transformer itself (e.g. the VAR returned by build_vae_var), not a wrapper.")
+        f"{type(model).__name__} is not a model stagevar supports (FoundationVision VAR or Infinity interface). "
+        + "; ".join(reasons) + ". Pass the transformer itself (e.g. the VAR returned by build_vae_var, or the Infinity transformer), not a wrapper.")
 
 
-__all__ = ["Adapter", "UnsupportedModelError", "VARAdapter", "adapter_for", "ADAPTERS"]
+__all__ = ["Adapter", "UnsupportedModelError", "VARAdapter", "InfinityAdapter", "adapter_for", "ADAPTERS"]

@@ -5,6 +5,7 @@ loop through these methods and never touches the model directly.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -43,6 +44,32 @@ class Adapter:
 
     def __init__(self, model: nn.Module):
         self.model = model
+        self._signature = inspect.signature(getattr(type(model), self.entry_point))
+
+    def bind_call(self, args: tuple, kwargs: dict) -> dict:
+        """The call's arguments by name, defaults applied (``**kwargs`` catch-alls merged in)."""
+        try:
+            bound = self._signature.bind(self.model, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{self.entry_point}{self._signature}: {e}") from None
+        bound.apply_defaults()
+        a = dict(bound.arguments)
+        for name, p in self._signature.parameters.items():
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                a.update(a.pop(name, {}) or {})
+        return a
+
+    def seeded_generator(self, g_seed: Optional[int]) -> Optional[torch.Generator]:
+        """The model's own sampling generator (``model.rng``) seeded with ``g_seed``, as upstream does;
+        a fresh one on the model's device if ``rng`` lives elsewhere (upstream creates it on CUDA
+        whenever CUDA is visible, which a CPU model cannot use). None when unseeded."""
+        if g_seed is None:
+            return None
+        rng = getattr(self.model, "rng", None)
+        if not isinstance(rng, torch.Generator) or rng.device.type != self.device().type:
+            rng = torch.Generator(device=self.device())
+        rng.manual_seed(g_seed)
+        return rng
 
     @classmethod
     def missing(cls, model: Any) -> List[str]:
@@ -75,6 +102,18 @@ class Adapter:
     def g_seed(self, st: Any) -> Optional[int]:
         """The call's seed (None when the call is unseeded)."""
         raise NotImplementedError
+
+    def batch_size(self, st: Any) -> int:
+        """``B``, the images the call generates."""
+        raise NotImplementedError
+
+    def check_units(self, units: Sequence[Tuple[int, int]]) -> None:
+        """Raise ``ConfigError`` if the model cannot run these ``[lo, hi)`` block units."""
+
+    def unit_input(self, st: Any, si: int, first_block: int, x: torch.Tensor) -> torch.Tensor:
+        """What the model adds to the residual stream before block ``first_block`` (a unit start),
+        e.g. a level embedding; applied before any projection."""
+        return x
 
     def scale_input(self, st: Any, si: int) -> torch.Tensor:
         """``(rows, M, C)`` input of scale ``si``."""

@@ -1,7 +1,6 @@
 """FoundationVision VAR (``models/var.py``, class ``VAR``), duck-typed on its attribute names."""
 from __future__ import annotations
 
-import inspect
 import sys
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple
@@ -56,7 +55,6 @@ class VARAdapter(Adapter):
         for i, b in enumerate(model.blocks):
             if not hasattr(b, "attn") or not hasattr(b.attn, "kv_caching"):
                 raise TypeError(f"VAR block {i} has no attn.kv_caching(); stagevar needs upstream's AdaLNSelfAttn blocks")
-        self._signature = inspect.signature(type(model).autoregressive_infer_cfg)
         module = sys.modules.get(type(model).__module__)
         # The model's own sampling helpers (imported into its module upstream), else ours.
         self._sample = getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_)
@@ -82,28 +80,15 @@ class VARAdapter(Adapter):
     def g_seed(self, st: _VARCall) -> Optional[int]:
         return st.g_seed
 
-    # ------------------------------------------------------------------------------------------
-    def _generator(self, g_seed: Optional[int]) -> Optional[torch.Generator]:
-        if g_seed is None:
-            return None
-        rng = getattr(self.model, "rng", None)
-        device = self.device()
-        if not isinstance(rng, torch.Generator) or rng.device.type != device.type:
-            # upstream creates `rng` on CUDA whenever CUDA is visible; a CPU model cannot use it.
-            rng = torch.Generator(device=device)
-        rng.manual_seed(g_seed)
-        return rng
+    def batch_size(self, st: _VARCall) -> int:
+        return st.B
 
+    # ------------------------------------------------------------------------------------------
     def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> _VARCall:
         m = self.model
-        try:
-            bound = self._signature.bind(m, *args, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"autoregressive_infer_cfg{self._signature}: {e}") from None
-        bound.apply_defaults()
-        a = bound.arguments
+        a = self.bind_call(args, kwargs)
         B, label_B = int(a["B"]), a["label_B"]
-        rng = self._generator(a.get("g_seed"))
+        rng = self.seeded_generator(a.get("g_seed"))
         device = self.device()
         if label_B is None:
             label_B = torch.multinomial(m.uniform_prob, num_samples=B, replacement=True, generator=rng).reshape(B)

@@ -5,6 +5,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .infinity import ASPECTS, BSQVAE, Infinity, TextEncoder, infinity_schedule
 from .var import VAR
 from .vqvae import VQVAE
 
@@ -27,6 +28,17 @@ _VAR_DEFAULTS = dict(vocab_size=4096, z_channels=32, ch=64, num_down=4, num_clas
                      attn_l2_norm=True, shared_aln=False, kv_layout="BHLc", gate=1.0, seed=0)
 
 
+def _shape_config(shapes: Dict[str, dict], defaults: dict, shape: str, overrides: dict, what: str) -> dict:
+    if shape not in shapes:
+        raise ValueError(f"unknown {what} shape {shape!r}; choose one of {sorted(shapes)}")
+    cfg = {**defaults, **shapes[shape]}
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown reference_{what.lower()} override(s) {unknown}; known: {sorted(cfg)}")
+    cfg.update(overrides)
+    return cfg
+
+
 def reference_var(shape: str = "tiny", device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
                   **overrides) -> VAR:
     """Build a reference VAR (with its VQVAE) with random weights, in eval mode.
@@ -40,13 +52,7 @@ def reference_var(shape: str = "tiny", device: Optional[torch.device] = None, dt
             ``attn_l2_norm``, ``shared_aln``, ``kv_layout`` ``"BHLc"``/``"BLHc"``), ``gate`` (the
             residual gate magnitude, ~1 for realistic random-weight behaviour) and ``seed``.
     """
-    if shape not in VAR_SHAPES:
-        raise ValueError(f"unknown VAR shape {shape!r}; choose one of {sorted(VAR_SHAPES)}")
-    cfg = {**_VAR_DEFAULTS, **VAR_SHAPES[shape]}
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"unknown reference_var override(s) {unknown}; known: {sorted(cfg)}")
-    cfg.update(overrides)
+    cfg = _shape_config(VAR_SHAPES, _VAR_DEFAULTS, shape, overrides, "VAR")
     if cfg["kv_layout"] not in ("BHLc", "BLHc"):
         raise ValueError(f"kv_layout must be 'BHLc' (SDPA) or 'BLHc' (flash/xformers), got {cfg['kv_layout']!r}")
     patch_nums = tuple(cfg["patch_nums"])
@@ -66,4 +72,78 @@ def reference_var(shape: str = "tiny", device: Optional[torch.device] = None, dt
     return var
 
 
-__all__ = ["VAR", "VQVAE", "reference_var", "VAR_SHAPES"]
+# Infinity shapes. "2b" has Infinity-2B's width and depth (C=2048, 32 blocks in 8 chunks);
+# "2b-cpu" keeps the width with 8 blocks (one per chunk) for timing on a CPU.
+INFINITY_SHAPES: Dict[str, dict] = {
+    "tiny": dict(Ct5=32, depth=4, embed_dim=64, num_heads=4, num_block_chunks=2, codebook_dim=8, max_side=16,
+                 vae_ch=16, vae_up=2),
+    "small": dict(Ct5=64, depth=8, embed_dim=128, num_heads=4, num_block_chunks=4, codebook_dim=16, max_side=32,
+                  vae_ch=16, vae_up=3),
+    "2b": dict(Ct5=2048, depth=32, embed_dim=2048, num_heads=16, num_block_chunks=8, codebook_dim=32, max_side=64),
+    "2b-cpu": dict(Ct5=2048, depth=8, embed_dim=2048, num_heads=16, num_block_chunks=8, codebook_dim=32, max_side=64),
+}
+_INF_DEFAULTS = dict(mlp_ratio=4.0, vae_ch=32, vae_up=4, gate=1.0, seed=0, add_lvl_embeding_only_first_block=1,
+                     text_maxlen=64)
+
+
+class InfinityBundle:
+    """A reference Infinity with its VAE and text encoder, called as upstream code calls them.
+
+    ``bundle.model.autoregressive_infer_cfg(vae=bundle.vae, scale_schedule=bundle.schedule("16:9"),
+    label_B_or_BLT=bundle.encode(prompts), B=len(prompts), cfg_list=[3.0] * K, tau_list=[1.0] * K, ...)``
+    """
+
+    def __init__(self, model: Infinity, vae: BSQVAE, text: TextEncoder, max_side: int):
+        self.model, self.vae, self.text, self.max_side = model, vae, text, max_side
+
+    def encode(self, prompts):
+        """Prompts -> upstream's packed ``(kv_compact, lens, cu_seqlens_k, max_seqlen_k)``."""
+        return self.text.encode(prompts, device=self.model.pos_start.device)
+
+    def schedule(self, aspect: str = "1:1"):
+        """The ``[(1, h, w), ...]`` schedule for ``aspect`` (``"width:height"``, see ``ASPECTS``)."""
+        return infinity_schedule(aspect, self.max_side)
+
+    def generate(self, prompts, aspect: str = "1:1", cfg: float = 3.0, tau: float = 1.0, g_seed=0, top_k=0, top_p=0.0,
+                 negative_prompts=None, **kwargs):
+        """Images ``(B, H, W, 3)`` uint8 BGR, as upstream's ``autoregressive_infer_cfg(..., ret_img=True)``."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        sched = self.schedule(aspect)
+        neg = None if negative_prompts is None else self.encode(negative_prompts)
+        _, _, img = self.model.autoregressive_infer_cfg(
+            vae=self.vae, scale_schedule=sched, label_B_or_BLT=self.encode(prompts), B=len(prompts),
+            negative_label_B_or_BLT=neg, g_seed=g_seed, cfg_list=[cfg] * len(sched), tau_list=[tau] * len(sched),
+            top_k=top_k, top_p=top_p, ret_img=True, **kwargs)
+        return img
+
+
+def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = None, **overrides) -> InfinityBundle:
+    """Build a reference Infinity bundle (random weights, eval mode) with ``.model``, ``.vae``, ``.encode``.
+
+    Args:
+        shape: one of :data:`INFINITY_SHAPES`.
+        **overrides: any shape field (``Ct5``, ``depth``, ``embed_dim``, ``num_heads``,
+            ``num_block_chunks``, ``codebook_dim``, ``max_side``, ``vae_ch``, ``vae_up``, ``mlp_ratio``,
+            ``add_lvl_embeding_only_first_block``, ``text_maxlen``), ``gate`` and ``seed``.
+    """
+    cfg = _shape_config(INFINITY_SHAPES, _INF_DEFAULTS, shape, overrides, "Infinity")
+    schedules = [infinity_schedule(a, cfg["max_side"]) for a in ASPECTS]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        model = Infinity(Ct5=cfg["Ct5"], depth=cfg["depth"], embed_dim=cfg["embed_dim"], num_heads=cfg["num_heads"],
+                         mlp_ratio=cfg["mlp_ratio"], codebook_dim=cfg["codebook_dim"],
+                         num_block_chunks=cfg["num_block_chunks"], text_maxlen=cfg["text_maxlen"], schedules=schedules,
+                         add_lvl_embeding_only_first_block=cfg["add_lvl_embeding_only_first_block"])
+        model.init_weights(gate=cfg["gate"], seed=cfg["seed"])
+        vae = BSQVAE(codebook_dim=cfg["codebook_dim"], ch=cfg["vae_ch"], num_up=cfg["vae_up"])
+    model.eval()
+    vae.eval()
+    if device is not None:
+        model.to(device)
+        vae.to(device)
+    return InfinityBundle(model, vae, TextEncoder(cfg["Ct5"], seed=cfg["seed"]), cfg["max_side"])
+
+
+__all__ = ["VAR", "VQVAE", "reference_var", "VAR_SHAPES", "Infinity", "InfinityBundle", "reference_infinity",
+           "INFINITY_SHAPES", "infinity_schedule", "ASPECTS"]

@@ -1,0 +1,285 @@
+"""FoundationVision Infinity (``infinity/models/infinity.py``, class ``Infinity``), duck-typed on its names."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models import helpers as _own_helpers
+from .base import Adapter, select_rows
+
+_SAMPLER = "sample_with_top_k_top_p_also_inplace_modifying_logits_"
+
+
+class _AnyKey(dict):
+    """A RoPE table lookup that returns one tensor for whatever schedule key the block builds."""
+
+    def __init__(self, grid: torch.Tensor):
+        super().__init__()
+        self.grid = grid
+
+    def __getitem__(self, key):
+        return self.grid
+
+    def __contains__(self, key):
+        return True
+
+
+@dataclass
+class _InfinityCall:
+    B: int
+    use_cfg: bool
+    schedule: list              # the call's full scale_schedule, as passed
+    run_scales: int             # scales run (trunk_scale may stop early)
+    cfg_list: Sequence[float]
+    tau_list: Sequence[float]
+    top_k: int
+    top_p: float
+    g_seed: Optional[int]
+    rng: Optional[torch.Generator]
+    vae: Any
+    ret_img: bool
+    cfg_on_logits: bool
+    mix_after: Set[int]         # block indices after which hidden states are CFG-mixed
+    cond_BD: torch.Tensor       # (rows, D)
+    cond_BD_or_gss: torch.Tensor
+    ca_kv: tuple                # (kv_compact, cu_seqlens_k, max_seqlen_k) of the rows kept
+    next_x: torch.Tensor        # (rows, M, C)
+    summed_codes: torch.Tensor  # (B, d, 1, H, W)
+    branch: str = "both"
+    rope: Optional[tuple] = field(default=None)  # (positions, table) of the current low-rank unit
+
+
+class InfinityAdapter(Adapter):
+    family = "infinity"
+    required = ("block_chunks", "unregistered_blocks", "rope2d_freqs_grid", "cfg_uncond", "text_norm",
+                "text_proj_for_sos", "text_proj_for_ca", "shared_ada_lin", "lvl_embed", "pos_start", "word_embed",
+                "head_nm", "head", "get_logits", "add_lvl_embeding", "autoregressive_infer_cfg")
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self._blocks: List[nn.Module] = [m for chunk in model.block_chunks for m in chunk.module]
+        for i, b in enumerate(self._blocks):
+            if not hasattr(b, "sa") or not hasattr(b.sa, "kv_caching"):
+                raise TypeError(f"Infinity block {i} has no sa.kv_caching(); stagevar needs upstream's CrossAttnBlock")
+        self._index: Dict[int, int] = {id(b): i for i, b in enumerate(self._blocks)}
+        self._chunk_starts: List[int] = []
+        n = 0
+        for chunk in model.block_chunks:
+            self._chunk_starts.append(n)
+            n += len(chunk.module)
+        module = sys.modules.get(type(model).__module__)
+        self._sample = getattr(module, _SAMPLER, _own_helpers.sample_with_top_k_top_p_)
+        self.default_unit_blocks = len(model.block_chunks[0].module)
+
+    @property
+    def default_preset(self) -> str:  # type: ignore[override]
+        return "infinity-8b" if len(self._blocks) >= 40 else "infinity-2b"
+
+    def blocks(self) -> List[nn.Module]:
+        return self._blocks
+
+    def default_schedule(self):
+        return None  # chosen per call
+
+    def device(self) -> torch.device:
+        return self.model.pos_start.device
+
+    def check_units(self, units: Sequence[Tuple[int, int]]) -> None:
+        if not getattr(self.model, "add_lvl_embeding_only_first_block", 1):
+            starts = {lo for lo, _ in units}
+            missing = [c for c in self._chunk_starts if c not in starts]
+            if missing:
+                from ..config import ConfigError
+                raise ConfigError(
+                    f"this Infinity adds the level embedding before every block chunk (starting at blocks {missing}); "
+                    f"low-rank units must start at chunk boundaries: use unit_blocks={self.default_unit_blocks} or a divisor")
+
+    def schedule(self, st: _InfinityCall):
+        return [(int(h), int(w)) for _, h, w in st.schedule[:st.run_scales]]
+
+    def g_seed(self, st: _InfinityCall) -> Optional[int]:
+        return st.g_seed
+
+    def batch_size(self, st: _InfinityCall) -> int:
+        return st.B
+
+    # ------------------------------------------------------------------------------------------
+    def _text_condition(self, cond, negative, use_cfg: bool):
+        m = self.model
+        kv_compact, lens, cu_seqlens_k, max_seqlen_k = cond
+        if use_cfg:
+            if negative is not None:
+                kv_un, _, cu_un, max_un = negative
+                kv_compact = torch.cat((kv_compact, kv_un), dim=0)
+                cu_seqlens_k = torch.cat((cu_seqlens_k, cu_un[1:] + cu_seqlens_k[-1]))
+                max_seqlen_k = max(max_seqlen_k, max_un)
+            else:  # the learned null prompt, cut to each prompt's length
+                kv_un = torch.cat([m.cfg_uncond[:int(le)] for le in lens], dim=0).to(kv_compact.dtype)
+                kv_compact = torch.cat((kv_compact, kv_un), dim=0)
+                cu_seqlens_k = torch.cat((cu_seqlens_k, cu_seqlens_k[1:] + cu_seqlens_k[-1]))
+        kv_compact = m.text_norm(kv_compact)
+        sos = cond_BD = m.text_proj_for_sos((kv_compact, cu_seqlens_k, max_seqlen_k))
+        return sos, cond_BD, (m.text_proj_for_ca(kv_compact), cu_seqlens_k, max_seqlen_k)
+
+    def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> _InfinityCall:
+        m = self.model
+        a = self.bind_call(args, kwargs)
+        sched, cond, vae = a.get("scale_schedule"), a.get("label_B_or_BLT"), a.get("vae")
+        if sched is None or cond is None or vae is None:
+            raise ValueError("autoregressive_infer_cfg needs vae=, scale_schedule= and label_B_or_BLT= (the packed prompts)")
+        K = len(sched)
+        cfg_list, tau_list = list(a.get("cfg_list") or []), list(a.get("tau_list") or [])
+        if len(cfg_list) < K or len(tau_list) < K:
+            raise ValueError(f"cfg_list and tau_list need one entry per scale ({K}); got {len(cfg_list)} and {len(tau_list)}")
+        if a.get("vae_type", 32) == 0 or not getattr(m, "use_bit_label", 1):
+            raise NotImplementedError("stagevar supports Infinity's bitwise (bit_label) head only; vae_type=0 is not supported")
+        if getattr(m, "apply_spatial_patchify", 0):
+            raise NotImplementedError("stagevar does not support apply_spatial_patchify Infinity models yet")
+        insertion = list(a.get("cfg_insertion_layer", [0]))
+        bad = [c for c in insertion if c > 1]
+        if bad:
+            raise ValueError(f"cfg_insertion_layer entries must be <= 1 (0: logits, <0: hidden states), got {bad}")
+        B = int(a.get("B", 1))
+        if cond[2].shape[0] != B + 1:
+            raise ValueError(f"label_B_or_BLT packs {cond[2].shape[0] - 1} prompts but B={B}")
+        use_cfg = any(abs(c - 1) > 1e-12 for c in cfg_list[:K])
+        rows = 2 * B if use_cfg else B
+        g_seed = a.get("g_seed")
+        rng = self.seeded_generator(g_seed)
+        sos, cond_BD, ca_kv = self._text_condition(cond, a.get("negative_label_B_or_BLT"), use_cfg)
+        _, H, W = sched[-1]
+        st = _InfinityCall(
+            B=B, use_cfg=use_cfg, schedule=sched, run_scales=min(K, int(a.get("trunk_scale", 1000))),
+            cfg_list=cfg_list, tau_list=tau_list, top_k=a.get("top_k", 0), top_p=a.get("top_p", 0.0), g_seed=g_seed,
+            rng=rng, vae=vae, ret_img=bool(a.get("ret_img", False)), cfg_on_logits=0 in insertion,
+            mix_after={len(self._blocks) + c for c in insertion if c < 0},
+            cond_BD=cond_BD, cond_BD_or_gss=m.shared_ada_lin(cond_BD.float()), ca_kv=ca_kv,
+            next_x=sos.unsqueeze(1) + m.pos_start.expand(rows, 1, -1),
+            summed_codes=sos.new_zeros(B, m.word_embed.in_features, 1, H, W))
+        for b in self._blocks:
+            b.sa.kv_caching(True)
+        return st
+
+    def scale_input(self, st: _InfinityCall, si: int) -> torch.Tensor:
+        return st.next_x
+
+    def unit_input(self, st: _InfinityCall, si: int, first_block: int, x: torch.Tensor) -> torch.Tensor:
+        only_first = getattr(self.model, "add_lvl_embeding_only_first_block", 1)
+        if first_block == 0 or (not only_first and first_block in self._chunk_starts):
+            return self.model.add_lvl_embeding(x, si, st.schedule)
+        return x
+
+    def _rope_for(self, st: _InfinityCall, si: int, positions: torch.Tensor) -> _AnyKey:
+        """A RoPE table whose rows at this scale's offset are those of ``positions`` ``(rows, r)``."""
+        if st.rope is not None and st.rope[0] is positions:
+            return st.rope[1]
+        table = self.model.rope2d_freqs_grid
+        key = str(tuple(st.schedule))
+        if key not in table:
+            key = str(tuple(tuple(int(v) for v in s) for s in st.schedule))
+        grid = table[key]
+        if grid.shape[1] != 1:
+            raise RuntimeError(f"unexpected RoPE table shape {tuple(grid.shape)}: stagevar expects dim 1 to broadcast over the batch")
+        start = sum(int(h) * int(w) for _, h, w in st.schedule[:si])
+        rows, r = positions.shape
+        flat = (positions + start).reshape(-1).to(grid.device)
+        sel = grid.index_select(-2, flat).unflatten(-2, (rows, r)).movedim(-3, 1).squeeze(2)  # (2, rows, ..., r, F)
+        full = sel.new_zeros(*sel.shape[:-2], start + r, sel.shape[-1])
+        full[..., start:, :] = sel
+        st.rope = (positions, _AnyKey(full))
+        return st.rope[1]
+
+    def run_block(self, st: _InfinityCall, block: nn.Module, x: torch.Tensor, si: int,
+                  positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        grid = self.model.rope2d_freqs_grid if positions is None else self._rope_for(st, si, positions)
+        x = block(x=x, cond_BD=st.cond_BD_or_gss, ca_kv=st.ca_kv, attn_bias_or_two_vector=None,
+                  scale_schedule=st.schedule, rope2d_freqs_grid=grid, scale_ind=si)
+        if st.use_cfg and st.branch == "both" and self._index[id(block)] in st.mix_after:
+            if positions is not None:
+                raise ValueError("cfg_insertion_layer < 0 mixes the hidden states of the two CFG halves, which a low-rank "
+                                 "unit running both branches cannot do (each row keeps its own tokens); use "
+                                 "branch='uncond' or 'cond', or cfg_insertion_layer=[0]")
+            cfg = st.cfg_list[si]
+            x = cfg * x[:st.B] + (1 - cfg) * x[st.B:]
+            x = torch.cat((x, x), 0)
+        return x
+
+    def keep_rows(self, st: _InfinityCall, branch: str) -> None:
+        if not st.use_cfg:
+            raise ValueError("one-branch refinement needs CFG (some cfg_list entry != 1); this call has a single branch")
+        B = st.B
+        for b in self._blocks:
+            if b.sa.cached_k is not None:
+                b.sa.cached_k = select_rows(b.sa.cached_k, B, branch)
+                b.sa.cached_v = select_rows(b.sa.cached_v, B, branch)
+        st.cond_BD = select_rows(st.cond_BD, B, branch)
+        st.cond_BD_or_gss = select_rows(st.cond_BD_or_gss, B, branch)
+        st.next_x = select_rows(st.next_x, B, branch)
+        kv, cu, _ = st.ca_kv
+        lo, hi = (0, B) if branch == "cond" else (B, 2 * B)
+        a, b = int(cu[lo]), int(cu[hi])
+        cu_kept = cu[lo:hi + 1] - cu[lo]
+        st.ca_kv = (kv[a:b], cu_kept, int((cu_kept[1:] - cu_kept[:-1]).max()))
+        st.branch = branch
+
+    def _logits(self, st: _InfinityCall, si: int, x: torch.Tensor) -> torch.Tensor:
+        m, B = self.model, st.B
+        tau, cfg = st.tau_list[si], st.cfg_list[si]
+        if st.branch != "both":  # one branch: its own logits
+            return m.get_logits(x, st.cond_BD).mul(1 / tau)
+        if st.use_cfg and st.cfg_on_logits:
+            logits = m.get_logits(x, st.cond_BD).mul(1 / tau)
+            return cfg * logits[:B] + (1 - cfg) * logits[B:]
+        return m.get_logits(x[:B], st.cond_BD[:B]).mul(1 / tau)
+
+    def _next_input(self, st: _InfinityCall, si: int) -> None:
+        K = len(st.schedule)
+        if si >= K - 1:
+            return
+        _, nh, nw = st.schedule[si + 1]
+        nxt = F.interpolate(st.summed_codes, size=(1, nh, nw), mode=st.vae.quantizer.z_interplote_up).squeeze(-3)
+        x = self.model.word_embed(nxt.reshape(st.B, nxt.shape[1], -1).transpose(1, 2))
+        st.next_x = x.repeat(2, 1, 1) if (st.use_cfg and st.branch == "both") else x
+
+    def predict(self, st: _InfinityCall, si: int, x: torch.Tensor) -> None:
+        B = st.B
+        _, h, w = st.schedule[si]
+        logits = self._logits(st, si, x).reshape(B, -1, 2)
+        idx_Bld = self._sample(logits, rng=st.rng, top_k=st.top_k, top_p=st.top_p, num_samples=1)[:, :, 0]
+        codes = st.vae.quantizer.lfq.indices_to_codes(idx_Bld.reshape(B, h, w, -1).unsqueeze(1), label_type="bit_label")
+        _, H, W = st.schedule[-1]
+        if si != len(st.schedule) - 1:
+            st.summed_codes = st.summed_codes + F.interpolate(codes, size=(1, H, W), mode=st.vae.quantizer.z_interplote_up)
+        else:
+            st.summed_codes = st.summed_codes + codes
+        self._next_input(st, si)
+
+    def skip(self, st: _InfinityCall, si: int) -> None:
+        self._next_input(st, si)
+
+    def decode_partial(self, st: _InfinityCall) -> torch.Tensor:
+        return (st.vae.decode(st.summed_codes.squeeze(-3)) + 1) / 2
+
+    def branch_logits(self, st: _InfinityCall, x: torch.Tensor):
+        logits = self.model.get_logits(x, st.cond_BD)
+        return logits[:st.B].reshape(st.B, -1, 2), logits[st.B:].reshape(st.B, -1, 2)
+
+    def finish(self, st: _InfinityCall):
+        img = []
+        if st.ret_img:
+            img = st.vae.decode(st.summed_codes.squeeze(-3))
+            img = (img + 1) / 2
+            img = img.permute(0, 2, 3, 1).mul_(255).to(torch.uint8).flip(dims=(3,))
+        return [], [], img
+
+    def end(self, st: Any) -> None:
+        for b in self._blocks:
+            b.sa.kv_caching(False)
+
+    def cache_lengths(self):
+        return [None if b.sa.cached_k is None else (b.sa.cached_k.shape[0], b.sa.cached_k.shape[2]) for b in self._blocks]

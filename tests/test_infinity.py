@@ -1,0 +1,208 @@
+"""accelerate() on the reference Infinity: text condition, RoPE, aspect ratios."""
+import pytest
+import torch
+
+import stagevar
+import stagevar.engine as engine_mod
+import stagevar.models.infinity as ref_inf
+from stagevar import StageVARConfig
+from stagevar.models import reference_infinity
+
+PROMPTS = ["a red cat sitting on a mat", "sky", "an old wooden boat drifting on a calm grey sea at dawn"]
+
+
+@pytest.fixture
+def bundle():
+    return reference_infinity("tiny")
+
+
+def call_kwargs(bundle, B, aspect="1:1", seed=0, cfg=3.0, negative=False, **extra):
+    sched = bundle.schedule(aspect)
+    K = len(sched)
+    kw = dict(vae=bundle.vae, scale_schedule=sched, label_B_or_BLT=bundle.encode(PROMPTS[:B]), B=B, g_seed=seed,
+              cfg_list=[cfg] * K, tau_list=[0.8] * K, top_k=0, top_p=0.0, ret_img=True)
+    if negative:
+        kw["negative_label_B_or_BLT"] = bundle.encode(["blurry ugly"] * B)
+    kw.update(extra)
+    return kw
+
+
+def generate(model, kw):
+    return model.autoregressive_infer_cfg(**kw)[2]
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("aspect", ["1:1", "16:9", "1:2"])
+def test_none_preset_is_bit_identical(bundle, B, aspect):
+    kw = call_kwargs(bundle, B, aspect, negative=(B == 3))
+    want = generate(bundle.model, kw)
+    with stagevar.accelerated(bundle.model, "none"):
+        got = generate(bundle.model, kw)
+    assert torch.equal(got, want)
+    ret, idx, _ = bundle.model.autoregressive_infer_cfg(**kw)
+    assert ret == [] and idx == []
+
+
+def test_none_preset_bit_identical_with_hidden_state_cfg_and_trunk(bundle):
+    kw = call_kwargs(bundle, 2, cfg_insertion_layer=[-1], trunk_scale=5)
+    want = generate(bundle.model, kw)
+    with stagevar.accelerated(bundle.model, "none"):
+        got = generate(bundle.model, kw)
+        assert len(stagevar.report(bundle.model).scales) == 5
+    assert torch.equal(got, want)
+
+
+def _record_block(model, j):
+    calls = []
+    blk = model.unregistered_blocks[j]
+    h = blk.register_forward_hook(lambda m, a, k, out: calls.append((k["ca_kv"], out.detach().clone())), with_kwargs=True)
+    return calls, h
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("branch", ["uncond", "cond"])
+def test_one_branch_rows_and_text_kv_equal_the_2B_run(bundle, B, branch):
+    m = bundle.model
+    kw = call_kwargs(bundle, B, "16:9", negative=True)
+    K = len(kw["scale_schedule"])
+    last = len(m.unregistered_blocks) - 1
+    base, h = _record_block(m, last)
+    generate(m, kw)
+    h.remove()
+    stagevar.accelerate(m, StageVARConfig(refine_start=-2, branch=branch, name="t"))
+    acc, h = _record_block(m, last)
+    generate(m, kw)
+    h.remove()
+    t = K - 2
+    for si in range(t):
+        assert torch.equal(acc[si][1], base[si][1])
+    rows = slice(0, B) if branch == "cond" else slice(B, 2 * B)
+    torch.testing.assert_close(acc[t][1], base[t][1][rows], atol=1e-5, rtol=1e-5)
+    # the text K/V the blocks saw: the kept rows' segments, offsets rebased, max length recomputed
+    kv2, cu2, mx2 = base[t][0]
+    kv1, cu1, mx1 = acc[t][0]
+    lo, hi = (0, B) if branch == "cond" else (B, 2 * B)
+    assert torch.equal(kv1, kv2[int(cu2[lo]):int(cu2[hi])])
+    assert torch.equal(cu1, cu2[lo:hi + 1] - cu2[lo])
+    assert mx1 == int((cu1[1:] - cu1[:-1]).max())
+    assert cu1.shape[0] == B + 1
+    for b in [acc[t][1], acc[t + 1][1]]:
+        assert b.shape[0] == B
+
+
+def test_lowrank_cache_lengths(bundle):
+    m = bundle.model
+    kw = call_kwargs(bundle, 2, "1:2")
+    sched = kw["scale_schedule"]
+    cfg = StageVARConfig(refine_start=-2, branch="uncond", rank_ratio=0.25, name="t")  # default unit: a chunk
+    lengths = []
+    hooks = [b.register_forward_hook(lambda mod, a, o: lengths.append((mod.sa.cached_k.shape[0], mod.sa.cached_k.shape[2])))
+             for b in m.unregistered_blocks]
+    stagevar.accelerate(m, cfg)
+    generate(m, kw)
+    for h in hooks:
+        h.remove()
+    nblk, K = len(m.unregistered_blocks), len(sched)
+    total, expected = 0, []
+    for si, (_, hh, ww) in enumerate(sched):
+        M = hh * ww
+        total += M if si < K - 2 else min(M, int(0.25 * M) + 1)
+        expected += [(4 if si < K - 2 else 2, total)] * nblk
+    assert lengths == expected
+
+
+def test_rope_of_projected_tokens_is_that_of_representative_positions(bundle, monkeypatch):
+    m = bundle.model
+    kw = call_kwargs(bundle, 2, "16:9")
+    sched = kw["scale_schedule"]
+    K = len(sched)
+    idx_seen, rope_seen = [], []
+    real_idx, real_rope = engine_mod.representative_indices, ref_inf.apply_rotary_emb
+
+    def spy_idx(x, r, gen):
+        out = real_idx(x, r, gen)
+        idx_seen.append(out.clone())
+        return out
+
+    def spy_rope(q, k, scale_schedule, grid, scale_ind):
+        start = sum(h * w for _, h, w in scale_schedule[:scale_ind])
+        table = grid[str(tuple(tuple(int(v) for v in s) for s in scale_schedule))]
+        rope_seen.append((scale_ind, q.shape[2], table[..., start:start + q.shape[2], :].clone()))
+        return real_rope(q, k, scale_schedule, grid, scale_ind)
+
+    monkeypatch.setattr(engine_mod, "representative_indices", spy_idx)
+    monkeypatch.setattr(ref_inf, "apply_rotary_emb", spy_rope)
+    stagevar.accelerate(m, StageVARConfig(refine_start=-1, branch="uncond", rank_ratio=0.3, name="t"))
+    generate(m, kw)
+    full = m.rope2d_freqs_grid[str(tuple(sched))]
+    start = sum(h * w for _, h, w in sched[:K - 1])
+    per_chunk = len(m.block_chunks[0].module)
+    low = [r for r in rope_seen if r[0] == K - 1]
+    assert len(idx_seen) == len(m.block_chunks) and len(low) == len(m.unregistered_blocks)
+    for j, (_, L, used) in enumerate(low):
+        idx = idx_seen[j // per_chunk]  # (rows, r)
+        assert L == idx.shape[1]
+        want = full[..., start + idx, :]  # (2, 1, 1, rows, r, F)
+        assert used.shape[1] == idx.shape[0]  # per-row tables
+        for row in range(idx.shape[0]):
+            torch.testing.assert_close(used[:, row, 0], want[:, 0, 0, row])
+
+
+@pytest.mark.parametrize("aspect", ["1:1", "2:1", "16:9", "9:16"])
+def test_presets_run_at_any_aspect_ratio(bundle, aspect):
+    m = bundle.model
+    kw = call_kwargs(bundle, 2, aspect, negative=True)
+    _, h, w = kw["scale_schedule"][-1]
+    for name in ["infinity-2b", "infinity-2b-paper"]:
+        with stagevar.accelerated(m, name):
+            img = generate(m, kw)
+            rep = stagevar.report(m)
+        assert img.shape == (2, h * bundle.vae.upsample, w * bundle.vae.upsample, 3) and img.dtype == torch.uint8
+        modes = [s.mode for s in rep.scales]
+        assert modes[-3] == "uncond-only+low-rank"
+        assert modes[-2:] == (["skip", "skip"] if name.endswith("paper") else ["uncond-only+low-rank"] * 2)
+        assert rep.skipping == name.endswith("paper")
+
+
+def test_default_preset_and_restore(bundle):
+    m = bundle.model
+    kw = call_kwargs(bundle, 2)
+    want = generate(m, kw)
+    stagevar.accelerate(m)
+    assert stagevar.current_config(m).name == "infinity-2b"
+    a = generate(m, kw)
+    b = generate(m, kw)
+    assert torch.equal(a, b) and not torch.equal(a, want)
+    stagevar.restore(m)
+    assert torch.equal(generate(m, kw), want)
+
+
+def test_bad_input_names_what_to_change_and_leaves_model_usable(bundle):
+    m = bundle.model
+    kw = call_kwargs(bundle, 2)
+    want = generate(m, kw)
+    stagevar.accelerate(m, StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.3, name="t"))
+    with pytest.raises(ValueError, match="cfg_insertion_layer < 0 mixes"):
+        generate(m, dict(kw, cfg_insertion_layer=[-1]))
+    with pytest.raises(ValueError, match="needs vae="):
+        generate(m, dict(kw, vae=None))
+    with pytest.raises(ValueError, match="packs 2 prompts but B=3"):
+        generate(m, dict(kw, B=3))
+    with pytest.raises(ValueError, match="one entry per scale"):
+        generate(m, dict(kw, cfg_list=[3.0]))
+    stagevar.accelerate(m, StageVARConfig(refine_start=-2, branch="uncond", name="t"))
+    with pytest.raises(ValueError, match="needs CFG"):
+        generate(m, dict(kw, cfg_list=[1.0] * len(kw["scale_schedule"])))
+    assert not any(b.sa.caching or b.sa.cached_k is not None for b in m.unregistered_blocks)
+    stagevar.restore(m)
+    assert torch.equal(generate(m, kw), want)
+
+
+def test_per_chunk_level_embedding_needs_chunk_aligned_units():
+    b = reference_infinity("tiny", add_lvl_embeding_only_first_block=0)
+    kw = call_kwargs(b, 1)
+    want = generate(b.model, kw)
+    with stagevar.accelerated(b.model, "none"):
+        assert torch.equal(generate(b.model, kw), want)
+    with pytest.raises(stagevar.ConfigError, match="chunk boundaries"):
+        stagevar.accelerate(b.model, StageVARConfig(rank_ratio=0.3, unit_blocks=3))
