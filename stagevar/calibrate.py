@@ -91,6 +91,7 @@ class _Observer:
         self.partial: Dict[int, torch.Tensor] = {}
         self.kl: Dict[int, float] = {}
         self.ranks: Dict[int, Dict[int, List[List[float]]]] = {}  # si -> unit -> list of [ratio per alpha]
+        self.schedule = None
 
     def unit_input(self, st, si, u, x):
         M, C = x.shape[1], x.shape[2]
@@ -99,12 +100,31 @@ class _Observer:
             rows.append([k / min(M, C) for k in energy_ranks(row, self.alphas)])
 
     def scale_output(self, st, si, x):
+        if self.schedule is None:
+            self.schedule = self.ad.schedule(st)
         cond, uncond = self.ad.branch_logits(st, x)
         lp, lq = F.log_softmax(cond.float(), -1), F.log_softmax(uncond.float(), -1)
         self.kl[si] = float((lp.exp() * (lp - lq)).sum(-1).mean())
 
     def scale_done(self, st, si):
         self.partial[si] = self.ad.decode_partial(st)
+
+
+class _FinalImage:
+    """Keeps only the image decoded after the last scale run."""
+
+    def __init__(self, adapter):
+        self.ad, self.image = adapter, None
+
+    def unit_input(self, st, si, u, x):
+        pass
+
+    def scale_output(self, st, si, x):
+        pass
+
+    def scale_done(self, st, si):
+        if si == len(self.ad.schedule(st)) - 1:
+            self.image = self.ad.decode_partial(st)
 
 
 @dataclass
@@ -215,12 +235,13 @@ class Calibration:
 def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alphas: Sequence[float] = ALPHAS,
               feature_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, feature_name: Optional[str] = None,
               unit_blocks: Optional[int] = None, one_branch_sweep: bool = True, batch_size: int = 8,
-              **generation_kwargs) -> Calibration:
+              encode: Optional[Callable] = None, **generation_kwargs) -> Calibration:
     """Measure stages and ranks of ``model`` from intact generations on ``conditions``.
 
     Args:
-        model: a supported model (VAR interface); it is left as it was.
-        conditions: class labels (ints) to generate, one image per condition and seed.
+        model: a supported model (VAR or Infinity interface); it is left as it was.
+        conditions: class labels (VAR) or prompts (Infinity, with ``encode``), one image per
+            condition and seed.
         seeds: ``g_seed`` values; each condition is generated once per seed.
         alphas: energy levels for the rank table.
         feature_fn: ``(B, 3, H, W)`` in [0, 1] -> ``(B, F)`` features (e.g. a CLIP image
@@ -229,21 +250,27 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
         one_branch_sweep: also generate with one branch from each scale on (K - 1 more
             generations per batch) to measure the change in the final image.
         batch_size: conditions per generation call.
-        **generation_kwargs: passed to the generation call (``cfg``, ``top_k``, ``top_p``, ...).
+        encode: prompts -> the model's text condition (Infinity: the packed tuple, e.g.
+            ``bundle.encode``).
+        **generation_kwargs: the rest of the generation call (VAR: ``cfg``, ``top_k``, ...;
+            Infinity: ``vae``, ``scale_schedule``, ``cfg_list``, ``tau_list``, ...). Guidance
+            must be on: the condition sensitivity compares the two CFG branches.
 
     Cost: one intact generation per (condition, seed) with a decode per scale and a Gram
-    eigen-decomposition per unit per scale, plus ``K - 1`` generations per batch for the sweep.
+    eigen-decomposition per unit per scale per row, plus ``K - 1`` generations per batch for the
+    sweep.
     """
     conditions = list(conditions)
     if not conditions:
-        raise ValueError("calibrate needs at least one condition (class labels to generate), got none")
+        raise ValueError("calibrate needs at least one condition (class labels or prompts to generate), got none")
     if not seeds:
         raise ValueError("calibrate needs at least one seed")
     for a in alphas:
         if not 0 < a < 1:
             raise ValueError(f"alpha {a} must be in (0, 1)")
-    if "B" in generation_kwargs or "label_B" in generation_kwargs or "g_seed" in generation_kwargs:
-        raise ValueError("pass conditions and seeds to calibrate, not B / label_B / g_seed")
+    reserved = sorted({"B", "label_B", "label_B_or_BLT", "g_seed"} & set(generation_kwargs))
+    if reserved:
+        raise ValueError(f"pass conditions and seeds to calibrate, not {' / '.join(reserved)}")
     from . import api
 
     before = api.current_config(model)
@@ -251,26 +278,22 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
         api.restore(model)
     try:
         adapter = adapter_for(model)
-        if adapter.default_schedule() is None:
-            raise NotImplementedError(f"calibrate supports class-conditional VAR-interface models so far; "
-                                      f"{adapter.family} models choose their schedule per call")
-        base_cfg = preset("none").replace(unit_blocks=unit_blocks)
-        engine = Engine(adapter, base_cfg)
-        schedule = adapter.default_schedule()
-        K = len(schedule)
+        engine = Engine(adapter, preset("none").replace(unit_blocks=unit_blocks))
         feat = feature_fn or lowfreq_features
         fname = feature_name or ("lowfreq-8x8" if feature_fn is None else getattr(feature_fn, "__name__", "custom"))
-        device = adapter.device()
-        per = {"psnr": [[] for _ in range(K)], "ssim": [[] for _ in range(K)], "feat": [[] for _ in range(K)],
-               "kl": [[] for _ in range(K)], "ob": [[] for _ in range(K)]}
+        per: Dict[str, List[List[float]]] = {}
         ranks: Dict[int, Dict[int, List[List[float]]]] = {}
+        schedule = None
         for seed in seeds:
             for i in range(0, len(conditions), batch_size):
-                chunk = conditions[i:i + batch_size]
-                labels = torch.tensor([int(c) for c in chunk], device=device)
-                kw = dict(generation_kwargs, B=len(chunk), label_B=labels, g_seed=seed)
+                kw = dict(generation_kwargs, g_seed=seed, **adapter.condition_kwargs(conditions[i:i + batch_size], encode))
                 obs = _Observer(adapter, list(alphas), feat)
-                final = engine.observe(obs, **kw)
+                engine.observe(obs, **kw)
+                schedule = obs.schedule
+                K = len(schedule)
+                if not per:
+                    per = {k: [[] for _ in range(K)] for k in ("psnr", "ssim", "feat", "kl", "ob")}
+                final = obs.partial[K - 1]
                 f_final = feat(final)
                 for si in range(K):
                     img = obs.partial[si]
@@ -284,21 +307,23 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
                     for k in range(1, K):
                         sweep = Engine(adapter, StageVARConfig(refine_start=k, branch="uncond", unit_blocks=unit_blocks,
                                                                cache_condition=False, name=f"sweep{k}"))
-                        per["ob"][k] += psnr(sweep(**kw), final).tolist()
+                        last = _FinalImage(adapter)
+                        sweep.observe(last, **kw)
+                        per["ob"][k] += psnr(last.image, final).tolist()
         mean = lambda v: float(sum(v) / len(v)) if v else float("nan")  # noqa: E731
-        n_units = len(engine.units)
+        K = len(schedule)
         r_mean, r_std = [], []
         for si in range(K):
             ms, ss = [], []
-            for u in range(n_units):
+            for u in range(len(engine.units)):
                 rows = torch.tensor(ranks[si][u], dtype=torch.float64)
                 ms.append(rows.mean(0).tolist())
                 ss.append((rows.std(0, unbiased=False) if len(rows) > 1 else torch.zeros(len(alphas))).tolist())
             r_mean.append(ms)
             r_std.append(ss)
-        ub = unit_blocks or adapter.default_unit_blocks
         return Calibration(
-            family=adapter.family, schedule=[[1, h, w] for h, w in schedule], unit_blocks=ub,
+            family=adapter.family, schedule=[[1, h, w] for h, w in schedule],
+            unit_blocks=unit_blocks or adapter.default_unit_blocks,
             num_conditions=len(conditions) * len(seeds), alphas=[float(a) for a in alphas], feature_name=fname,
             psnr_to_final=[mean(v) for v in per["psnr"]], ssim_to_final=[mean(v) for v in per["ssim"]],
             feature_dist_to_final=[mean(v) for v in per["feat"]], kl_cond_uncond=[mean(v) for v in per["kl"]],
@@ -309,4 +334,3 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
     finally:
         if before is not None:
             api.accelerate(model, before)
-

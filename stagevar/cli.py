@@ -1,4 +1,4 @@
-"""Command line: ``stagevar demo | plan | calibrate`` (also ``python -m stagevar ...``)."""
+"""Command line: ``stagevar demo | bench | plan | calibrate`` (also ``python -m stagevar ...``)."""
 from __future__ import annotations
 
 import argparse
@@ -39,40 +39,60 @@ def _load_config(arg: Optional[str]) -> Optional[StageVARConfig]:
     return StageVARConfig.load(arg)
 
 
+def _demo_model(args):
+    """(model, call) for the demo: ``call()`` returns images ``(B, 3, H, W)`` in [0, 1]."""
+    from .adapters import adapter_for
+    from .models import reference_infinity, reference_var
+
+    if args.model == "var":
+        shape = args.shape or "d16"
+        var = reference_var(shape)
+        labels = torch.arange(args.batch) % var.num_classes
+        kw = dict(B=args.batch, label_B=labels, g_seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+        return f"VAR '{shape}'", var, lambda: var.autoregressive_infer_cfg(**kw)
+    shape = args.shape or "small"
+    bundle = reference_infinity(shape)
+    sched = bundle.schedule(args.aspect)
+    K = len(sched)
+    prompts = ["a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ripe cherries",
+               "an astronaut riding a horse"]
+    kw = dict(vae=bundle.vae, scale_schedule=sched, label_B_or_BLT=bundle.encode([prompts[i % 4] for i in range(args.batch)]),
+              B=args.batch, g_seed=args.seed, cfg_list=[args.cfg] * K, tau_list=[1.0] * K, top_k=args.top_k,
+              top_p=args.top_p, ret_img=True)
+
+    def call():
+        return adapter_for(bundle.model).images_of(bundle.model.autoregressive_infer_cfg(**kw))
+
+    return f"Infinity '{shape}' ({args.aspect}, {K} scales)", bundle.model, call
+
+
 def _demo(args) -> int:
-    from .models import reference_var
-
     torch.manual_seed(0)
-    print(f"stagevar demo: reference VAR '{args.shape}' (random weights), B={args.batch}, on {machine_name()}")
-    var = reference_var(args.shape)
+    what, model, call = _demo_model(args)
+    print(f"stagevar demo: reference {what} (random weights), B={args.batch}, on {machine_name()}")
     cfg = _load_config(args.config)
-    labels = torch.arange(args.batch) % var.num_classes
-    kw = dict(B=args.batch, label_B=labels, g_seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
 
-    def baseline():
-        api.restore(var)
+    def run(accelerate: bool):
+        if accelerate:
+            api.accelerate(model, cfg)
+        else:
+            api.restore(model)
         t = time.perf_counter()
-        img = var.autoregressive_infer_cfg(**kw)
+        img = call()
         return img, time.perf_counter() - t
 
-    def accelerated():
-        api.accelerate(var, cfg)
-        t = time.perf_counter()
-        img = var.autoregressive_infer_cfg(**kw)
-        return img, time.perf_counter() - t
-
-    accelerated()  # warm-up, and resolves the default preset for this model
-    baseline()
+    run(True)  # warm-up, and resolves the default preset for this model
+    run(False)
     base_t, acc_t = [], []
     for _ in range(args.repeats):  # interleaved, same seed
-        base_img, t = baseline()
+        base_img, t = run(False)
         base_t.append(t)
-        acc_img, t = accelerated()
+        acc_img, t = run(True)
         acc_t.append(t)
-    print(api.report(var))
+    print(api.report(model))
     b, a = statistics.median(base_t), statistics.median(acc_t)
     print(f"end-to-end median of {args.repeats}: baseline {b * 1e3:.0f} ms, accelerated {a * 1e3:.0f} ms, "
-          f"speedup {b / a:.2f}x (config {api.current_config(var).name!r})")
+          f"speedup {b / a:.2f}x (config {api.current_config(model).name!r})")
     diff = (acc_img - base_img).abs().mean().item()
     print(f"mean |accelerated - baseline| pixel difference: {diff:.4f} (random weights: says nothing about quality)")
     save_grid([base_img, acc_img], args.out)
@@ -91,6 +111,41 @@ def _plan(args) -> int:
 
     ub = cfg.unit_blocks or 1
     print(describe(resolve_plan(cfg, [(p, p) for p in pn], num_units=-(-depth // ub))))
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import format_report, run
+    from .models import reference_infinity, reference_var
+
+    if args.model == "var":
+        shape = args.shape or "tiny"
+        model = reference_var(shape)
+        kw = dict(B=args.batch, label_B=torch.arange(args.batch) % model.num_classes, g_seed=args.seed, cfg=args.cfg,
+                  top_k=args.top_k, top_p=args.top_p)
+        what = f"VAR '{shape}'"
+    else:
+        shape = args.shape or "tiny"
+        bundle = reference_infinity(shape)
+        model = bundle.model
+        sched = bundle.schedule(args.aspect)
+        K = len(sched)
+        prompts = ["a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ripe cherries"]
+        kw = dict(vae=bundle.vae, scale_schedule=sched, B=args.batch, g_seed=args.seed,
+                  label_B_or_BLT=bundle.encode([prompts[i % 3] for i in range(args.batch)]), cfg_list=[args.cfg] * K,
+                  tau_list=[1.0] * K, top_k=args.top_k, top_p=args.top_p, ret_img=True)
+        what = f"Infinity '{shape}' ({args.aspect}, {K} scales)"
+    methods = args.methods or (["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
+                               if args.model == "var" else
+                               ["baseline", "infinity-2b", "infinity-2b-paper", "cfg-only", "lowrank-only", "fastvar",
+                                "skip-last-2"])
+    title = f"stagevar bench: reference {what} (random weights), B={args.batch}"
+    print(title, flush=True)
+    report = run(model, methods, kw, repeats=args.repeats, warmup=args.warmup, out_dir=args.out,
+                 progress=not args.quiet, title=title)
+    print(format_report(report))
+    if args.out:
+        print(f"wrote {args.out}/bench.json, images.png (one row per method) and, with matplotlib, the charts")
     return 0
 
 
@@ -119,12 +174,15 @@ def _calibrate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import VAR_SHAPES
+    from .models import ASPECTS, INFINITY_SHAPES, VAR_SHAPES
 
     ap = argparse.ArgumentParser(prog="stagevar", description="Stage-aware acceleration of VAR image generators")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="generate baseline and accelerated images side by side")
-    d.add_argument("--shape", default="d16", choices=sorted(VAR_SHAPES), help="reference VAR shape (default d16)")
+    d.add_argument("--model", default="var", choices=["var", "infinity"], help="reference model family (default var)")
+    d.add_argument("--shape", default=None, choices=sorted(set(VAR_SHAPES) | set(INFINITY_SHAPES)),
+                   help="reference shape (default: d16 for var, small for infinity)")
+    d.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS), help="Infinity aspect ratio, width:height")
     d.add_argument("--config", default=None, help="preset name or JSON config file (default: the family preset)")
     d.add_argument("--batch", type=int, default=2)
     d.add_argument("--seed", type=int, default=0)
@@ -138,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", default="d16", choices=sorted(VAR_SHAPES))
     p.add_argument("--config", default=None)
     p.set_defaults(func=_plan)
+    b = sub.add_parser("bench", help="measure methods side by side (time, FLOPs, memory, fidelity) in one run")
+    b.add_argument("--model", default="var", choices=["var", "infinity"])
+    b.add_argument("--shape", default=None, help="reference shape (default tiny)")
+    b.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS))
+    b.add_argument("--methods", nargs="+", default=None,
+                   help="baseline, presets, cfg-only, lowrank-only, skip-last-N, fastvar, or config .json files")
+    b.add_argument("--batch", type=int, default=2)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--cfg", type=float, default=4.0)
+    b.add_argument("--top-k", type=int, default=0)
+    b.add_argument("--top-p", type=float, default=0.0)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--out", default="bench_out", help="folder for bench.json, images and charts ('' for none)")
+    b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(func=_bench)
     c = sub.add_parser("calibrate", help="measure stages and ranks of a reference model from its own generations")
     c.add_argument("--shape", default="small", choices=sorted(VAR_SHAPES))
     c.add_argument("--conditions", type=int, nargs="*", default=None, help="class labels (default: 0..7)")
@@ -156,10 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
     if getattr(args, "batch", 1) < 1:
-        print("stagevar: --batch must be at least 1", file=sys.stderr)
-        return 2
+        ap.error("--batch must be at least 1")
+    if args.command in ("demo", "bench") and args.shape is not None:
+        from .models import INFINITY_SHAPES, VAR_SHAPES
+        known = VAR_SHAPES if args.model == "var" else INFINITY_SHAPES
+        if args.shape not in known:
+            ap.error(f"--shape {args.shape} is not a {args.model} shape; choose one of {sorted(known)}")
     return args.func(args)
 
 

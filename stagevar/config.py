@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 BRANCHES = ("uncond", "cond", "both")
 PROJECTIONS = ("gaussian", "orthogonal", "sample")
+SELECTIONS = ("norm", "mean_distance")
 
 Ratio = Union[float, Tuple[float, ...]]
 
@@ -71,6 +72,10 @@ class StageVARConfig:
             (VAR: every block; Infinity: one block chunk).
         projection: ``"gaussian"`` (random projection, the paper), ``"orthogonal"`` (an
             orthonormalised Gaussian), or ``"sample"`` (run the representative tokens themselves).
+        selection: how the representative positions are chosen: ``"norm"`` (sampled without
+            replacement with probability proportional to ``||x_i||^2``, the paper) or
+            ``"mean_distance"`` (the ``r`` tokens farthest from the token-map mean,
+            deterministic, as FastVAR prunes).
         skip: scale indices not run at all (opt-in; the image is decoded from what was
             generated). Never part of a default preset.
         cache_condition: compute each block's condition modulation (VAR's AdaLN ``ada_lin``)
@@ -91,6 +96,7 @@ class StageVARConfig:
     unit_blocks: Optional[int] = None
     resample_units: bool = False
     projection: str = "gaussian"
+    selection: str = "norm"
     skip: Tuple[int, ...] = ()
     cache_condition: bool = True
     seed: int = 0
@@ -104,6 +110,8 @@ class StageVARConfig:
             raise ConfigError(f"branch={self.branch!r} is not one of {BRANCHES}; 'uncond' drops the condition as in the paper")
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"projection={self.projection!r} is not one of {PROJECTIONS}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection={self.selection!r} is not one of {SELECTIONS}")
         if self.rank_ratio is not None:
             set_("rank_ratio", _ratio(self.rank_ratio, "rank_ratio"))
         if not isinstance(self.rank_ratios, dict):

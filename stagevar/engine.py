@@ -14,7 +14,7 @@ import torch
 
 from .adapters.base import Adapter, select_rows
 from .config import StageVARConfig
-from .lowrank import project, representative_indices, restore
+from .lowrank import farthest_from_mean_indices, project, representative_indices, restore
 from .plan import ScalePlan, resolve_plan
 from .report import Report, ScaleStats
 
@@ -28,6 +28,13 @@ def projection_seed(g_seed: Optional[int], config_seed: int) -> int:
     """
     base = -1 if g_seed is None else int(g_seed)
     return (base * 0x9E3779B97F4A7C15 + config_seed * 0xBF58476D1CE4E5B9 + 0x5EED) & _MASK63
+
+
+def _block_flops(rows: int, n: int, kv_len: int, C: int) -> float:
+    """FLOP model of one block on ``n`` tokens attending to ``kv_len`` keys: QKV, output
+    projection and a 4C MLP (``24 C^2`` per token) plus attention (``4 C kv_len`` per token).
+    Cross-attention to text and AdaLN are not counted."""
+    return rows * n * (24.0 * C * C + 4.0 * C * kv_len)
 
 
 class Engine:
@@ -61,7 +68,9 @@ class Engine:
         """Run one call with ``observer`` told what happens (used by :mod:`stagevar.calibrate`).
 
         ``observer.unit_input(st, si, u, x)`` before each unit, ``observer.scale_output(st, si, x)``
-        before sampling, ``observer.scale_done(st, si)`` after it; ``st`` is the adapter's call state.
+        before sampling, ``observer.scale_done(st, si)`` after it and, if the observer has it,
+        ``observer.sampled(si, ids)`` with the scale's sampled token ids; ``st`` is the adapter's
+        call state.
         """
         with torch.no_grad():
             return self._run(args, kwargs, observer)
@@ -110,6 +119,7 @@ class Engine:
                 x = ad.scale_input(st, p.index)
                 rows = x.shape[0]
                 tokens = []
+                flops = 0.0
                 for u, (lo, hi) in enumerate(self.units):
                     x = ad.unit_input(st, p.index, lo, x)
                     if observer is not None:
@@ -124,16 +134,19 @@ class Engine:
                         n_tok = r
                     for j in range(lo, hi):
                         expected[j] += n_tok
+                        flops += _block_flops(rows, n_tok, expected[j], x.shape[-1])
                     tokens.append(n_tok)
                     if p.index < last_lowrank:
                         unit_out[u] = (x, p.hw)
                 self._check_caches(expected, rows, p.index)
                 if observer is not None:
                     observer.scale_output(st, p.index, x)
-                ad.predict(st, p.index, x)
+                ids = ad.predict(st, p.index, x)
                 if observer is not None:
                     observer.scale_done(st, p.index)
-                stats.append(ScaleStats(p.index, p.hw, p.mode, rows, tuple(tokens), self._sync(device) - t0))
+                    if hasattr(observer, "sampled"):
+                        observer.sampled(p.index, ids)
+                stats.append(ScaleStats(p.index, p.hw, p.mode, rows, tuple(tokens), self._sync(device) - t0, flops / 1e9))
             loop_s = self._sync(device) - t_loop
             t_dec = time.perf_counter()
             out = ad.finish(st)
@@ -149,7 +162,10 @@ class Engine:
         """Run ``blocks`` on ``r`` tokens of ``x_BMC`` (``(rows, M, C)``) and restore ``M`` outputs."""
         if prev is None:
             raise RuntimeError(f"stagevar: low-rank scale {p.index} has no previous-scale unit output to restore from")
-        idx_Br = representative_indices(x_BMC, r, gen)
+        if self.config.selection == "mean_distance":
+            idx_Br = farthest_from_mean_indices(x_BMC, r)
+        else:
+            idx_Br = representative_indices(x_BMC, r, gen)
         x_BrC = project(x_BMC, r, self.config.projection, idx_Br, gen)
         for b in blocks:
             x_BrC = self.adapter.run_block(st, b, x_BrC, p.index, positions=idx_Br)

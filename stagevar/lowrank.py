@@ -22,7 +22,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-__all__ = ["representative_indices", "projection_matrix", "project", "restore", "area_resize_tokens"]
+__all__ = ["representative_indices", "farthest_from_mean_indices", "projection_matrix", "project", "restore", "area_resize_tokens"]
 
 
 def representative_indices(x_BMC: torch.Tensor, r: int, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -43,6 +43,16 @@ def representative_indices(x_BMC: torch.Tensor, r: int, generator: Optional[torc
     # A tiny floor keeps multinomial valid when some (or all) tokens are exactly zero.
     w_BM = w_BM + w_BM.amax(dim=-1, keepdim=True).clamp_min(1e-30) * 1e-12
     return torch.multinomial(w_BM, r, replacement=False, generator=generator)
+
+
+def farthest_from_mean_indices(x_BMC: torch.Tensor, r: int) -> torch.Tensor:
+    """The ``r`` positions per row farthest from the row's token mean (``||x_i - mean||^2``), ``(B, r)``."""
+    B, M, _ = x_BMC.shape
+    if not 1 <= r <= M:
+        raise ValueError(f"rank r={r} must be in [1, M={M}]")
+    x = x_BMC.float()
+    d_BM = (x - x.mean(1, keepdim=True)).pow(2).sum(-1)
+    return d_BM.topk(r, dim=1, sorted=False).indices
 
 
 def projection_matrix(M: int, r: int, kind: str, generator: Optional[torch.Generator],

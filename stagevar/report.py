@@ -10,7 +10,8 @@ class ScaleStats:
     """What ran at one scale.
 
     ``tokens`` holds, per low-rank unit, the tokens that unit computed (``M`` when intact);
-    ``rows`` is the batch rows run (``2B`` with CFG, ``B`` with one branch, 0 when skipped).
+    ``rows`` is the batch rows run (``2B`` with CFG, ``B`` with one branch, 0 when skipped);
+    ``gflops`` the FLOP model of the scale's blocks (see ``stagevar.engine._block_flops``).
     """
 
     index: int
@@ -19,6 +20,7 @@ class ScaleStats:
     rows: int
     tokens: Tuple[int, ...]
     time_s: float
+    gflops: float = 0.0
 
     @property
     def M(self) -> int:
@@ -51,6 +53,10 @@ class Report:
         return sum(s.token_rows for s in self.scales)
 
     @property
+    def gflops(self) -> float:
+        return sum(s.gflops for s in self.scales)
+
+    @property
     def intact_token_rows(self) -> float:
         """What the same schedule costs with both CFG branches and every token."""
         return float(sum(2 * self.batch_size * s.M for s in self.scales))
@@ -59,7 +65,7 @@ class Report:
         return {
             "config": self.config_name, "batch_size": self.batch_size, "device": self.device,
             "loop_s": self.loop_s, "decode_s": self.decode_s, "total_s": self.total_s,
-            "skipping": self.skipping, "token_rows": self.token_rows, "intact_token_rows": self.intact_token_rows,
+            "skipping": self.skipping, "token_rows": self.token_rows, "intact_token_rows": self.intact_token_rows, "gflops": self.gflops,
             "scales": [dict(asdict(s), M=s.M, token_rows=s.token_rows) for s in self.scales],
         }
 
@@ -72,7 +78,8 @@ class Report:
             lines.append(f"{s.index:>5} {s.hw[0]:>3} x{s.hw[1]:>3} {s.M:>6} {s.rows:>5} {toks:>16} {s.time_s * 1e3:>9.2f}  {s.mode}")
         frac = self.token_rows / self.intact_token_rows if self.intact_token_rows else 0.0
         lines.append(f"transformer loop {self.loop_s * 1e3:.1f} ms, decode {self.decode_s * 1e3:.1f} ms; "
-                     f"token-rows computed {self.token_rows:.0f} of {self.intact_token_rows:.0f} intact ({frac:.1%})")
+                     f"token-rows computed {self.token_rows:.0f} of {self.intact_token_rows:.0f} intact ({frac:.1%}); "
+                     f"FLOP model {self.gflops:.1f} GFLOP")
         return "\n".join(lines)
 
 

@@ -76,8 +76,10 @@ def test_planted_low_rank_late_stage_is_found():
 def test_calibrate_bad_inputs(tiny):
     with pytest.raises(ValueError, match="at least one condition"):
         calibrate(tiny, [])
-    with pytest.raises(ValueError, match="not B / label_B / g_seed"):
+    with pytest.raises(ValueError, match="not B"):
         calibrate(tiny, [0], B=2)
+    with pytest.raises(ValueError, match="outside 0..9"):
+        calibrate(tiny, [12])
     with pytest.raises(stagevar.UnsupportedModelError):
         calibrate(torch.nn.Linear(2, 2), [0])
 
@@ -86,3 +88,24 @@ def test_calibrate_leaves_acceleration_as_it_was(tiny):
     stagevar.accelerate(tiny, "var-d16")
     calibrate(tiny, [0], one_branch_sweep=False)
     assert stagevar.current_config(tiny).name == "var-d16"
+
+
+def test_calibrate_infinity_with_prompts():
+    from stagevar.models import reference_infinity
+
+    b = reference_infinity("tiny")
+    sched = b.schedule("16:9")
+    K = len(sched)
+    kw = dict(vae=b.vae, scale_schedule=sched, cfg_list=[3.0] * K, tau_list=[1.0] * K)
+    cal = calibrate(b.model, ["a red cat", "a blue boat on the sea"], encode=b.encode, **kw)
+    assert cal.family == "infinity" and [s[1:] for s in cal.schedule] == [[h, w] for _, h, w in sched]
+    assert len(cal.rank_ratio_mean[-1]) == len(b.model.block_chunks)
+    assert cal.psnr_to_final[-1] == 100.0 and all(v is not None for v in cal.one_branch_psnr[1:])
+    cfg = cal.recommend()
+    with stagevar.accelerated(b.model, cfg):
+        _, _, img = b.model.autoregressive_infer_cfg(label_B_or_BLT=b.encode(["x", "y"]), B=2, g_seed=0, ret_img=True, **kw)
+    assert img.shape[0] == 2
+    with pytest.raises(ValueError, match="pass encode="):
+        calibrate(b.model, ["a cat"], **kw)
+    with pytest.raises(ValueError, match="set some cfg_list entry != 1"):
+        calibrate(b.model, ["a cat"], encode=b.encode, **dict(kw, cfg_list=[1.0] * K))

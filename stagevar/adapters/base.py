@@ -103,6 +103,10 @@ class Adapter:
         """The call's seed (None when the call is unseeded)."""
         raise NotImplementedError
 
+    def condition_kwargs(self, conditions: Sequence, encode: Optional[Any] = None) -> dict:
+        """Generation-call arguments that generate one image per condition (for calibration)."""
+        raise NotImplementedError
+
     def batch_size(self, st: Any) -> int:
         """``B``, the images the call generates."""
         raise NotImplementedError
@@ -129,8 +133,9 @@ class Adapter:
         """Cut every per-row tensor (KV caches, condition, text K/V, next input) to one branch."""
         raise NotImplementedError
 
-    def predict(self, st: Any, si: int, x: torch.Tensor) -> None:
-        """Logits, guidance, sampling, and the next scale's input from scale ``si``'s output."""
+    def predict(self, st: Any, si: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits, guidance, sampling, and the next scale's input from scale ``si``'s output.
+        Returns the sampled token ids (``(B, M)``, or ``(B, M, bits)`` for a bitwise head)."""
         raise NotImplementedError
 
     def skip(self, st: Any, si: int) -> None:
@@ -143,6 +148,14 @@ class Adapter:
 
     def branch_logits(self, st: Any, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(cond, uncond)`` logits ``(B, M, V)`` of a scale's output ``x`` with both branches' rows."""
+        raise NotImplementedError
+
+    def decoder(self, call_kwargs: dict) -> Tuple[Any, str]:
+        """``(object, attribute)`` of the decode function a call uses (for timing it apart)."""
+        raise NotImplementedError
+
+    def images_of(self, output: Any) -> torch.Tensor:
+        """The generation call's output as ``(B, 3, H, W)`` float RGB images in [0, 1]."""
         raise NotImplementedError
 
     def finish(self, st: Any) -> Any:

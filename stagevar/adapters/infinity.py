@@ -105,6 +105,12 @@ class InfinityAdapter(Adapter):
     def g_seed(self, st: _InfinityCall) -> Optional[int]:
         return st.g_seed
 
+    def condition_kwargs(self, conditions, encode=None) -> dict:
+        if encode is None:
+            raise ValueError("Infinity conditions are prompts: pass encode= (prompts -> the packed text condition, "
+                             "e.g. bundle.encode for the reference model, or your T5 encode_prompt)")
+        return dict(B=len(conditions), label_B_or_BLT=encode(list(conditions)))
+
     def batch_size(self, st: _InfinityCall) -> int:
         return st.B
 
@@ -246,7 +252,7 @@ class InfinityAdapter(Adapter):
         x = self.model.word_embed(nxt.reshape(st.B, nxt.shape[1], -1).transpose(1, 2))
         st.next_x = x.repeat(2, 1, 1) if (st.use_cfg and st.branch == "both") else x
 
-    def predict(self, st: _InfinityCall, si: int, x: torch.Tensor) -> None:
+    def predict(self, st: _InfinityCall, si: int, x: torch.Tensor) -> torch.Tensor:
         B = st.B
         _, h, w = st.schedule[si]
         logits = self._logits(st, si, x).reshape(B, -1, 2)
@@ -258,6 +264,7 @@ class InfinityAdapter(Adapter):
         else:
             st.summed_codes = st.summed_codes + codes
         self._next_input(st, si)
+        return idx_Bld.reshape(B, h * w, -1)
 
     def skip(self, st: _InfinityCall, si: int) -> None:
         self._next_input(st, si)
@@ -266,8 +273,19 @@ class InfinityAdapter(Adapter):
         return (st.vae.decode(st.summed_codes.squeeze(-3)) + 1) / 2
 
     def branch_logits(self, st: _InfinityCall, x: torch.Tensor):
+        if not st.use_cfg:
+            raise ValueError("calibration compares the two CFG branches: set some cfg_list entry != 1")
         logits = self.model.get_logits(x, st.cond_BD)
         return logits[:st.B].reshape(st.B, -1, 2), logits[st.B:].reshape(st.B, -1, 2)
+
+    def decoder(self, call_kwargs: dict):
+        return call_kwargs["vae"], "decode"
+
+    def images_of(self, output) -> torch.Tensor:
+        img = output[2]
+        if not isinstance(img, torch.Tensor):
+            raise ValueError("pass ret_img=True so the call returns images")
+        return img.flip(dims=(3,)).permute(0, 3, 1, 2).float() / 255  # uint8 BHWC BGR -> float BCHW RGB
 
     def finish(self, st: _InfinityCall):
         img = []

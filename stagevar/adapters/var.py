@@ -80,6 +80,16 @@ class VARAdapter(Adapter):
     def g_seed(self, st: _VARCall) -> Optional[int]:
         return st.g_seed
 
+    def condition_kwargs(self, conditions, encode=None) -> dict:
+        try:
+            labels = [int(c) for c in conditions]
+        except (TypeError, ValueError):
+            raise ValueError(f"VAR conditions are class labels (ints), got {list(conditions)[:3]}...") from None
+        bad = [c for c in labels if not 0 <= c < self.model.num_classes]
+        if bad:
+            raise ValueError(f"class labels {bad} are outside 0..{self.model.num_classes - 1}")
+        return dict(B=len(labels), label_B=torch.tensor(labels, device=self.device()))
+
     def batch_size(self, st: _VARCall) -> int:
         return st.B
 
@@ -142,7 +152,7 @@ class VARAdapter(Adapter):
         x = m.word_embed(x) + st.lvl_pos[:, begin:begin + m.patch_nums[si + 1] ** 2]
         st.next_x = x.repeat(2, 1, 1) if st.branch == "both" else x
 
-    def predict(self, st: _VARCall, si: int, x: torch.Tensor) -> None:
+    def predict(self, st: _VARCall, si: int, x: torch.Tensor) -> torch.Tensor:
         m = self.model
         K = len(m.patch_nums)
         pn = m.patch_nums[si]
@@ -163,6 +173,7 @@ class VARAdapter(Adapter):
         h_BChw = h_BChw.transpose_(1, 2).reshape(st.B, m.Cvae, pn, pn)
         st.f_hat, next_map = quant.get_next_autoregressive_input(si, K, st.f_hat, h_BChw)
         self._next_input(st, si, next_map)
+        return idx_Bl
 
     def skip(self, st: _VARCall, si: int) -> None:
         m = self.model
@@ -176,6 +187,12 @@ class VARAdapter(Adapter):
     def branch_logits(self, st: _VARCall, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         logits = self.model.get_logits(x, st.cond_BD)
         return logits[:st.B], logits[st.B:]
+
+    def decoder(self, call_kwargs: dict):
+        return self.model.vae_proxy[0], "fhat_to_img"
+
+    def images_of(self, output: torch.Tensor) -> torch.Tensor:
+        return output.float()
 
     def finish(self, st: _VARCall) -> torch.Tensor:
         return self.model.vae_proxy[0].fhat_to_img(st.f_hat).add_(1).mul_(0.5)
