@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--configs", nargs="+", default=["infinity-2b", "infinity-2b-paper"])
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action="store_true", help="run under torch.autocast(bfloat16), as upstream inference does")
     args = ap.parse_args()
     bundle = reference_infinity(args.shape, device=torch.device(args.device))
     m = bundle.model
@@ -42,7 +43,8 @@ def main():
               cfg_list=[4.0] * K, tau_list=[0.5] * K, top_k=900, top_p=0.97, ret_img=True, cfg_insertion_layer=[0])
     timer = DecodeTimer(bundle.vae, "decode")
     methods = [("unpatched", None)] + [(c, stagevar.preset(c)) for c in args.configs]
-    with torch.inference_mode():
+    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
+    with torch.inference_mode(), autocast:
         rows = interleaved(m, lambda: m.autoregressive_infer_cfg(**kw), methods, args.repeats, timer, progress=True)
         stagevar.accelerate(m, methods[1][1])
         m.autoregressive_infer_cfg(**kw)

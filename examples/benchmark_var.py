@@ -42,10 +42,12 @@ def main():
     ap.add_argument("--config", default=None, help="preset name (default: the shape's preset)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action="store_true", help="run under torch.autocast(bfloat16), as upstream inference does")
     args = ap.parse_args()
     warnings.simplefilter("ignore", stagevar.NoAccelerationWarning)  # "cache-only" accelerates no scale, knowingly
     results = []
-    with torch.inference_mode():
+    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
+    with torch.inference_mode(), autocast:
         for B in args.batch:
             var = reference_var(args.shape, device=torch.device(args.device))
             timer = DecodeTimer(var.vae_proxy[0], "fhat_to_img")

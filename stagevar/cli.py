@@ -140,7 +140,8 @@ def _bench(args) -> int:
                                ["baseline", "infinity-2b", "infinity-2b-paper", "cfg-only", "lowrank-only", "fastvar",
                                 "skip-last-2"])
     title = f"stagevar bench: reference {what} (random weights), B={args.batch}"
-    print(title, flush=True)
+    if not args.quiet:
+        print(title, flush=True)
     report = run(model, methods, kw, repeats=args.repeats, warmup=args.warmup, out_dir=args.out,
                  progress=not args.quiet, title=title)
     print(format_report(report))

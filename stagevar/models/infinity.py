@@ -313,6 +313,12 @@ class Infinity(nn.Module):
         self.head = nn.Linear(self.C, self.V)
         self.rope2d_freqs_grid = precompute_rope2d_freqs_grid(self.C // num_heads, list(schedules))
 
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        device = self.pos_start.device  # the RoPE tables follow the model's device, staying fp32
+        self.rope2d_freqs_grid = {k: v.to(device) for k, v in self.rope2d_freqs_grid.items()}
+        return out
+
     def init_weights(self, gate: float = 1.0, seed: int = 0) -> "Infinity":
         """Variance-preserving random weights with residual gates ~``gate`` (a random stand-in for a trained model)."""
         g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,89 @@
+"""stagevar bench: the harness on tiny models (no timing assertions beyond sanity)."""
+import json
+
+import pytest
+import torch
+
+import stagevar
+from stagevar.bench import fastvar_config, format_report, resolve_methods, run
+from stagevar.cli import main
+from stagevar.models import reference_infinity, reference_var
+
+ALL_VAR = ["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-1"]
+
+
+def _check_report(rep, labels):
+    assert [m["method"] for m in rep["methods"]] == labels
+    base = rep["methods"][0]
+    assert base["psnr"] == 100.0 and base["ssim"] == pytest.approx(1.0)
+    assert all(v == 1.0 for v in base["token_agreement"].values())
+    assert base["loop_speedup"] == 1.0 and base["config"] is None
+    for m in rep["methods"]:
+        assert m["loop_ms"] > 0 and m["e2e_ms"] >= m["loop_ms"] * 0.5
+        assert m["gflops"] > 0 and m["flop_ratio"] > 0
+        assert m["memory"]["kind"].startswith(("cpu", "cuda"))
+        assert len(m["per_scale"]) == len(base["per_scale"])
+    json.dumps(rep)
+
+
+def test_var_report_for_every_method(tmp_path):
+    var = reference_var("tiny")
+    kw = dict(B=2, label_B=torch.tensor([1, 2]), g_seed=0, cfg=3.0)
+    rep = run(var, ALL_VAR, kw, repeats=1, warmup=0, out_dir=str(tmp_path))
+    _check_report(rep, ALL_VAR)
+    by = {m["method"]: m for m in rep["methods"]}
+    assert by["skip-last-1"]["skipping"] and by["skip-last-1"]["token_agreement"]["3"] is None
+    assert by["cfg-only"]["per_scale"][-1]["mode"] == "uncond-only"
+    assert by["lowrank-only"]["per_scale"][-1]["mode"] == "low-rank" and by["lowrank-only"]["per_scale"][-1]["rows"] == 4
+    assert by["fastvar"]["config"]["selection"] == "mean_distance"
+    assert by["var-d16"]["flop_ratio"] > 1.0
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert [m["method"] for m in on_disk["methods"]] == ALL_VAR
+    assert (tmp_path / "images.png").exists()
+    assert "var-d16" in format_report(rep)
+    assert not stagevar.is_accelerated(var)
+
+
+def test_infinity_report_and_user_config_round_trip(tmp_path):
+    b = reference_infinity("tiny")
+    sched = b.schedule("2:1")
+    K = len(sched)
+    cfg = stagevar.StageVARConfig(refine_start=-2, branch="cond", rank_ratio=0.3, name="mine")
+    path = tmp_path / "mine.json"
+    cfg.save(path)
+    kw = dict(vae=b.vae, scale_schedule=sched, label_B_or_BLT=b.encode(["a cat", "a dog"]), B=2, g_seed=0,
+              cfg_list=[3.0] * K, tau_list=[1.0] * K, ret_img=True)
+    rep = run(b.model, ["infinity-2b", "infinity-2b-paper", str(path)], kw, repeats=1, warmup=0)
+    _check_report(rep, ["baseline", "infinity-2b", "infinity-2b-paper", "mine"])
+    assert stagevar.StageVARConfig.from_dict(rep["methods"][3]["config"]) == cfg
+    assert rep["methods"][2]["skipping"]
+
+
+def test_bad_methods_and_shapes_say_what_to_change(tmp_path, capsys):
+    with pytest.raises(stagevar.ConfigError, match="unknown method 'turbo'; methods: baseline"):
+        resolve_methods(["turbo"], "var-d16", 4)
+    with pytest.raises(stagevar.ConfigError, match="skip-last-N with N >= 1"):
+        resolve_methods(["skip-last-0"], "var-d16", 4)
+    with pytest.raises(stagevar.ConfigError, match="no such config file"):
+        resolve_methods([str(tmp_path / "nope.json")], "var-d16", 4)
+    with pytest.raises(SystemExit):
+        main(["bench", "--model", "infinity", "--shape", "d16"])
+    assert "is not a infinity shape" in capsys.readouterr().err
+    var = reference_var("tiny")
+    stagevar.accelerate(var)
+    with pytest.raises(ValueError, match="needs the unpatched model"):
+        run(var, ["baseline"], dict(B=1, label_B=1), repeats=1)
+
+
+def test_fastvar_plan_prunes_middle_blocks_only():
+    cfg = fastvar_config(20)
+    ratios = cfg.rank_ratios[-1]
+    assert ratios[:2] == (1.0, 1.0) and ratios[2] == 0.5 and ratios[16] == 0.5 and ratios[17:] == (1.0,) * 3
+    assert cfg.branch == "both" and cfg.skip == ()
+
+
+def test_cli_bench_runs(tmp_path, capsys):
+    assert main(["bench", "--shape", "tiny", "--repeats", "1", "--warmup", "0", "--quiet", "--out", str(tmp_path),
+                 "--methods", "baseline", "var-d16"]) == 0
+    out = capsys.readouterr().out
+    assert "var-d16" in out and (tmp_path / "bench.json").exists()
