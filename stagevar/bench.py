@@ -20,6 +20,31 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _timed(call: Callable[[], Any]) -> float:
+    """Seconds one call takes: CUDA events after a synchronisation on a GPU, the wall clock otherwise."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t = time.perf_counter()
+    call()
+    return time.perf_counter() - t
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="stagevar bench", unit="call")
+
+
 class DecodeTimer:
     """Wraps ``getattr(obj, attr)`` on the instance and records how long its last call took, so the
     transformer loop can be told apart from the decode (end-to-end minus decode)."""
@@ -59,22 +84,22 @@ def interleaved(model: Any, call: Callable[[], Any], methods: Sequence[Method], 
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     times: Dict[str, Dict[str, List[float]]] = {name: {"e2e": [], "loop": []} for name, _ in methods}
+    bar = _progress_bar((warmup + repeats) * len(methods), progress)
     for rnd in range(warmup + repeats):
         for name, cfg in methods:
             if cfg is None:
                 api.restore(model)
             else:
                 api.accelerate(model, cfg)
-            _sync()
-            t = time.perf_counter()
-            call()
-            _sync()
-            e2e = time.perf_counter() - t
+            e2e = _timed(call)
             if rnd >= warmup:
                 times[name]["e2e"].append(e2e)
                 times[name]["loop"].append(e2e - timer.last)
-            if progress:
-                print(f"  round {rnd + 1}/{warmup + repeats} {name}: {e2e * 1e3:.0f} ms", flush=True)
+            if bar is not None:
+                bar.set_postfix_str(f"round {rnd + 1} {name}: {e2e * 1e3:.0f} ms")
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     api.restore(model)
     base_name = methods[0][0]
     base = {k: statistics.median(v) for k, v in times[base_name].items()}
@@ -175,35 +200,61 @@ class _Recorder:
         self.tokens[si] = ids.detach().cpu()
 
 
-class _PeakRSS:
-    """Peak resident memory of this process while the block runs, sampled every 2 ms (CPU)."""
+class _PeakHeap:
+    """Peak increase of this process's live heap while the block runs (CPU), sampled every 1 ms.
+
+    Live bytes come from glibc's ``mallinfo2`` (in-use arena plus mmapped blocks), which, unlike
+    the resident set, falls when tensors are freed; where it is unavailable, the resident set size
+    is sampled instead (``kind`` says which)."""
+
+    def __init__(self):
+        import ctypes
+
+        self.kind = "cpu_peak_rss_increase_MiB"
+        self._read = self._rss
+        try:
+            class _MI2(ctypes.Structure):
+                _fields_ = [(n, ctypes.c_size_t) for n in
+                            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallinfo2.restype = _MI2
+            self._libc = libc
+            self._read = self._heap
+            self.kind = "cpu_peak_heap_increase_MiB"
+        except (OSError, AttributeError):
+            pass
+
+    def _heap(self) -> int:
+        m = self._libc.mallinfo2()
+        return m.uordblks + m.hblkhd
+
+    @staticmethod
+    def _rss() -> int:
+        import os
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
 
     def __enter__(self):
         import threading
 
-        self.base = self.peak = self._rss()
+        self.base = self.peak = self._read()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._poll, daemon=True)
         self._t.start()
         return self
 
     def _poll(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                import os
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError):
-            return 0
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._read())
 
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, self._rss())
+        self.peak = max(self.peak, self._read())
 
 
 def _inspect(model, adapter, cfg: StageVARConfig, call_kwargs: dict, device: torch.device):
@@ -218,9 +269,9 @@ def _inspect(model, adapter, cfg: StageVARConfig, call_kwargs: dict, device: tor
         torch.cuda.synchronize(device)
         mem = dict(kind="cuda_max_allocated_MiB", value=torch.cuda.max_memory_allocated(device) / 2 ** 20)
     else:
-        with _PeakRSS() as m:
+        with _PeakHeap() as m:
             out = eng.observe(rec, **call_kwargs)
-        mem = dict(kind="cpu_peak_rss_increase_MiB", value=(m.peak - m.base) / 2 ** 20)
+        mem = dict(kind=m.kind, value=(m.peak - m.base) / 2 ** 20)
     return rec.tokens, adapter.images_of(out), eng.last_report, mem
 
 
@@ -238,7 +289,7 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 3,
     Per method: transformer-loop and end-to-end time (median, min-max) and speedups against the
     baseline of the same run; per-scale time and FLOP model from stagevar's report (the baseline's
     from the ``"none"`` preset, which is bit-identical to the unpatched call); peak memory (CUDA
-    max allocated, or the CPU process's peak RSS increase sampled during the call); fidelity to
+    max allocated, or the CPU process's peak live-heap increase sampled during the call); fidelity to
     the baseline images of the same seed (PSNR, SSIM) and per-scale token agreement.
     """
     from .adapters import adapter_for
@@ -280,8 +331,6 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 3,
             gflops=rep.gflops, flop_ratio=base_flops / rep.gflops if rep.gflops else None, memory=mem,
             psnr=float(psnr(img, base_img).mean()), ssim=float(ssim(img, base_img).mean()),
             token_agreement={str(k): v for k, v in sorted(agree.items())}))
-        if progress:
-            print(f"  inspected {label}", flush=True)
     from .cli import machine_name
 
     report = dict(title=title, device=machine_name(), repeats=repeats, warmup=warmup,

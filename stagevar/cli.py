@@ -152,14 +152,28 @@ def _bench(args) -> int:
 
 def _calibrate(args) -> int:
     from .calibrate import calibrate
-    from .models import reference_var
+    from .models import reference_infinity, reference_var
 
-    var = reference_var(args.shape)
-    conditions = args.conditions if args.conditions else list(range(min(8, var.num_classes)))
-    print(f"stagevar calibrate: reference VAR '{args.shape}', {len(conditions)} conditions x {len(args.seeds)} seeds, "
+    gen = dict(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds)
+    if args.model == "var":
+        shape = args.shape or "small"
+        model = reference_var(shape)
+        conditions = args.conditions if args.conditions else list(range(min(8, model.num_classes)))
+        gen.update(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+        what = f"VAR '{shape}'"
+    else:
+        shape = args.shape or "tiny"
+        bundle = reference_infinity(shape)
+        model = bundle.model
+        sched = bundle.schedule(args.aspect)
+        conditions = args.prompts or ["a red fox in the snow", "a lighthouse on a cliff at dusk",
+                                      "a bowl of ripe cherries", "an astronaut riding a horse"]
+        gen.update(encode=bundle.encode, vae=bundle.vae, scale_schedule=sched, cfg_list=[args.cfg] * len(sched),
+                   tau_list=[1.0] * len(sched), top_k=args.top_k, top_p=args.top_p)
+        what = f"Infinity '{shape}' ({args.aspect})"
+    print(f"stagevar calibrate: reference {what}, {len(conditions)} conditions x {len(args.seeds)} seeds, "
           f"on {machine_name()}")
-    cal = calibrate(var, conditions, seeds=args.seeds, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                    unit_blocks=args.unit_blocks, one_branch_sweep=not args.no_sweep)
+    cal = calibrate(model, conditions, **gen)
     print(cal)
     cfg = cal.recommend(alpha=args.alpha)
     print(f"recommended at alpha={args.alpha}: refine_start={cfg.refine_start} (of {len(cal.schedule)} scales)")
@@ -214,8 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=_bench)
     c = sub.add_parser("calibrate", help="measure stages and ranks of a reference model from its own generations")
-    c.add_argument("--shape", default="small", choices=sorted(VAR_SHAPES))
-    c.add_argument("--conditions", type=int, nargs="*", default=None, help="class labels (default: 0..7)")
+    c.add_argument("--model", default="var", choices=["var", "infinity"])
+    c.add_argument("--shape", default=None, help="reference shape (default: small for var, tiny for infinity)")
+    c.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS))
+    c.add_argument("--conditions", type=int, nargs="*", default=None, help="VAR class labels (default: 0..7)")
+    c.add_argument("--prompts", nargs="*", default=None, help="Infinity prompts (default: four built-in prompts)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     c.add_argument("--cfg", type=float, default=4.0)
     c.add_argument("--top-k", type=int, default=900)
@@ -235,7 +252,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if getattr(args, "batch", 1) < 1:
         ap.error("--batch must be at least 1")
-    if args.command in ("demo", "bench") and args.shape is not None:
+    if args.command in ("demo", "bench", "calibrate") and args.shape is not None:
         from .models import INFINITY_SHAPES, VAR_SHAPES
         known = VAR_SHAPES if args.model == "var" else INFINITY_SHAPES
         if args.shape not in known:
