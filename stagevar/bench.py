@@ -354,14 +354,14 @@ def format_report(report: dict) -> str:
     """The terminal table of :func:`run`'s report."""
     lines = [report["title"] or "stagevar bench", f"on {report['device']}, {report['repeats']} interleaved rounds "
              f"after {report['warmup']} warm-up"]
-    lines.append(f"{'method':<22} {'loop ms (min-max)':>22} {'e2e ms':>9} {'loop x':>7} {'e2e x':>7} {'FLOP x':>7} "
+    lines.append(f"{'method':<26} {'loop ms (min-max)':>22} {'e2e ms':>9} {'loop x':>7} {'e2e x':>7} {'FLOP x':>7} "
                  f"{'mem MiB':>8} {'PSNR':>6} {'SSIM':>6} {'tok agr':>8}")
     for m in report["methods"]:
         rng = f"{m['loop_ms']:.0f} ({m['loop_min_ms']:.0f}-{m['loop_max_ms']:.0f})"
         agr = [v for v in m["token_agreement"].values() if v is not None]
         last = next((v for v in reversed(list(m["token_agreement"].values())) if v is not None), None)
         fx = "-" if m["flop_ratio"] is None else f"{m['flop_ratio']:.2f}x"
-        lines.append(f"{m['method'] + (' [skip]' if m['skipping'] else ''):<22} {rng:>22} {m['e2e_ms']:>9.0f} "
+        lines.append(f"{m['method'] + (' [skip]' if m['skipping'] else ''):<26} {rng:>22} {m['e2e_ms']:>9.0f} "
                      f"{m['loop_speedup']:>6.2f}x {m['e2e_speedup']:>6.2f}x {fx:>7} {m['memory']['value']:>8.1f} "
                      f"{m['psnr']:>6.1f} {m['ssim']:>6.3f} {('-' if last is None else f'{last:.3f}'):>8}")
     lines.append("tok agr: token agreement with the baseline at the last scale run; PSNR 100 = identical; "
