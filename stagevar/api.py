@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import types
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
@@ -72,11 +73,12 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None) -> A
     original = getattr(type(model), entry)
 
     @functools.wraps(original)
-    def accelerated_entry(*args, **kwargs):
-        return getattr(model, _ATTR).engine(*args, **kwargs)
+    def accelerated_entry(self, *args, **kwargs):
+        return getattr(self, _ATTR).engine(*args, **kwargs)
 
     object.__setattr__(model, _ATTR, _Patch(engine=engine, entry_point=entry, saved=saved))
-    object.__setattr__(model, entry, accelerated_entry)
+    # A bound method (not a closure over `model`), so copy.deepcopy rebinds it to the copy.
+    object.__setattr__(model, entry, types.MethodType(accelerated_entry, model))
     return model
 
 

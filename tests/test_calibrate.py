@@ -109,3 +109,10 @@ def test_calibrate_infinity_with_prompts():
         calibrate(b.model, ["a cat"], **kw)
     with pytest.raises(ValueError, match="set some cfg_list entry != 1"):
         calibrate(b.model, ["a cat"], encode=b.encode, **dict(kw, cfg_list=[1.0] * K))
+
+
+def test_calibration_plot_writes_a_png(tmp_path, tiny):
+    pytest.importorskip("matplotlib")
+    cal = calibrate(tiny, [0, 1], one_branch_sweep=False)
+    cal.plot(str(tmp_path / "cal.png"))
+    assert (tmp_path / "cal.png").stat().st_size > 1000

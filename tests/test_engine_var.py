@@ -313,3 +313,18 @@ def test_cuda_none_bit_identical_and_preset_runs():
         b = var.autoregressive_infer_cfg(**kw)
         assert torch.equal(a, b) and a.device.type == "cuda"
         assert stagevar.report(var).device.startswith("cuda")
+
+
+def test_deepcopy_of_an_accelerated_model_is_independent(small):
+    import copy
+    import inspect
+
+    stagevar.accelerate(small, "var-d16")
+    twin = copy.deepcopy(small)
+    assert stagevar.current_config(twin).name == "var-d16"
+    kw = gen_kwargs(1, seed=2)
+    assert torch.equal(twin.autoregressive_infer_cfg(**kw), small.autoregressive_infer_cfg(**kw))
+    stagevar.report(twin)
+    stagevar.restore(twin)
+    assert stagevar.is_accelerated(small) and not stagevar.is_accelerated(twin)
+    assert list(inspect.signature(small.autoregressive_infer_cfg).parameters)[:2] == ["B", "label_B"]

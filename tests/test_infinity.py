@@ -206,3 +206,15 @@ def test_per_chunk_level_embedding_needs_chunk_aligned_units():
         assert torch.equal(generate(b.model, kw), want)
     with pytest.raises(stagevar.ConfigError, match="chunk boundaries"):
         stagevar.accelerate(b.model, StageVARConfig(rank_ratio=0.3, unit_blocks=3))
+
+
+def test_deepcopy_of_accelerated_infinity(bundle):
+    import copy
+
+    m = bundle.model
+    stagevar.accelerate(m, "infinity-2b")
+    twin = copy.deepcopy(m)
+    kw = call_kwargs(bundle, 2, cfg_insertion_layer=[-1])
+    stagevar.accelerate(twin, StageVARConfig(refine_start=-2, branch="uncond", name="t"))
+    stagevar.accelerate(m, StageVARConfig(refine_start=-2, branch="uncond", name="t"))
+    assert torch.equal(generate(twin, kw), generate(m, kw))

@@ -66,7 +66,7 @@ class InfinityAdapter(Adapter):
         for i, b in enumerate(self._blocks):
             if not hasattr(b, "sa") or not hasattr(b.sa, "kv_caching"):
                 raise TypeError(f"Infinity block {i} has no sa.kv_caching(); stagevar needs upstream's CrossAttnBlock")
-        self._index: Dict[int, int] = {id(b): i for i, b in enumerate(self._blocks)}
+        self._index: Dict[nn.Module, int] = {b: i for i, b in enumerate(self._blocks)}  # by identity; survives deepcopy
         self._chunk_starts: List[int] = []
         n = 0
         for chunk in model.block_chunks:
@@ -205,7 +205,7 @@ class InfinityAdapter(Adapter):
         grid = self.model.rope2d_freqs_grid if positions is None else self._rope_for(st, si, positions)
         x = block(x=x, cond_BD=st.cond_BD_or_gss, ca_kv=st.ca_kv, attn_bias_or_two_vector=None,
                   scale_schedule=st.schedule, rope2d_freqs_grid=grid, scale_ind=si)
-        if st.use_cfg and st.branch == "both" and self._index[id(block)] in st.mix_after:
+        if st.use_cfg and st.branch == "both" and self._index[block] in st.mix_after:
             if positions is not None:
                 raise ValueError("cfg_insertion_layer < 0 mixes the hidden states of the two CFG halves, which a low-rank "
                                  "unit running both branches cannot do (each row keeps its own tokens); use "
