@@ -61,9 +61,10 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None) -> A
     adapter = patch.engine.adapter if patch is not None else adapter_for(model)
     cfg = _config(config, adapter.default_preset)
     engine = Engine(adapter, cfg)
-    schedule = adapter.default_schedule()
-    if schedule is not None:
-        engine.plan_for(schedule)  # validate against the model now, before anything is patched
+    # validate against the model now, before anything is patched: its schedule, or every schedule
+    # it knows (Infinity's RoPE tables), warning for the first only
+    for i, schedule in enumerate(adapter.known_schedules()):
+        engine.plan_for(schedule, warn=i == 0)
     if patch is not None:
         patch.engine = engine
         return model
@@ -108,7 +109,8 @@ def current_config(model: Any) -> Optional[StageVARConfig]:
 @contextlib.contextmanager
 def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None) -> Iterator[Any]:
     """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config)."""
-    before = current_config(model)
+    patch = getattr(model, _ATTR, None)
+    before = None if patch is None else patch.engine  # put back this very engine (and its last report)
     accelerate(model, config)
     try:
         yield model
@@ -116,7 +118,7 @@ def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None) -> 
         if before is None:
             restore(model)
         else:
-            accelerate(model, before)
+            getattr(model, _ATTR).engine = before
 
 
 def report(model: Any) -> Report:
@@ -125,5 +127,6 @@ def report(model: Any) -> Report:
     if patch is None:
         raise RuntimeError("stagevar.report: this model is not accelerated; call stagevar.accelerate(model) first")
     if patch.engine.last_report is None:
-        raise RuntimeError("stagevar.report: no accelerated generation has run yet with the current config")
+        raise RuntimeError("stagevar.report: no accelerated generation has completed with the current config "
+                           "(none has run yet, or the last call raised)")
     return patch.engine.last_report

@@ -39,7 +39,7 @@ def _ratio(value, where: str) -> Ratio:
 
 def _scale_key(key, where: str) -> int:
     try:
-        if isinstance(key, bool):
+        if isinstance(key, bool) or (isinstance(key, float) and not key.is_integer()):
             raise ValueError
         return int(key)
     except (TypeError, ValueError):

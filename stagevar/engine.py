@@ -53,11 +53,11 @@ class Engine:
         self._plans: Dict[Tuple[Tuple[int, int], ...], List[ScalePlan]] = {}
         self.last_report: Optional[Report] = None
 
-    def plan_for(self, schedule) -> List[ScalePlan]:
-        """The resolved plan for a schedule (validated; warns once if nothing is accelerated)."""
+    def plan_for(self, schedule, warn: bool = True) -> List[ScalePlan]:
+        """The resolved plan for a schedule (validated; warns if nothing is accelerated)."""
         key = tuple((int(h), int(w)) for h, w in schedule)
         if key not in self._plans:
-            self._plans[key] = resolve_plan(self.config, key, len(self.units))
+            self._plans[key] = resolve_plan(self.config, key, len(self.units), warn=warn)
         return self._plans[key]
 
     def __call__(self, *args, **kwargs) -> Any:
@@ -90,6 +90,7 @@ class Engine:
 
     def _run(self, args: tuple, kwargs: dict, observer: Any = None) -> Any:
         ad, cfg = self.adapter, self.config
+        self.last_report = None  # a call that fails leaves no report rather than the previous one
         st = None
         try:
             st = ad.begin(args, kwargs, cache_condition=cfg.cache_condition)
@@ -104,6 +105,7 @@ class Engine:
             branch = "both"
             stats: List[ScaleStats] = []
             batch = ad.batch_size(st)
+            intact_rows = 0
             t_loop = self._sync(device)
             for p in plans:
                 t0 = time.perf_counter()
@@ -118,6 +120,7 @@ class Engine:
                     branch = p.rows
                 x = ad.scale_input(st, p.index)
                 rows = x.shape[0]
+                intact_rows = intact_rows or (rows * 2 if branch != "both" else rows)
                 tokens = []
                 flops = 0.0
                 for u, (lo, hi) in enumerate(self.units):
@@ -152,7 +155,8 @@ class Engine:
             out = ad.finish(st)
             decode_s = self._sync(device) - t_dec
             self.last_report = Report(config_name=cfg.name, batch_size=batch, device=str(device), scales=stats,
-                                      loop_s=loop_s, decode_s=decode_s, skipping=any(p.skip for p in plans))
+                                      loop_s=loop_s, decode_s=decode_s, skipping=any(p.skip for p in plans),
+                                      intact_rows=intact_rows)
             return out
         finally:
             ad.end(st)

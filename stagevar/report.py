@@ -43,6 +43,7 @@ class Report:
     loop_s: float = 0.0
     decode_s: float = 0.0
     skipping: bool = False
+    intact_rows: int = 0  # rows the call runs when nothing is cut (2B with CFG, B without)
 
     @property
     def total_s(self) -> float:
@@ -58,8 +59,8 @@ class Report:
 
     @property
     def intact_token_rows(self) -> float:
-        """What the same schedule costs with both CFG branches and every token."""
-        return float(sum(2 * self.batch_size * s.M for s in self.scales))
+        """What the same schedule costs with every row the call started with and every token."""
+        return float(sum(self.intact_rows * s.M for s in self.scales))
 
     def to_dict(self) -> dict:
         return {

@@ -140,3 +140,11 @@ def test_resample_units_rule():
     assert [p.mode for p in plans] == ["intact"] + ["uncond-only+low-rank"] * 3
     paper = resolve_plan(stagevar.preset("infinity-2b-paper"), [(1, 1), (2, 2), (4, 4), (8, 8)], num_units=8)
     assert [p.mode for p in paper] == ["intact", "uncond-only+low-rank", "skip", "skip"]
+
+
+def test_scale_keys_must_be_integral():
+    with pytest.raises(ConfigError, match="not an integer scale index"):
+        StageVARConfig(refine_start=None, skip=(2.9,))
+    with pytest.raises(ConfigError, match="not an integer scale index"):
+        StageVARConfig(rank_ratios={-1.7: 0.1})
+    assert StageVARConfig(refine_start=None, skip=(2.0,)).skip == (2,)

@@ -328,3 +328,16 @@ def test_deepcopy_of_an_accelerated_model_is_independent(small):
     stagevar.restore(twin)
     assert stagevar.is_accelerated(small) and not stagevar.is_accelerated(twin)
     assert list(inspect.signature(small.autoregressive_infer_cfg).parameters)[:2] == ["B", "label_B"]
+
+
+def test_report_after_failure_and_scoped_override(small):
+    stagevar.accelerate(small, "var-d16")
+    small.autoregressive_infer_cfg(**gen_kwargs(1))
+    first = stagevar.report(small)
+    with stagevar.accelerated(small, "none"):
+        pass
+    assert stagevar.report(small) is first  # the outer config's engine and report are back
+    with pytest.raises(ValueError):
+        small.autoregressive_infer_cfg(B=2, label_B=torch.tensor([1]))
+    with pytest.raises(RuntimeError, match="the last call raised"):
+        stagevar.report(small)

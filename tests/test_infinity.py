@@ -142,10 +142,10 @@ def test_rope_of_projected_tokens_is_that_of_representative_positions(bundle, mo
     for j, (_, L, used) in enumerate(low):
         idx = idx_seen[j // per_chunk]  # (rows, r)
         assert L == idx.shape[1]
-        want = full[..., start + idx, :]  # (2, 1, 1, rows, r, F)
-        assert used.shape[1] == idx.shape[0]  # per-row tables
+        want = full[..., start + idx, :]  # (2, 1, 1, 1, rows, r, F)
+        assert used.shape[2] == idx.shape[0]  # per-row tables on the batch axis
         for row in range(idx.shape[0]):
-            torch.testing.assert_close(used[:, row, 0], want[:, 0, 0, row])
+            torch.testing.assert_close(used[:, 0, row, 0], want[:, 0, 0, 0, row])
 
 
 @pytest.mark.parametrize("aspect", ["1:1", "2:1", "16:9", "9:16"])
@@ -218,3 +218,42 @@ def test_deepcopy_of_accelerated_infinity(bundle):
     stagevar.accelerate(twin, StageVARConfig(refine_start=-2, branch="uncond", name="t"))
     stagevar.accelerate(m, StageVARConfig(refine_start=-2, branch="uncond", name="t"))
     assert torch.equal(generate(twin, kw), generate(m, kw))
+
+
+def test_full_rank_units_reproduce_intact_with_per_chunk_level_embedding():
+    """The level embedding is added in place before every chunk here; kept unit outputs must not
+    pick it up, so full-rank 'sample' units reproduce the intact scales."""
+    b = reference_infinity("tiny", add_lvl_embeding_only_first_block=0)
+    kw = call_kwargs(b, 2, "16:9")
+    want = generate(b.model, kw)
+    cfg = StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, projection="sample", name="t")
+    with pytest.warns(stagevar.NoAccelerationWarning):
+        stagevar.accelerate(b.model, cfg)
+    got = generate(b.model, kw)
+    assert (got.int() - want.int()).abs().max() <= 1  # uint8 images; float reordering only
+
+
+def test_hidden_state_cfg_skips_scales_with_cfg_one(bundle):
+    sched = bundle.schedule("1:1")
+    K = len(sched)
+    kw = call_kwargs(bundle, 2, cfg_insertion_layer=[-1], cfg_list=[1.0, 3.0] * (K // 2) + [3.0] * (K % 2))
+    want = generate(bundle.model, kw)
+    with stagevar.accelerated(bundle.model, "none"):
+        assert torch.equal(generate(bundle.model, kw), want)
+
+
+def test_accelerate_checks_config_against_known_schedules(bundle):
+    with pytest.raises(stagevar.ConfigError, match="outside this model's schedule of 7 scales"):
+        stagevar.accelerate(bundle.model, StageVARConfig(refine_start=-20))
+    assert not stagevar.is_accelerated(bundle.model)
+    with pytest.raises(stagevar.UnsupportedModelError, match="apply_spatial_patchify"):
+        bundle.model.apply_spatial_patchify = 1
+        stagevar.accelerate(bundle.model)
+
+
+def test_report_counts_rows_the_call_started_with(bundle):
+    kw = call_kwargs(bundle, 2, cfg=1.0)  # no CFG: B rows throughout
+    with stagevar.accelerated(bundle.model, "none"):
+        generate(bundle.model, kw)
+        rep = stagevar.report(bundle.model)
+    assert rep.intact_rows == 2 and rep.token_rows == rep.intact_token_rows

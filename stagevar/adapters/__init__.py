@@ -25,7 +25,7 @@ def adapter_for(model: Any) -> Adapter:
     for cls in ADAPTERS:
         missing = cls.missing(model)
         if not missing:
-            return cls(model)
+            return cls(model)  # may still refuse a variant it does not support
         reasons.append(f"{cls.family}: missing {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
     raise UnsupportedModelError(
         f"{type(model).__name__} is not a model stagevar supports (FoundationVision VAR or Infinity interface). "

@@ -84,6 +84,11 @@ class Adapter:
         """The ``(h, w)`` schedule the model runs when the call does not choose one (or None)."""
         raise NotImplementedError
 
+    def known_schedules(self) -> List[List[Tuple[int, int]]]:
+        """Schedules to check a config against when it is attached (the default one, if any)."""
+        sched = self.default_schedule()
+        return [] if sched is None else [sched]
+
     def device(self) -> torch.device:
         raise NotImplementedError
 

@@ -66,6 +66,9 @@ class InfinityAdapter(Adapter):
         for i, b in enumerate(self._blocks):
             if not hasattr(b, "sa") or not hasattr(b.sa, "kv_caching"):
                 raise TypeError(f"Infinity block {i} has no sa.kv_caching(); stagevar needs upstream's CrossAttnBlock")
+        if getattr(model, "apply_spatial_patchify", 0):
+            from .base import UnsupportedModelError
+            raise UnsupportedModelError("stagevar does not support Infinity models built with apply_spatial_patchify yet")
         self._index: Dict[nn.Module, int] = {b: i for i, b in enumerate(self._blocks)}  # by identity; survives deepcopy
         self._chunk_starts: List[int] = []
         n = 0
@@ -85,6 +88,19 @@ class InfinityAdapter(Adapter):
 
     def default_schedule(self):
         return None  # chosen per call
+
+    def known_schedules(self):
+        """The schedules the model has RoPE tables for (keys ``str(tuple(scale_schedule))``)."""
+        import ast
+
+        out = []
+        for key in getattr(self.model, "rope2d_freqs_grid", {}):
+            try:
+                sched = ast.literal_eval(key)
+                out.append([(int(h), int(w)) for _, h, w in sched])
+            except (ValueError, SyntaxError, TypeError):
+                continue
+        return out
 
     def device(self) -> torch.device:
         return self.model.pos_start.device
@@ -144,8 +160,6 @@ class InfinityAdapter(Adapter):
             raise ValueError(f"cfg_list and tau_list need one entry per scale ({K}); got {len(cfg_list)} and {len(tau_list)}")
         if a.get("vae_type", 32) == 0 or not getattr(m, "use_bit_label", 1):
             raise NotImplementedError("stagevar supports Infinity's bitwise (bit_label) head only; vae_type=0 is not supported")
-        if getattr(m, "apply_spatial_patchify", 0):
-            raise NotImplementedError("stagevar does not support apply_spatial_patchify Infinity models yet")
         insertion = list(a.get("cfg_insertion_layer", [0]))
         bad = [c for c in insertion if c > 1]
         if bad:
@@ -161,7 +175,8 @@ class InfinityAdapter(Adapter):
         _, H, W = sched[-1]
         st = _InfinityCall(
             B=B, use_cfg=use_cfg, schedule=sched, run_scales=min(K, int(a.get("trunk_scale", 1000))),
-            cfg_list=cfg_list, tau_list=tau_list, top_k=a.get("top_k", 0), top_p=a.get("top_p", 0.0), g_seed=g_seed,
+            cfg_list=cfg_list, tau_list=tau_list, top_k=a.get("top_k", 0) or getattr(m, "top_k", 0),
+            top_p=a.get("top_p", 0.0) or getattr(m, "top_p", 0.0), g_seed=g_seed,
             rng=rng, vae=vae, ret_img=bool(a.get("ret_img", False)), cfg_on_logits=0 in insertion,
             mix_after={len(self._blocks) + c for c in insertion if c < 0},
             cond_BD=cond_BD, cond_BD_or_gss=m.shared_ada_lin(cond_BD.float()), ca_kv=ca_kv,
@@ -177,7 +192,8 @@ class InfinityAdapter(Adapter):
     def unit_input(self, st: _InfinityCall, si: int, first_block: int, x: torch.Tensor) -> torch.Tensor:
         only_first = getattr(self.model, "add_lvl_embeding_only_first_block", 1)
         if first_block == 0 or (not only_first and first_block in self._chunk_starts):
-            return self.model.add_lvl_embeding(x, si, st.schedule)
+            # upstream adds in place: never touch a tensor kept as a previous-scale unit output
+            return self.model.add_lvl_embeding(x.clone(), si, st.schedule)
         return x
 
     def _rope_for(self, st: _InfinityCall, si: int, positions: torch.Tensor) -> _AnyKey:
@@ -189,12 +205,15 @@ class InfinityAdapter(Adapter):
         if key not in table:
             key = str(tuple(tuple(int(v) for v in s) for s in st.schedule))
         grid = table[key]
-        if grid.shape[1] != 1:
-            raise RuntimeError(f"unexpected RoPE table shape {tuple(grid.shape)}: stagevar expects dim 1 to broadcast over the batch")
+        # (..., batch, heads, tokens, F): the batch axis is dim -4 and broadcasts (size 1)
+        if grid.dim() < 4 or grid.shape[-4] != 1:
+            raise RuntimeError(f"unexpected RoPE table shape {tuple(grid.shape)}: stagevar expects (..., 1, heads, "
+                               f"tokens, F) with a broadcast batch axis at dim -4")
         start = sum(int(h) * int(w) for _, h, w in st.schedule[:si])
         rows, r = positions.shape
         flat = (positions + start).reshape(-1).to(grid.device)
-        sel = grid.index_select(-2, flat).unflatten(-2, (rows, r)).movedim(-3, 1).squeeze(2)  # (2, rows, ..., r, F)
+        sel = grid.index_select(-2, flat).unflatten(-2, (rows, r))  # (..., 1, H, rows, r, F)
+        sel = sel.movedim(-3, -5).squeeze(-4)                         # (..., rows, H, r, F)
         full = sel.new_zeros(*sel.shape[:-2], start + r, sel.shape[-1])
         full[..., start:, :] = sel
         st.rope = (positions, _AnyKey(full))
@@ -205,7 +224,7 @@ class InfinityAdapter(Adapter):
         grid = self.model.rope2d_freqs_grid if positions is None else self._rope_for(st, si, positions)
         x = block(x=x, cond_BD=st.cond_BD_or_gss, ca_kv=st.ca_kv, attn_bias_or_two_vector=None,
                   scale_schedule=st.schedule, rope2d_freqs_grid=grid, scale_ind=si)
-        if st.use_cfg and st.branch == "both" and self._index[block] in st.mix_after:
+        if st.use_cfg and st.branch == "both" and st.cfg_list[si] != 1 and self._index[block] in st.mix_after:
             if positions is not None:
                 raise ValueError("cfg_insertion_layer < 0 mixes the hidden states of the two CFG halves, which a low-rank "
                                  "unit running both branches cannot do (each row keeps its own tokens); use "

@@ -60,8 +60,9 @@ def precompute_rope2d_freqs_grid(head_dim: int, schedules: Sequence[Schedule], b
 
     Each token of scale ``(h, w)`` takes the (row, col) of its position mapped onto the last
     scale's grid; half the rotary pairs encode the row, half the column. Value shape
-    ``(2, 1, 1, L_total, head_dim // 2)``: cos and sin, broadcast over batch and heads, tokens on
-    dim -2 in schedule order.
+    ``(2, 1, 1, 1, L_total, head_dim // 2)`` as upstream lays it out: cos/sin, then axes that
+    broadcast over the stacked (q, k) pair, the batch and the heads; tokens on dim -2 in
+    schedule order.
     """
     assert head_dim % 4 == 0, "2D RoPE needs head_dim divisible by 4"
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim // 4, dtype=torch.float64) / (head_dim // 4)))
@@ -76,7 +77,7 @@ def precompute_rope2d_freqs_grid(head_dim: int, schedules: Sequence[Schedule], b
             c = cols[None, :].expand(h, w).reshape(-1, 1) * inv_freq
             angles.append(torch.cat([r, c], dim=1))
         a = torch.cat(angles, dim=0)
-        grids[str(tuple(tuple(int(v) for v in s) for s in sched))] = torch.stack([a.cos(), a.sin()]).float()[:, None, None]
+        grids[str(tuple(tuple(int(v) for v in s) for s in sched))] = torch.stack([a.cos(), a.sin()]).float()[:, None, None, None]
     return grids
 
 
@@ -90,14 +91,12 @@ def apply_rotary_emb(q: torch.Tensor, k: torch.Tensor, scale_schedule: Schedule,
     L = q.shape[2]
     grid = rope2d_freqs_grid[str(tuple(tuple(int(v) for v in s) for s in scale_schedule))]
     f = grid[..., start:start + L, :].to(q.device)
-    cos, sin = f[0], f[1]
-
-    def rot(x):
-        x2 = x.float().reshape(*x.shape[:-1], -1, 2)
-        x0, x1 = x2[..., 0], x2[..., 1]
-        return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2).to(x.dtype)
-
-    return rot(q), rot(k)
+    cos, sin = f[0], f[1]  # (1, B or 1, 1, L, hd/2), broadcast over the (q, k) stack
+    qk = torch.stack((q, k)).float()
+    qk2 = qk.reshape(*qk.shape[:-1], -1, 2)
+    x0, x1 = qk2[..., 0], qk2[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+    return out[0].to(q.dtype), out[1].to(k.dtype)
 
 
 def pad_packed(kv_compact: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -339,7 +338,9 @@ class Infinity(nn.Module):
         return self
 
     def add_lvl_embeding(self, feature: torch.Tensor, scale_ind: int, scale_schedule: Schedule) -> torch.Tensor:
-        return feature + self.lvl_embed.weight[scale_ind]
+        """Adds the level embedding in place (as upstream does) and returns ``feature``."""
+        feature += self.lvl_embed.weight[scale_ind]
+        return feature
 
     def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_nm(h.float(), cond_BD.float()))
@@ -403,7 +404,7 @@ class Infinity(nn.Module):
                     for m in chunk.module:
                         last_stage = m(x=last_stage, cond_BD=cond_BD_or_gss, ca_kv=ca_kv, attn_bias_or_two_vector=None,
                                        scale_schedule=scale_schedule, rope2d_freqs_grid=self.rope2d_freqs_grid, scale_ind=si)
-                        if use_cfg and layer in mix_after:
+                        if use_cfg and cfg != 1 and layer in mix_after:
                             last_stage = cfg * last_stage[:B] + (1 - cfg) * last_stage[B:]
                             last_stage = torch.cat((last_stage, last_stage), 0)
                         layer += 1
