@@ -42,8 +42,16 @@ def _load_config(arg: Optional[str]) -> Optional[StageVARConfig]:
 def _demo_model(args):
     """(model, call) for the demo: ``call()`` returns images ``(B, 3, H, W)`` in [0, 1]."""
     from .adapters import adapter_for
-    from .models import reference_infinity, reference_var
+    from .models import load_pretrained, reference_infinity, reference_var
 
+    if args.model == "pretrained":
+        var = load_pretrained("stagevar-tiny-var")
+        B = args.batch or var.num_classes
+        labels = torch.arange(B) % var.num_classes
+        kw = dict(B=B, label_B=labels, g_seed=args.seed, cfg=args.cfg, top_k=0, top_p=args.top_p)
+        return f"trained VAR 'stagevar-tiny-var' (classes: {', '.join(var.class_names)})", var, \
+            lambda: var.autoregressive_infer_cfg(**kw)
+    args.batch = args.batch or 2
     if args.model == "var":
         shape = args.shape or "d16"
         var = reference_var(shape)
@@ -64,6 +72,25 @@ def _demo_model(args):
         return adapter_for(bundle.model).images_of(bundle.model.autoregressive_infer_cfg(**kw))
 
     return f"Infinity '{shape}' ({args.aspect}, {K} scales)", bundle.model, call
+
+
+def _class_consistency(model, base_img, acc_img) -> None:
+    """Print class consistency of both image sets when a classifier for the model ships with it."""
+    import os
+
+    names = getattr(model, "class_names", None)
+    path = os.path.join(os.path.dirname(__file__), "models", "weights", "stagevar-tiny-var-classifier.safetensors")
+    if not names or not os.path.exists(path):
+        return
+    from .quality import load_classifier
+
+    clf = load_classifier(path, len(names))
+    target = torch.arange(base_img.shape[0]) % len(names)
+    with torch.no_grad():
+        cb = float((clf(base_img.float()).argmax(-1) == target).float().mean())
+        ca = float((clf(acc_img.float()).argmax(-1) == target).float().mean())
+    print(f"class consistency (independent classifier): baseline {cb:.3f}, accelerated {ca:.3f} ({ca - cb:+.3f}); "
+          f"one sample per class here, see BENCHMARKS.md for the full evaluation")
 
 
 def _demo(args) -> int:
@@ -93,8 +120,12 @@ def _demo(args) -> int:
     b, a = statistics.median(base_t), statistics.median(acc_t)
     print(f"end-to-end median of {args.repeats}: baseline {b * 1e3:.0f} ms, accelerated {a * 1e3:.0f} ms, "
           f"speedup {b / a:.2f}x (config {api.current_config(model).name!r})")
-    diff = (acc_img - base_img).abs().mean().item()
-    print(f"mean |accelerated - baseline| pixel difference: {diff:.4f} (random weights: says nothing about quality)")
+    from .calibrate import psnr, ssim
+
+    print(f"per-seed PSNR to baseline {psnr(acc_img, base_img).mean():.1f} dB, SSIM {ssim(acc_img, base_img).mean():.3f}")
+    _class_consistency(model, base_img, acc_img)
+    if args.model != "pretrained":
+        print("(random weights: these differences say nothing about quality)")
     save_grid([base_img, acc_img], args.out)
     print(f"wrote {args.out} (top row: baseline, bottom row: accelerated)")
     return 0
@@ -194,12 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="stagevar", description="Stage-aware acceleration of VAR image generators")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="generate baseline and accelerated images side by side")
-    d.add_argument("--model", default="var", choices=["var", "infinity"], help="reference model family (default var)")
+    from .models.pretrained import BUNDLED
+    import os as _os
+    default_model = "pretrained" if _os.path.exists(BUNDLED["stagevar-tiny-var"]) else "var"
+    d.add_argument("--model", default=default_model, choices=["pretrained", "var", "infinity"],
+                   help=f"pretrained: the trained stagevar-tiny-var; var / infinity: random-weight reference "
+                        f"models (default {default_model})")
     d.add_argument("--shape", default=None, choices=sorted(set(VAR_SHAPES) | set(INFINITY_SHAPES)),
                    help="reference shape (default: d16 for var, small for infinity)")
     d.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS), help="Infinity aspect ratio, width:height")
     d.add_argument("--config", default=None, help="preset name or JSON config file (default: the family preset)")
-    d.add_argument("--batch", type=int, default=2)
+    d.add_argument("--batch", type=int, default=None, help="default: one per class (pretrained), else 2")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--cfg", type=float, default=4.0)
     d.add_argument("--top-k", type=int, default=900)
@@ -250,8 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    if getattr(args, "batch", 1) < 1:
+    if (getattr(args, "batch", 1) or 1) < 1:
         ap.error("--batch must be at least 1")
+    if args.command == "demo" and args.model == "pretrained" and args.shape is not None:
+        ap.error("--shape applies to the random-weight reference models (--model var or infinity)")
     if args.command in ("demo", "bench", "calibrate") and args.shape is not None:
         from .models import INFINITY_SHAPES, VAR_SHAPES
         known = VAR_SHAPES if args.model == "var" else INFINITY_SHAPES

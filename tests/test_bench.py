@@ -87,3 +87,12 @@ def test_cli_bench_runs(tmp_path, capsys):
                  "--methods", "baseline", "var-d16"]) == 0
     out = capsys.readouterr().out
     assert "var-d16" in out and (tmp_path / "bench.json").exists()
+
+
+def test_cli_demo_on_tiny_models(tmp_path, capsys):
+    for model in ["var", "infinity"]:
+        out = tmp_path / f"{model}.png"
+        assert main(["demo", "--model", model, "--shape", "tiny", "--repeats", "1", "--out", str(out)]) == 0
+        assert out.exists()
+    text = capsys.readouterr().out
+    assert "speedup" in text and "per-seed PSNR" in text

@@ -145,5 +145,7 @@ def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = Non
     return InfinityBundle(model, vae, TextEncoder(cfg["Ct5"], seed=cfg["seed"]), cfg["max_side"])
 
 
-__all__ = ["VAR", "VQVAE", "reference_var", "VAR_SHAPES", "Infinity", "InfinityBundle", "reference_infinity",
+from .pretrained import load_pretrained, save_pretrained  # noqa: E402
+
+__all__ = ["load_pretrained", "save_pretrained", "VAR", "VQVAE", "reference_var", "VAR_SHAPES", "Infinity", "InfinityBundle", "reference_infinity",
            "INFINITY_SHAPES", "infinity_schedule", "ASPECTS"]

@@ -108,7 +108,8 @@ class VectorQuantizer2(nn.Module):
     def forward(self, f_BChw: torch.Tensor):
         """Training pass: straight-through ``f_hat`` and the VQ loss."""
         f_hat = self.f_to_idxBl_or_fhat(f_BChw, to_fhat=True)[-1]
-        vq_loss = F.mse_loss(f_hat, f_BChw.detach()) * self.beta + F.mse_loss(f_hat.detach(), f_BChw)
+        # codebook term pulls the codes to the encoder output; the commitment term (beta) the reverse
+        vq_loss = F.mse_loss(f_hat, f_BChw.detach()) + F.mse_loss(f_hat.detach(), f_BChw) * self.beta
         return (f_hat.detach() - f_BChw.detach()).add_(f_BChw), vq_loss
 
 

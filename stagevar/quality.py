@@ -1,0 +1,158 @@
+"""Quality of accelerated samples on a trained class-conditional model.
+
+The analogue of GenEval's object check for the trained reference VAR: an independent classifier,
+trained on the same photograph crops, tells which class a generated image shows.
+
+- **class consistency**: the fraction of samples of class ``c`` the classifier labels ``c``;
+- **Fréchet distance** between the baseline and accelerated sample sets in the classifier's
+  penultimate feature space (same seeds, same classes);
+- **PSNR / SSIM** of each accelerated sample against the baseline sample of the same seed.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import api
+from .calibrate import psnr, ssim
+
+
+class CropClassifier(nn.Module):
+    """A small CNN: ``(B, 3, H, W)`` images in [0, 1] -> class logits; ``features`` gives the penultimate layer."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(), nn.Linear(4 * w, 4 * w), nn.ReLU())
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def features(self, img: torch.Tensor) -> torch.Tensor:
+        return self.body(img * 2 - 1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(img))
+
+
+def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 1500, seed: int = 0,
+                     batch: int = 64) -> CropClassifier:
+    """Train :class:`CropClassifier` on images ``x`` (``(N, 3, H, W)`` in [0, 1]) with labels ``y``.
+
+    Light augmentation (flips, small brightness jitter, 1-2 px shifts) keeps it from keying on
+    exact pixels.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clf = CropClassifier(num_classes)
+    opt = torch.optim.AdamW(clf.parameters(), lr=2e-3, weight_decay=1e-4)
+    clf.train()
+    for step in range(steps):
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        img = x[idx]
+        if torch.rand(1, generator=g).item() < 0.5:
+            img = img.flip(-1)
+        img = (img * (0.85 + 0.3 * torch.rand(batch, 1, 1, 1, generator=g))).clamp(0, 1)
+        dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
+        img = torch.roll(img, shifts=(dy, dx), dims=(2, 3))
+        loss = F.cross_entropy(clf(img), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    clf.eval()
+    return clf
+
+
+def frechet_distance(fa: torch.Tensor, fb: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``(N, F)`` and ``(M, F)``."""
+    fa, fb = fa.double(), fb.double()
+    mu_a, mu_b = fa.mean(0), fb.mean(0)
+    ca, cb = torch.cov(fa.t()), torch.cov(fb.t())
+
+    def sqrtm(m):
+        ev, V = torch.linalg.eigh((m + m.t()) / 2)
+        return V @ torch.diag(ev.clamp_min(0).sqrt()) @ V.t()
+
+    sa = sqrtm(ca)
+    cross = sqrtm(sa @ cb @ sa)
+    return float((mu_a - mu_b).pow(2).sum() + torch.trace(ca + cb - 2 * cross))
+
+
+def _generate(var, classes: Sequence[int], seed: int, batch: int, **kw) -> torch.Tensor:
+    out = []
+    for i in range(0, len(classes), batch):
+        labels = torch.tensor(list(classes[i:i + batch]))
+        out.append(var.autoregressive_infer_cfg(B=len(labels), label_B=labels, g_seed=seed + i, **kw))
+    return torch.cat(out)
+
+
+def evaluate(var, classifier: CropClassifier, methods, per_class: int = 8, seed: int = 0, batch: int = 16,
+             **generation_kwargs) -> List[Dict]:
+    """Class consistency, FD to the baseline set, PSNR/SSIM to the baseline and time, per method.
+
+    ``methods``: ``[(label, config or None)]`` as :func:`stagevar.bench.resolve_methods` gives;
+    the first must be the baseline (None). Every method generates the same classes with the same
+    seeds.
+    """
+    if methods[0][1] is not None:
+        raise ValueError("the first method must be the unpatched baseline")
+    classes = [c for c in range(var.num_classes) for _ in range(per_class)]
+    target = torch.tensor(classes)
+    rows, base_img, base_feat = [], None, None
+    with torch.no_grad():
+        for label, cfg in methods:
+            if cfg is None:
+                api.restore(var)
+            else:
+                api.accelerate(var, cfg)
+            t = time.perf_counter()
+            img = _generate(var, classes, seed, batch, **generation_kwargs)
+            seconds = time.perf_counter() - t
+            feats = classifier.features(img.float())
+            pred = classifier.fc(feats).argmax(-1)
+            row = dict(method=label, seconds=seconds, class_consistency=float((pred == target).float().mean()))
+            if base_img is None:
+                base_img, base_feat = img, feats
+            row.update(fd_to_baseline=frechet_distance(feats, base_feat), psnr=float(psnr(img, base_img).mean()),
+                       ssim=float(ssim(img, base_img).mean()))
+            rows.append(row)
+    api.restore(var)
+    base = rows[0]
+    for r in rows:
+        r["speedup"] = base["seconds"] / r["seconds"]
+        r["consistency_change"] = r["class_consistency"] - base["class_consistency"]
+    return rows
+
+
+def load_classifier(path: str, num_classes: int) -> CropClassifier:
+    from safetensors.torch import load_file
+
+    clf = CropClassifier(num_classes)
+    clf.load_state_dict(load_file(path))
+    return clf.eval()
+
+
+def save_classifier(clf: CropClassifier, path: str) -> None:
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, path)
+
+
+def format_rows(rows: List[Dict], title: Optional[str] = None) -> str:
+    lines = [title] if title else []
+    lines.append(f"{'method':<26} {'time s':>8} {'speedup':>8} {'class cons.':>11} {'change':>8} {'FD':>8} "
+                 f"{'PSNR':>6} {'SSIM':>6}")
+    for r in rows:
+        lines.append(f"{r['method']:<26} {r['seconds']:>8.1f} {r['speedup']:>7.2f}x {r['class_consistency']:>11.3f} "
+                     f"{r['consistency_change']:>+8.3f} {r['fd_to_baseline']:>8.3f} {min(r['psnr'], 99.9):>6.1f} "
+                     f"{r['ssim']:>6.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Checkpoints: save/load round trip, local paths, Hub ids failing clearly offline."""
+import pytest
+import torch
+
+from stagevar.models import load_pretrained, reference_var, save_pretrained
+
+
+def test_round_trip_local_file_and_folder(tmp_path):
+    cfg = dict(depth=2, embed_dim=64, num_heads=4, patch_nums=[1, 2, 3], vocab_size=32, z_channels=8, ch=16,
+               num_down=2, num_classes=3, seed=5)
+    var = reference_var("tiny", **cfg)
+    names = ["astronaut", "coffee", "chelsea"]
+    save_pretrained(var, str(tmp_path / "model.safetensors"), names, cfg)
+    for where in [tmp_path / "model.safetensors", tmp_path]:
+        got = load_pretrained(str(where))
+        assert got.class_names == names and got.patch_nums == (1, 2, 3)
+        kw = dict(B=2, label_B=torch.tensor([0, 2]), g_seed=3, cfg=2.0)
+        assert torch.equal(got.autoregressive_infer_cfg(**kw), var.autoregressive_infer_cfg(**kw))
+
+
+def test_fp16_storage_loads_as_fp32(tmp_path):
+    cfg = dict(num_classes=2)
+    var = reference_var("tiny", **cfg)
+    save_pretrained(var, str(tmp_path / "m.safetensors"), ["a", "b"], cfg, dtype=torch.float16)
+    got = load_pretrained(str(tmp_path / "m.safetensors"))
+    assert got.head.weight.dtype == torch.float32
+    torch.testing.assert_close(got.head.weight, var.head.weight, atol=1e-3, rtol=1e-3)
+
+
+def test_errors_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="could not fetch model.safetensors of Hugging Face Hub repo 'someone/some-var'"):
+        load_pretrained("someone/some-var")
+    with pytest.raises(FileNotFoundError, match="neither a bundled checkpoint"):
+        load_pretrained(str(tmp_path / "missing" / "x.safetensors"))
+    with pytest.raises(ValueError, match="class names for a model with"):
+        save_pretrained(reference_var("tiny"), str(tmp_path / "x.safetensors"), ["one"], {})
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a stagevar checkpoint"):
+        load_pretrained(str(tmp_path / "other.safetensors"))
