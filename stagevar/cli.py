@@ -49,6 +49,7 @@ def _demo_model(args):
         B = args.batch or var.num_classes
         labels = torch.arange(B) % var.num_classes
         kw = dict(B=B, label_B=labels, g_seed=args.seed, cfg=args.cfg, top_k=0, top_p=args.top_p)
+        args.batch = B
         return f"trained VAR 'stagevar-tiny-var' (classes: {', '.join(var.class_names)})", var, \
             lambda: var.autoregressive_infer_cfg(**kw)
     args.batch = args.batch or 2
@@ -57,7 +58,7 @@ def _demo_model(args):
         var = reference_var(shape)
         labels = torch.arange(args.batch) % var.num_classes
         kw = dict(B=args.batch, label_B=labels, g_seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
-        return f"VAR '{shape}'", var, lambda: var.autoregressive_infer_cfg(**kw)
+        return f"reference VAR '{shape}' (random weights)", var, lambda: var.autoregressive_infer_cfg(**kw)
     shape = args.shape or "small"
     bundle = reference_infinity(shape)
     sched = bundle.schedule(args.aspect)
@@ -71,7 +72,7 @@ def _demo_model(args):
     def call():
         return adapter_for(bundle.model).images_of(bundle.model.autoregressive_infer_cfg(**kw))
 
-    return f"Infinity '{shape}' ({args.aspect}, {K} scales)", bundle.model, call
+    return f"reference Infinity '{shape}' ({args.aspect}, {K} scales, random weights)", bundle.model, call
 
 
 def _class_consistency(model, base_img, acc_img) -> None:
@@ -96,7 +97,7 @@ def _class_consistency(model, base_img, acc_img) -> None:
 def _demo(args) -> int:
     torch.manual_seed(0)
     what, model, call = _demo_model(args)
-    print(f"stagevar demo: reference {what} (random weights), B={args.batch}, on {machine_name()}")
+    print(f"stagevar demo: {what}, B={args.batch}, on {machine_name()}")
     cfg = _load_config(args.config)
 
     def run(accelerate: bool):
@@ -149,12 +150,19 @@ def _bench(args) -> int:
     from .bench import format_report, run
     from .models import reference_infinity, reference_var
 
-    if args.model == "var":
+    if args.model == "pretrained":
+        from .models import load_pretrained
+
+        model = load_pretrained("stagevar-tiny-var")
+        kw = dict(B=args.batch, label_B=torch.arange(args.batch) % model.num_classes, g_seed=args.seed, cfg=args.cfg,
+                  top_k=args.top_k, top_p=args.top_p)
+        what = "trained VAR 'stagevar-tiny-var'"
+    elif args.model == "var":
         shape = args.shape or "tiny"
         model = reference_var(shape)
         kw = dict(B=args.batch, label_B=torch.arange(args.batch) % model.num_classes, g_seed=args.seed, cfg=args.cfg,
                   top_k=args.top_k, top_p=args.top_p)
-        what = f"VAR '{shape}'"
+        what = f"reference VAR '{shape}'"
     else:
         shape = args.shape or "tiny"
         bundle = reference_infinity(shape)
@@ -165,12 +173,12 @@ def _bench(args) -> int:
         kw = dict(vae=bundle.vae, scale_schedule=sched, B=args.batch, g_seed=args.seed,
                   label_B_or_BLT=bundle.encode([prompts[i % 3] for i in range(args.batch)]), cfg_list=[args.cfg] * K,
                   tau_list=[1.0] * K, top_k=args.top_k, top_p=args.top_p, ret_img=True)
-        what = f"Infinity '{shape}' ({args.aspect}, {K} scales)"
+        what = f"reference Infinity '{shape}' ({args.aspect}, {K} scales)"
     methods = args.methods or (["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
-                               if args.model == "var" else
+                               if args.model != "infinity" else
                                ["baseline", "infinity-2b", "infinity-2b-paper", "cfg-only", "lowrank-only", "fastvar",
                                 "skip-last-2"])
-    title = f"stagevar bench: reference {what} (random weights), B={args.batch}"
+    title = f"stagevar bench: {what}{' (random weights)' if args.model != 'pretrained' else ''}, B={args.batch}"
     if not args.quiet:
         print(title, flush=True)
     report = run(model, methods, kw, repeats=args.repeats, warmup=args.warmup, out_dir=args.out,
@@ -186,7 +194,14 @@ def _calibrate(args) -> int:
     from .models import reference_infinity, reference_var
 
     gen = dict(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds)
-    if args.model == "var":
+    if args.model == "pretrained":
+        from .models import load_pretrained
+
+        model = load_pretrained("stagevar-tiny-var")
+        conditions = args.conditions if args.conditions else list(range(model.num_classes))
+        gen.update(cfg=args.cfg, top_k=0, top_p=args.top_p)
+        what = "trained VAR 'stagevar-tiny-var'"
+    elif args.model == "var":
         shape = args.shape or "small"
         model = reference_var(shape)
         conditions = args.conditions if args.conditions else list(range(min(8, model.num_classes)))
@@ -248,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None)
     p.set_defaults(func=_plan)
     b = sub.add_parser("bench", help="measure methods side by side (time, FLOPs, memory, fidelity) in one run")
-    b.add_argument("--model", default="var", choices=["var", "infinity"])
+    b.add_argument("--model", default="var", choices=["pretrained", "var", "infinity"])
     b.add_argument("--shape", default=None, help="reference shape (default tiny)")
     b.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS))
     b.add_argument("--methods", nargs="+", default=None,
@@ -264,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=_bench)
     c = sub.add_parser("calibrate", help="measure stages and ranks of a reference model from its own generations")
-    c.add_argument("--model", default="var", choices=["var", "infinity"])
+    c.add_argument("--model", default="var", choices=["pretrained", "var", "infinity"])
     c.add_argument("--shape", default=None, help="reference shape (default: small for var, tiny for infinity)")
     c.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS))
     c.add_argument("--conditions", type=int, nargs="*", default=None, help="VAR class labels (default: 0..7)")
@@ -288,9 +303,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if (getattr(args, "batch", 1) or 1) < 1:
         ap.error("--batch must be at least 1")
-    if args.command == "demo" and args.model == "pretrained" and args.shape is not None:
+    if args.command in ("demo", "calibrate") and args.model == "pretrained" and args.shape is not None:
         ap.error("--shape applies to the random-weight reference models (--model var or infinity)")
-    if args.command in ("demo", "bench", "calibrate") and args.shape is not None:
+    if args.command in ("demo", "bench", "calibrate") and args.shape is not None and args.model != "pretrained":
         from .models import INFINITY_SHAPES, VAR_SHAPES
         known = VAR_SHAPES if args.model == "var" else INFINITY_SHAPES
         if args.shape not in known:
