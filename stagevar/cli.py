@@ -39,40 +39,47 @@ def _load_config(arg: Optional[str]) -> Optional[StageVARConfig]:
     return StageVARConfig.load(arg)
 
 
-def _demo_model(args):
-    """(model, call) for the demo: ``call()`` returns images ``(B, 3, H, W)`` in [0, 1]."""
-    from .adapters import adapter_for
+PROMPTS = ["a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ripe cherries",
+           "an astronaut riding a horse"]
+
+
+def _cli_model(args, var_shape: str, infinity_shape: str):
+    """``(description, model, generation kwargs without conditions, encode or None)`` for ``--model``."""
     from .models import load_pretrained, reference_infinity, reference_var
 
+    sampling = dict(g_seed=getattr(args, "seed", 0), top_k=args.top_k, top_p=args.top_p)
     if args.model == "pretrained":
         var = load_pretrained("stagevar-tiny-var")
-        B = args.batch or var.num_classes
-        labels = torch.arange(B) % var.num_classes
-        kw = dict(B=B, label_B=labels, g_seed=args.seed, cfg=args.cfg, top_k=0, top_p=args.top_p)
-        args.batch = B
-        return f"trained VAR 'stagevar-tiny-var' (classes: {', '.join(var.class_names)})", var, \
-            lambda: var.autoregressive_infer_cfg(**kw)
-    args.batch = args.batch or 2
+        return "trained VAR 'stagevar-tiny-var'", var, dict(sampling, cfg=args.cfg), None
     if args.model == "var":
-        shape = args.shape or "d16"
-        var = reference_var(shape)
-        labels = torch.arange(args.batch) % var.num_classes
-        kw = dict(B=args.batch, label_B=labels, g_seed=args.seed, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
-        return f"reference VAR '{shape}' (random weights)", var, lambda: var.autoregressive_infer_cfg(**kw)
-    shape = args.shape or "small"
+        shape = args.shape or var_shape
+        return f"reference VAR '{shape}' (random weights)", reference_var(shape), dict(sampling, cfg=args.cfg), None
+    shape = args.shape or infinity_shape
     bundle = reference_infinity(shape)
     sched = bundle.schedule(args.aspect)
     K = len(sched)
-    prompts = ["a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ripe cherries",
-               "an astronaut riding a horse"]
-    kw = dict(vae=bundle.vae, scale_schedule=sched, label_B_or_BLT=bundle.encode([prompts[i % 4] for i in range(args.batch)]),
-              B=args.batch, g_seed=args.seed, cfg_list=[args.cfg] * K, tau_list=[1.0] * K, top_k=args.top_k,
-              top_p=args.top_p, ret_img=True)
+    kw = dict(sampling, vae=bundle.vae, scale_schedule=sched, cfg_list=[args.cfg] * K, tau_list=[1.0] * K, ret_img=True)
+    return f"reference Infinity '{shape}' ({args.aspect}, {K} scales, random weights)", bundle.model, kw, bundle.encode
 
-    def call():
-        return adapter_for(bundle.model).images_of(bundle.model.autoregressive_infer_cfg(**kw))
 
-    return f"reference Infinity '{shape}' ({args.aspect}, {K} scales, random weights)", bundle.model, call
+def _default_conditions(model, B: int) -> list:
+    """Class labels cycling over the classes, or the built-in prompts cycled."""
+    if hasattr(model, "num_classes"):
+        return [i % model.num_classes for i in range(B)]
+    return [PROMPTS[i % len(PROMPTS)] for i in range(B)]
+
+
+def _demo_model(args):
+    """(description, model, call) for the demo: ``call()`` returns images ``(B, 3, H, W)`` in [0, 1]."""
+    from .adapters import adapter_for
+
+    what, model, kw, encode = _cli_model(args, "d16", "small")
+    args.batch = args.batch or (model.num_classes if args.model == "pretrained" else 2)
+    adapter = adapter_for(model)
+    kw.update(adapter.condition_kwargs(_default_conditions(model, args.batch), encode))
+    if args.model == "pretrained":
+        what += f" (classes: {', '.join(model.class_names)})"
+    return what, model, lambda: adapter.images_of(model.autoregressive_infer_cfg(**kw))
 
 
 def _class_consistency(model, base_img, acc_img) -> None:
@@ -147,38 +154,16 @@ def _plan(args) -> int:
 
 
 def _bench(args) -> int:
+    from .adapters import adapter_for
     from .bench import format_report, run
-    from .models import reference_infinity, reference_var
 
-    if args.model == "pretrained":
-        from .models import load_pretrained
-
-        model = load_pretrained("stagevar-tiny-var")
-        kw = dict(B=args.batch, label_B=torch.arange(args.batch) % model.num_classes, g_seed=args.seed, cfg=args.cfg,
-                  top_k=args.top_k, top_p=args.top_p)
-        what = "trained VAR 'stagevar-tiny-var'"
-    elif args.model == "var":
-        shape = args.shape or "tiny"
-        model = reference_var(shape)
-        kw = dict(B=args.batch, label_B=torch.arange(args.batch) % model.num_classes, g_seed=args.seed, cfg=args.cfg,
-                  top_k=args.top_k, top_p=args.top_p)
-        what = f"reference VAR '{shape}'"
-    else:
-        shape = args.shape or "tiny"
-        bundle = reference_infinity(shape)
-        model = bundle.model
-        sched = bundle.schedule(args.aspect)
-        K = len(sched)
-        prompts = ["a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ripe cherries"]
-        kw = dict(vae=bundle.vae, scale_schedule=sched, B=args.batch, g_seed=args.seed,
-                  label_B_or_BLT=bundle.encode([prompts[i % 3] for i in range(args.batch)]), cfg_list=[args.cfg] * K,
-                  tau_list=[1.0] * K, top_k=args.top_k, top_p=args.top_p, ret_img=True)
-        what = f"reference Infinity '{shape}' ({args.aspect}, {K} scales)"
+    what, model, kw, encode = _cli_model(args, "tiny", "tiny")
+    kw.update(adapter_for(model).condition_kwargs(_default_conditions(model, args.batch), encode))
     methods = args.methods or (["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
                                if args.model != "infinity" else
                                ["baseline", "infinity-2b", "infinity-2b-paper", "cfg-only", "lowrank-only", "fastvar",
                                 "skip-last-2"])
-    title = f"stagevar bench: {what}{' (random weights)' if args.model != 'pretrained' else ''}, B={args.batch}"
+    title = f"stagevar bench: {what}, B={args.batch}"
     if not args.quiet:
         print(title, flush=True)
     report = run(model, methods, kw, repeats=args.repeats, warmup=args.warmup, out_dir=args.out,
@@ -191,33 +176,15 @@ def _bench(args) -> int:
 
 def _calibrate(args) -> int:
     from .calibrate import calibrate
-    from .models import reference_infinity, reference_var
 
-    gen = dict(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds)
-    if args.model == "pretrained":
-        from .models import load_pretrained
-
-        model = load_pretrained("stagevar-tiny-var")
-        conditions = args.conditions if args.conditions else list(range(model.num_classes))
-        gen.update(cfg=args.cfg, top_k=0, top_p=args.top_p)
-        what = "trained VAR 'stagevar-tiny-var'"
-    elif args.model == "var":
-        shape = args.shape or "small"
-        model = reference_var(shape)
-        conditions = args.conditions if args.conditions else list(range(min(8, model.num_classes)))
-        gen.update(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
-        what = f"VAR '{shape}'"
+    what, model, gen, encode = _cli_model(args, "small", "tiny")
+    gen.pop("g_seed")
+    gen.update(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds, encode=encode)
+    if args.model == "infinity":
+        conditions = args.prompts or PROMPTS
     else:
-        shape = args.shape or "tiny"
-        bundle = reference_infinity(shape)
-        model = bundle.model
-        sched = bundle.schedule(args.aspect)
-        conditions = args.prompts or ["a red fox in the snow", "a lighthouse on a cliff at dusk",
-                                      "a bowl of ripe cherries", "an astronaut riding a horse"]
-        gen.update(encode=bundle.encode, vae=bundle.vae, scale_schedule=sched, cfg_list=[args.cfg] * len(sched),
-                   tau_list=[1.0] * len(sched), top_k=args.top_k, top_p=args.top_p)
-        what = f"Infinity '{shape}' ({args.aspect})"
-    print(f"stagevar calibrate: reference {what}, {len(conditions)} conditions x {len(args.seeds)} seeds, "
+        conditions = args.conditions or _default_conditions(model, model.num_classes if args.model == "pretrained" else 8)
+    print(f"stagevar calibrate: {what}, {len(conditions)} conditions x {len(args.seeds)} seeds, "
           f"on {machine_name()}")
     cal = calibrate(model, conditions, **gen)
     print(cal)

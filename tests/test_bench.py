@@ -96,3 +96,12 @@ def test_cli_demo_on_tiny_models(tmp_path, capsys):
         assert out.exists()
     text = capsys.readouterr().out
     assert "speedup" in text and "per-seed PSNR" in text
+
+
+def test_cli_calibrate_runs(tmp_path, capsys):
+    for model in ["var", "infinity"]:
+        out = tmp_path / f"{model}.json"
+        assert main(["calibrate", "--model", model, "--shape", "tiny", "--no-sweep", "--out", str(out),
+                     "--config-out", str(tmp_path / f"{model}-cfg.json")]) == 0
+        assert out.exists() and stagevar.StageVARConfig.load(tmp_path / f"{model}-cfg.json").alpha == 0.96
+    assert "recommended at alpha=0.96" in capsys.readouterr().out
