@@ -13,6 +13,7 @@ import torch
 
 from . import api
 from .config import ConfigError, StageVARConfig
+from .engine import Observer
 
 
 def _sync() -> None:
@@ -181,20 +182,11 @@ def resolve_methods(names: Sequence[str], default_preset: str, depth: int) -> Li
     return out
 
 
-class _Recorder:
-    """Observer that keeps the sampled ids per scale and the final decoded image."""
+class _Recorder(Observer):
+    """Keeps the sampled ids per scale."""
 
-    def __init__(self, adapter):
-        self.ad, self.tokens, self.image = adapter, {}, None
-
-    def unit_input(self, st, si, u, x):
-        pass
-
-    def scale_output(self, st, si, x):
-        pass
-
-    def scale_done(self, st, si):
-        pass
+    def __init__(self):
+        self.tokens = {}
 
     def sampled(self, si, ids):
         self.tokens[si] = ids.detach().cpu()
@@ -262,7 +254,7 @@ def _inspect(model, adapter, cfg: StageVARConfig, call_kwargs: dict, device: tor
     from .engine import Engine
 
     eng = Engine(adapter, cfg)
-    rec = _Recorder(adapter)
+    rec = _Recorder()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         out = eng.observe(rec, **call_kwargs)
@@ -310,12 +302,13 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 3,
         timer.remove()
     import warnings
 
-    results = []
+    results, images = [], []
     base_tokens = base_img = base_flops = None
     for (label, cfg), row in zip(ms, rows):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tokens, img, rep, mem = _inspect(model, adapter, cfg or preset("none"), call_kwargs, device)
+        images.append((label, img))
         if cfg is None:
             base_tokens, base_img, base_flops = tokens, img, rep.gflops
         agree = {}
@@ -336,18 +329,8 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 3,
     report = dict(title=title, device=machine_name(), repeats=repeats, warmup=warmup,
                   call={k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))}, methods=results)
     if out_dir:
-        _write(report, out_dir, [(label, _inspect_images(model, adapter, cfg, call_kwargs)) for label, cfg in ms])
+        _write(report, out_dir, images)
     return report
-
-
-def _inspect_images(model, adapter, cfg, call_kwargs):
-    from .engine import Engine
-    from .presets import preset
-
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return adapter.images_of(Engine(adapter, cfg or preset("none"))(**call_kwargs))
 
 
 def format_report(report: dict) -> str:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .adapters import adapter_for
 from .config import ConfigError, StageVARConfig
-from .engine import Engine
+from .engine import Engine, Observer
 from .presets import preset
 
 ALPHAS = (0.90, 0.95, 0.96, 0.97, 0.98, 0.99, 0.999)
@@ -85,9 +85,11 @@ def energy_ranks(x_MC: torch.Tensor, alphas: Sequence[float]) -> List[int]:
     return [int(min(len(ev), int(torch.searchsorted(cum, torch.tensor(a, dtype=cum.dtype)).item()) + 1)) for a in alphas]
 
 
-class _Observer:
-    def __init__(self, adapter, alphas, feature_fn):
-        self.ad, self.alphas, self.feature_fn = adapter, alphas, feature_fn
+class _Observer(Observer):
+    """Ranks of unit inputs, branch KL and the partial image, per scale."""
+
+    def __init__(self, adapter, alphas):
+        self.ad, self.alphas = adapter, alphas
         self.partial: Dict[int, torch.Tensor] = {}
         self.kl: Dict[int, float] = {}
         self.ranks: Dict[int, Dict[int, List[List[float]]]] = {}  # si -> unit -> list of [ratio per alpha]
@@ -110,17 +112,11 @@ class _Observer:
         self.partial[si] = self.ad.decode_partial(st)
 
 
-class _FinalImage:
+class _FinalImage(Observer):
     """Keeps only the image decoded after the last scale run."""
 
     def __init__(self, adapter):
         self.ad, self.image = adapter, None
-
-    def unit_input(self, st, si, u, x):
-        pass
-
-    def scale_output(self, st, si, x):
-        pass
 
     def scale_done(self, st, si):
         if si == len(self.ad.schedule(st)) - 1:
@@ -287,7 +283,7 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
         for seed in seeds:
             for i in range(0, len(conditions), batch_size):
                 kw = dict(generation_kwargs, g_seed=seed, **adapter.condition_kwargs(conditions[i:i + batch_size], encode))
-                obs = _Observer(adapter, list(alphas), feat)
+                obs = _Observer(adapter, list(alphas))
                 engine.observe(obs, **kw)
                 schedule = obs.schedule
                 K = len(schedule)

@@ -221,13 +221,16 @@ def ratios_for_units(ratio: Ratio, num_units: int, where: str, resample: bool = 
     """Expand one ratio, or a per-unit list, to ``num_units`` floats.
 
     A per-unit list must have exactly ``num_units`` entries unless ``resample``: then it is
-    linearly interpolated over relative unit position (entry ``i`` of ``n`` sits at ``i/(n-1)``).
+    linearly interpolated over relative unit position (entry ``i`` of ``n`` sits at ``i/(n-1)``);
+    a single unit takes the mean.
     """
     if isinstance(ratio, tuple):
         if len(ratio) != num_units and resample:
             n = len(ratio)
-            if n == 1 or num_units == 1:
-                return [sum(ratio) / n] * num_units if num_units == 1 else [ratio[0]] * num_units
+            if num_units == 1:  # one unit covers every position: the mean
+                return [sum(ratio) / n]
+            if n == 1:
+                return [ratio[0]] * num_units
             out = []
             for u in range(num_units):
                 pos = u * (n - 1) / (num_units - 1)

@@ -30,6 +30,22 @@ def projection_seed(g_seed: Optional[int], config_seed: int) -> int:
     return (base * 0x9E3779B97F4A7C15 + config_seed * 0xBF58476D1CE4E5B9 + 0x5EED) & _MASK63
 
 
+class Observer:
+    """What :meth:`Engine.observe` tells, as no-op hooks to override (``st`` is the adapter's call state)."""
+
+    def unit_input(self, st: Any, si: int, u: int, x: torch.Tensor) -> None:
+        """Before unit ``u`` of scale ``si`` runs on ``x`` ``(rows, M, C)``."""
+
+    def scale_output(self, st: Any, si: int, x: torch.Tensor) -> None:
+        """Scale ``si``'s output ``x``, before sampling."""
+
+    def scale_done(self, st: Any, si: int) -> None:
+        """After scale ``si``'s tokens were sampled and added."""
+
+    def sampled(self, si: int, ids: torch.Tensor) -> None:
+        """The token ids sampled at scale ``si``."""
+
+
 def _block_flops(rows: int, n: int, kv_len: int, C: int) -> float:
     """FLOP model of one block on ``n`` tokens attending to ``kv_len`` keys: QKV, output
     projection and a 4C MLP (``24 C^2`` per token) plus attention (``4 C kv_len`` per token).
@@ -64,14 +80,8 @@ class Engine:
         with torch.no_grad():
             return self._run(args, kwargs)
 
-    def observe(self, observer: Any, *args, **kwargs) -> Any:
-        """Run one call with ``observer`` told what happens (used by :mod:`stagevar.calibrate`).
-
-        ``observer.unit_input(st, si, u, x)`` before each unit, ``observer.scale_output(st, si, x)``
-        before sampling, ``observer.scale_done(st, si)`` after it and, if the observer has it,
-        ``observer.sampled(si, ids)`` with the scale's sampled token ids; ``st`` is the adapter's
-        call state.
-        """
+    def observe(self, observer: "Observer", *args, **kwargs) -> Any:
+        """Run one call with an :class:`Observer` told what happens (calibration, bench)."""
         with torch.no_grad():
             return self._run(args, kwargs, observer)
 
@@ -88,7 +98,7 @@ class Engine:
                                    f"expected {(rows, want)}. The model's attention cache does not behave as "
                                    f"upstream's does; please report this with the model class.")
 
-    def _run(self, args: tuple, kwargs: dict, observer: Any = None) -> Any:
+    def _run(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None) -> Any:
         ad, cfg = self.adapter, self.config
         self.last_report = None  # a call that fails leaves no report rather than the previous one
         st = None
@@ -147,8 +157,7 @@ class Engine:
                 ids = ad.predict(st, p.index, x)
                 if observer is not None:
                     observer.scale_done(st, p.index)
-                    if hasattr(observer, "sampled"):
-                        observer.sampled(p.index, ids)
+                    observer.sampled(p.index, ids)
                 stats.append(ScaleStats(p.index, p.hw, p.mode, rows, tuple(tokens), self._sync(device) - t0, flops / 1e9))
             loop_s = self._sync(device) - t_loop
             t_dec = time.perf_counter()
