@@ -7,6 +7,10 @@ trained on the same photograph crops, tells which class a generated image shows.
 - **Fréchet distance** between the baseline and accelerated sample sets in the classifier's
   penultimate feature space (same seeds, same classes);
 - **PSNR / SSIM** of each accelerated sample against the baseline sample of the same seed.
+
+Every method draws the same classes with the same seeds, so the change in class consistency is a
+paired difference: its standard error comes from the samples that flipped (correct under the
+baseline and wrong under the method, or the reverse), as in McNemar's test.
 """
 from __future__ import annotations
 
@@ -86,50 +90,64 @@ def frechet_distance(fa: torch.Tensor, fb: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + torch.trace(ca + cb - 2 * cross))
 
 
-def _generate(var, classes: Sequence[int], seed: int, batch: int, **kw) -> torch.Tensor:
-    out = []
-    for i in range(0, len(classes), batch):
-        labels = torch.tensor(list(classes[i:i + batch]))
-        out.append(var.autoregressive_infer_cfg(B=len(labels), label_B=labels, g_seed=seed + i, **kw))
-    return torch.cat(out)
-
-
 def evaluate(var, classifier: CropClassifier, methods, per_class: int = 8, seed: int = 0, batch: int = 16,
              **generation_kwargs) -> List[Dict]:
     """Class consistency, FD to the baseline set, PSNR/SSIM to the baseline and time, per method.
 
     ``methods``: ``[(label, config or None)]`` as :func:`stagevar.bench.resolve_methods` gives;
     the first must be the baseline (None). Every method generates the same classes with the same
-    seeds.
+    seeds. Methods are interleaved batch by batch (each batch of classes is generated under every
+    method before the next), so the time ratios share the machine's conditions.
     """
     if methods[0][1] is not None:
         raise ValueError("the first method must be the unpatched baseline")
     classes = [c for c in range(var.num_classes) for _ in range(per_class)]
     target = torch.tensor(classes)
-    rows, base_img, base_feat = [], None, None
+    images: List[List[torch.Tensor]] = [[] for _ in methods]
+    seconds = [0.0] * len(methods)
+    try:
+        with torch.no_grad():
+            for i in range(0, len(classes), batch):
+                labels = torch.tensor(classes[i:i + batch])
+                for m, (_, cfg) in enumerate(methods):
+                    if cfg is None:
+                        api.restore(var)
+                    else:
+                        api.accelerate(var, cfg)
+                    t = time.perf_counter()
+                    images[m].append(var.autoregressive_infer_cfg(B=len(labels), label_B=labels, g_seed=seed + i,
+                                                                  **generation_kwargs))
+                    seconds[m] += time.perf_counter() - t
+    finally:
+        api.restore(var)
+    rows, base_img, base_feat, base_ok = [], None, None, None
     with torch.no_grad():
-        for label, cfg in methods:
-            if cfg is None:
-                api.restore(var)
-            else:
-                api.accelerate(var, cfg)
-            t = time.perf_counter()
-            img = _generate(var, classes, seed, batch, **generation_kwargs)
-            seconds = time.perf_counter() - t
+        for (label, _), parts, secs in zip(methods, images, seconds):
+            img = torch.cat(parts)
             feats = classifier.features(img.float())
-            pred = classifier.fc(feats).argmax(-1)
-            row = dict(method=label, seconds=seconds, class_consistency=float((pred == target).float().mean()))
+            ok = classifier.fc(feats).argmax(-1) == target
             if base_img is None:
-                base_img, base_feat = img, feats
+                base_img, base_feat, base_ok = img, feats, ok
+            row = dict(method=label, seconds=secs, class_consistency=float(ok.float().mean()))
+            row.update(paired_change_stats(base_ok, ok))
             row.update(fd_to_baseline=frechet_distance(feats, base_feat), psnr=float(psnr(img, base_img).mean()),
                        ssim=float(ssim(img, base_img).mean()))
             rows.append(row)
-    api.restore(var)
     base = rows[0]
     for r in rows:
         r["speedup"] = base["seconds"] / r["seconds"]
         r["consistency_change"] = r["class_consistency"] - base["class_consistency"]
     return rows
+
+
+def paired_change_stats(base_ok: torch.Tensor, ok: torch.Tensor) -> Dict:
+    """Samples lost (right under the baseline, wrong here) and gained, and the standard error of
+    the change in the correct fraction, ``sqrt(lost + gained - (gained - lost)^2 / n) / n``."""
+    n = len(ok)
+    lost = int((base_ok & ~ok).sum())
+    gained = int((~base_ok & ok).sum())
+    se = max(lost + gained - (gained - lost) ** 2 / n, 0.0) ** 0.5 / n
+    return dict(n=n, lost=lost, gained=gained, change_se=se)
 
 
 def load_classifier(path: str, num_classes: int) -> CropClassifier:
@@ -149,10 +167,10 @@ def save_classifier(clf: CropClassifier, path: str) -> None:
 
 def format_rows(rows: List[Dict], title: Optional[str] = None) -> str:
     lines = [title] if title else []
-    lines.append(f"{'method':<26} {'time s':>8} {'speedup':>8} {'class cons.':>11} {'change':>8} {'FD':>8} "
-                 f"{'PSNR':>6} {'SSIM':>6}")
+    lines.append(f"{'method':<30} {'time s':>8} {'speedup':>8} {'class cons.':>11} {'change':>8} {'+-SE':>6} "
+                 f"{'lost/gained':>11} {'FD':>8} {'PSNR':>6} {'SSIM':>6}")
     for r in rows:
-        lines.append(f"{r['method']:<26} {r['seconds']:>8.1f} {r['speedup']:>7.2f}x {r['class_consistency']:>11.3f} "
-                     f"{r['consistency_change']:>+8.3f} {r['fd_to_baseline']:>8.3f} {min(r['psnr'], 99.9):>6.1f} "
-                     f"{r['ssim']:>6.3f}")
+        lines.append(f"{r['method']:<30} {r['seconds']:>8.1f} {r['speedup']:>7.2f}x {r['class_consistency']:>11.3f} "
+                     f"{r['consistency_change']:>+8.3f} {r['change_se']:>6.3f} {r['lost']:>5}/{r['gained']:<5} "
+                     f"{r['fd_to_baseline']:>8.3f} {min(r['psnr'], 99.9):>6.1f} {r['ssim']:>6.3f}")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Quality metrics: Fréchet distance, classifier, and the evaluation loop on a tiny model."""
 import torch
 
+import stagevar
 from stagevar import StageVARConfig
 from stagevar.models import reference_var
 from stagevar.quality import CropClassifier, evaluate, format_rows, frechet_distance, train_classifier
@@ -35,3 +36,30 @@ def test_evaluate_rows():
     assert rows[0]["consistency_change"] == 0 and abs(rows[0]["fd_to_baseline"]) < 1e-6 and rows[0]["psnr"] == 100.0
     assert 0 <= rows[1]["class_consistency"] <= 1 and rows[1]["psnr"] < 100
     assert "class cons." in format_rows(rows)
+
+
+def test_paired_change_stats():
+    from stagevar.quality import paired_change_stats
+
+    base = torch.tensor([True, True, True, False, False, True, True, True])
+    ok = torch.tensor([True, False, True, True, False, False, True, True])
+    s = paired_change_stats(base, ok)
+    assert (s["n"], s["lost"], s["gained"]) == (8, 2, 1)
+    # change = (gained - lost) / n = -1/8; SE = sqrt(3 - 1/8) / 8
+    assert abs(s["change_se"] - (3 - 1 / 8) ** 0.5 / 8) < 1e-12
+    same = paired_change_stats(base, base.clone())
+    assert same["lost"] == same["gained"] == 0 and same["change_se"] == 0.0
+
+
+def test_evaluate_interleaves_without_leaking_state():
+    """Methods alternate batch by batch; a batch generated right after an accelerated one must
+    still match the unpatched call bit for bit (the "none" preset runs stagevar's loop unchanged)."""
+    from stagevar.presets import preset
+
+    var = reference_var("tiny")
+    clf = CropClassifier(var.num_classes).eval()
+    methods = [("baseline", None), ("lowrank", StageVARConfig(refine_start=-2, rank_ratio=0.3, name="lowrank")),
+               ("none", preset("none"))]
+    rows = evaluate(var, clf, methods, per_class=2, batch=3, cfg=2.0)
+    assert rows[2]["psnr"] == 100.0 and rows[2]["lost"] == rows[2]["gained"] == 0
+    assert rows[1]["psnr"] < 100.0 and not stagevar.is_accelerated(var)
