@@ -124,8 +124,17 @@ def format_table(title: str, rows: Sequence[Dict[str, float]]) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # methods as plans on the same engine
-METHODS_HELP = ("baseline (the unpatched call), any preset name, cfg-only, lowrank-only, skip-last-N, fastvar, "
-                "or a path to a StageVARConfig JSON file")
+METHODS_HELP = ("baseline (the unpatched call), any preset name, cfg-only, lowrank-only, skip-last-N, "
+                "uncond-last-N, cond-last-N, fastvar, or a path to a StageVARConfig JSON file")
+
+
+def _last_n(name: str, prefix: str) -> int:
+    try:
+        n = int(name[len(prefix):])
+        assert n >= 1
+    except (ValueError, AssertionError):
+        raise ConfigError(f"method {name!r}: write {prefix}N with N >= 1, e.g. {prefix}2") from None
+    return n
 
 
 def fastvar_config(depth: int) -> StageVARConfig:
@@ -158,12 +167,12 @@ def resolve_methods(names: Sequence[str], default_preset: str, depth: int) -> Li
         elif name == "lowrank-only":
             out.append((name, default.replace(branch="both", name=name)))
         elif name.startswith("skip-last-"):
-            try:
-                n = int(name[len("skip-last-"):])
-                assert n >= 1
-            except (ValueError, AssertionError):
-                raise ConfigError(f"method {name!r}: write skip-last-N with N >= 1, e.g. skip-last-2") from None
+            n = _last_n(name, "skip-last-")
             out.append((name, StageVARConfig(refine_start=None, skip=tuple(range(-n, 0)), name=name)))
+        elif name.startswith(("uncond-last-", "cond-last-")):  # one CFG branch on the last N scales, full rank
+            branch = name.split("-", 1)[0]
+            n = _last_n(name, f"{branch}-last-")
+            out.append((name, StageVARConfig(refine_start=-n, branch=branch, name=name)))
         elif name == "fastvar":
             out.append((name, fastvar_config(depth)))
         elif name.endswith(".json"):

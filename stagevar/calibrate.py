@@ -153,19 +153,31 @@ class Calibration:
         return None
 
     def recommend(self, alpha: float = 0.96, min_psnr: float = 25.0, max_feature_dist: float = 0.02,
-                  min_ssim: float = 0.8, branch: str = "uncond", projection: str = "gaussian") -> StageVARConfig:
+                  min_ssim: float = 0.8, branch: str = "uncond", projection: str = "gaussian",
+                  max_rank_ratio: Optional[float] = 0.3) -> StageVARConfig:
         """A config: the refinement stage starts at the first scale after semantics (feature
         distance <= ``max_feature_dist``) and structure (PSNR >= ``min_psnr`` dB and SSIM >=
         ``min_ssim`` against the final image) have converged, with the measured rank table at
-        ``alpha``. If they never converge before the last scale, only the last scale is refined."""
+        ``alpha``. If they never converge before the last scale, only the last scale is refined.
+
+        A scale whose measured ratio (mean over units) exceeds ``max_rank_ratio`` is not low rank
+        in the paper's sense (its Infinity-2B table stays at or below 0.26): it runs one branch at
+        full rank. Random projection with representative restoration writes outputs of mixed
+        tokens at the representative positions, so at high ranks it changes more of the map than
+        it saves (measured on the bundled model, BENCHMARKS.md). ``None`` keeps every scale's
+        measured rank."""
         if alpha not in self.alphas:
             raise ConfigError(f"alpha={alpha} was not measured; measured alphas: {self.alphas}")
         K = len(self.schedule)
         conv = self.converged_scale(min_psnr, max_feature_dist, min_ssim)
         start = K - 1 if conv is None else min(max(conv + 1, 1), K - 1)
         a = self.alphas.index(alpha)
-        table = {si: {alpha: [units[a] for units in self.rank_ratio_mean[si]]} for si in range(start, K)}
-        return StageVARConfig(refine_start=start, branch=branch, rank_table=table, alpha=alpha,
+        table = {}
+        for si in range(start, K):
+            ratios = [units[a] for units in self.rank_ratio_mean[si]]
+            if max_rank_ratio is None or sum(ratios) / len(ratios) <= max_rank_ratio:
+                table[si] = {alpha: ratios}
+        return StageVARConfig(refine_start=start, branch=branch, rank_table=table, alpha=alpha if table else None,
                               unit_blocks=self.unit_blocks, projection=projection, name=f"calibrated-a{alpha}")
 
     # ---- persistence and display

@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 
 from . import api
+from .bench import METHODS_HELP
 from .config import StageVARConfig
 from .presets import preset, presets
 
@@ -82,60 +83,83 @@ def _demo_model(args):
     return what, model, lambda: adapter.images_of(model.autoregressive_infer_cfg(**kw))
 
 
-def _class_consistency(model, base_img, acc_img) -> None:
-    """Print class consistency of both image sets when a classifier for the model ships with it."""
+def _classifier(model):
+    """The independent classifier shipped with a trained model, or None."""
     import os
 
     names = getattr(model, "class_names", None)
     path = os.path.join(os.path.dirname(__file__), "models", "weights", "stagevar-tiny-var-classifier.safetensors")
     if not names or not os.path.exists(path):
-        return
+        return None
     from .quality import load_classifier
 
-    clf = load_classifier(path, len(names))
-    target = torch.arange(base_img.shape[0]) % len(names)
-    with torch.no_grad():
-        cb = float((clf(base_img.float()).argmax(-1) == target).float().mean())
-        ca = float((clf(acc_img.float()).argmax(-1) == target).float().mean())
-    print(f"class consistency (independent classifier): baseline {cb:.3f}, accelerated {ca:.3f} ({ca - cb:+.3f}); "
-          f"one sample per class here, see BENCHMARKS.md for the full evaluation")
+    return load_classifier(path, len(names))
+
+
+def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
+    """``--config`` values, or the family's default preset (None) -- and, for the trained model,
+    also the preset calibrated for it, so the paper's recipe and the measured choice show side by side."""
+    if args.config:
+        return [_load_config(c) for c in args.config]
+    return [None, preset("stagevar-tiny-var")] if args.model == "pretrained" else [None]
 
 
 def _demo(args) -> int:
     torch.manual_seed(0)
     what, model, call = _demo_model(args)
     print(f"stagevar demo: {what}, B={args.batch}, on {machine_name()}")
-    cfg = _load_config(args.config)
+    configs = _demo_configs(args, model)
 
-    def run(accelerate: bool):
-        if accelerate:
-            api.accelerate(model, cfg)
-        else:
+    def run(cfg):  # cfg: False = baseline, else a config (None = default preset)
+        if cfg is False:
             api.restore(model)
+        else:
+            api.accelerate(model, cfg)
         t = time.perf_counter()
         img = call()
         return img, time.perf_counter() - t
 
-    run(True)  # warm-up, and resolves the default preset for this model
+    for cfg in configs:  # warm-up
+        run(cfg)
     run(False)
-    base_t, acc_t = [], []
+    base_t: List[float] = []
+    acc_t: List[List[float]] = [[] for _ in configs]
+    acc_img: List[torch.Tensor] = [torch.empty(0)] * len(configs)
+    reports, names = [None] * len(configs), [""] * len(configs)
     for _ in range(args.repeats):  # interleaved, same seed
         base_img, t = run(False)
         base_t.append(t)
-        acc_img, t = run(True)
-        acc_t.append(t)
-    print(api.report(model))
-    b, a = statistics.median(base_t), statistics.median(acc_t)
-    print(f"end-to-end median of {args.repeats}: baseline {b * 1e3:.0f} ms, accelerated {a * 1e3:.0f} ms, "
-          f"speedup {b / a:.2f}x (config {api.current_config(model).name!r})")
+        for i, cfg in enumerate(configs):
+            acc_img[i], t = run(cfg)
+            acc_t[i].append(t)
+            reports[i], names[i] = api.report(model), api.current_config(model).name
+    api.restore(model)
     from .calibrate import psnr, ssim
 
-    print(f"per-seed PSNR to baseline {psnr(acc_img, base_img).mean():.1f} dB, SSIM {ssim(acc_img, base_img).mean():.3f}")
-    _class_consistency(model, base_img, acc_img)
+    clf = _classifier(model)
+    target = torch.arange(base_img.shape[0]) % max(getattr(model, "num_classes", 1), 1)
+
+    def consistency(img) -> float:
+        with torch.no_grad():
+            return float((clf(img.float()).argmax(-1) == target).float().mean())
+
+    b = statistics.median(base_t)
+    for i, name in enumerate(names):
+        print(f"\n[{name}]")
+        print(reports[i])
+        a = statistics.median(acc_t[i])
+        print(f"end-to-end median of {args.repeats}: baseline {b * 1e3:.0f} ms, accelerated {a * 1e3:.0f} ms, "
+              f"speedup {b / a:.2f}x (config {name!r})")
+        print(f"per-seed PSNR to baseline {psnr(acc_img[i], base_img).mean():.1f} dB, "
+              f"SSIM {ssim(acc_img[i], base_img).mean():.3f}")
+        if clf is not None:
+            cb, ca = consistency(base_img), consistency(acc_img[i])
+            print(f"class consistency (independent classifier): baseline {cb:.3f}, accelerated {ca:.3f} "
+                  f"({ca - cb:+.3f}); one sample per class here, see BENCHMARKS.md for the full evaluation")
     if args.model != "pretrained":
         print("(random weights: these differences say nothing about quality)")
-    save_grid([base_img, acc_img], args.out)
-    print(f"wrote {args.out} (top row: baseline, bottom row: accelerated)")
+    save_grid([base_img] + acc_img, args.out)
+    print(f"\nwrote {args.out} (top row: baseline; then one row per config: {', '.join(names)})")
     return 0
 
 
@@ -159,7 +183,8 @@ def _bench(args) -> int:
 
     what, model, kw, encode = _cli_model(args, "tiny", "tiny")
     kw.update(adapter_for(model).condition_kwargs(_default_conditions(model, args.batch), encode))
-    methods = args.methods or (["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
+    methods = args.methods or (["baseline", "var-d16"] + (["stagevar-tiny-var"] if args.model == "pretrained" else [])
+                               + ["cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
                                if args.model != "infinity" else
                                ["baseline", "infinity-2b", "infinity-2b-paper", "cfg-only", "lowrank-only", "fastvar",
                                 "skip-last-2"])
@@ -188,8 +213,11 @@ def _calibrate(args) -> int:
           f"on {machine_name()}")
     cal = calibrate(model, conditions, **gen)
     print(cal)
-    cfg = cal.recommend(alpha=args.alpha)
-    print(f"recommended at alpha={args.alpha}: refine_start={cfg.refine_start} (of {len(cal.schedule)} scales)")
+    cfg = cal.recommend(alpha=args.alpha, max_rank_ratio=args.max_rank_ratio, branch=args.branch)
+    low = sorted(cfg.rank_table)
+    print(f"recommended at alpha={args.alpha}: refine_start={cfg.refine_start} (of {len(cal.schedule)} scales), "
+          f"branch={cfg.branch!r}, low-rank scales {low or 'none'} (scales above rank ratio "
+          f"{args.max_rank_ratio} run full rank)")
     cal.save(args.out)
     print(f"wrote {args.out}")
     if args.config_out:
@@ -216,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--shape", default=None, choices=sorted(set(VAR_SHAPES) | set(INFINITY_SHAPES)),
                    help="reference shape (default: d16 for var, small for infinity)")
     d.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS), help="Infinity aspect ratio, width:height")
-    d.add_argument("--config", default=None, help="preset name or JSON config file (default: the family preset)")
+    d.add_argument("--config", nargs="+", default=None,
+                   help="preset names or JSON config files (default: the family preset; for the trained model "
+                        "also its calibrated preset stagevar-tiny-var)")
     d.add_argument("--batch", type=int, default=None, help="default: one per class (pretrained), else 2")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--cfg", type=float, default=4.0)
@@ -233,8 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="var", choices=["pretrained", "var", "infinity"])
     b.add_argument("--shape", default=None, help="reference shape (default tiny)")
     b.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS))
-    b.add_argument("--methods", nargs="+", default=None,
-                   help="baseline, presets, cfg-only, lowrank-only, skip-last-N, fastvar, or config .json files")
+    b.add_argument("--methods", nargs="+", default=None, help=METHODS_HELP)
     b.add_argument("--batch", type=int, default=2)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--cfg", type=float, default=4.0)
@@ -257,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top-p", type=float, default=0.95)
     c.add_argument("--unit-blocks", type=int, default=None)
     c.add_argument("--alpha", type=float, default=0.96)
+    c.add_argument("--branch", default="uncond", choices=["uncond", "cond"],
+                   help="the CFG branch the recommended config keeps in the refinement stage")
+    c.add_argument("--max-rank-ratio", type=float, default=0.3,
+                   help="scales whose measured rank ratio exceeds this run one branch at full rank")
     c.add_argument("--no-sweep", action="store_true", help="skip the one-branch-from-scale-k generations")
     c.add_argument("--out", default="calibration.json")
     c.add_argument("--config-out", default=None, help="also save the recommended config as JSON")

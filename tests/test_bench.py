@@ -9,7 +9,7 @@ from stagevar.bench import fastvar_config, format_report, resolve_methods, run
 from stagevar.cli import main
 from stagevar.models import reference_infinity, reference_var
 
-ALL_VAR = ["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-1"]
+ALL_VAR = ["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-1", "cond-last-1"]
 
 
 def _check_report(rep, labels):
@@ -36,6 +36,8 @@ def test_var_report_for_every_method(tmp_path):
     assert by["cfg-only"]["per_scale"][-1]["mode"] == "uncond-only"
     assert by["lowrank-only"]["per_scale"][-1]["mode"] == "low-rank" and by["lowrank-only"]["per_scale"][-1]["rows"] == 4
     assert by["fastvar"]["config"]["selection"] == "mean_distance"
+    last = by["cond-last-1"]["per_scale"]
+    assert last[-1]["mode"] == "cond-only" and last[-1]["rows"] == 2 and last[-2]["rows"] == 4
     assert by["var-d16"]["flop_ratio"] > 1.0
     on_disk = json.loads((tmp_path / "bench.json").read_text())
     assert [m["method"] for m in on_disk["methods"]] == ALL_VAR
@@ -64,6 +66,10 @@ def test_bad_methods_and_shapes_say_what_to_change(tmp_path, capsys):
         resolve_methods(["turbo"], "var-d16", 4)
     with pytest.raises(stagevar.ConfigError, match="skip-last-N with N >= 1"):
         resolve_methods(["skip-last-0"], "var-d16", 4)
+    with pytest.raises(stagevar.ConfigError, match="write uncond-last-N with N >= 1, e.g. uncond-last-2"):
+        resolve_methods(["uncond-last-x"], "var-d16", 4)
+    (_, c), = resolve_methods(["uncond-last-2"], "var-d16", 4)[1:]
+    assert (c.refine_start, c.branch, c.rank_ratio, c.rank_ratios, c.skip) == (-2, "uncond", None, {}, ())
     with pytest.raises(stagevar.ConfigError, match="no such config file"):
         resolve_methods([str(tmp_path / "nope.json")], "var-d16", 4)
     with pytest.raises(SystemExit):
@@ -96,12 +102,21 @@ def test_cli_demo_on_tiny_models(tmp_path, capsys):
         assert out.exists()
     text = capsys.readouterr().out
     assert "speedup" in text and "per-seed PSNR" in text
+    out = tmp_path / "two.png"
+    assert main(["demo", "--model", "var", "--shape", "tiny", "--repeats", "1", "--out", str(out),
+                 "--config", "var-d16", "stagevar-tiny-var"]) == 0
+    text = capsys.readouterr().out
+    assert "[var-d16]" in text and "[stagevar-tiny-var]" in text and text.count("speedup") == 2
+    from PIL import Image
+
+    assert Image.open(out).size[1] == 3 * Image.open(tmp_path / "var.png").size[1] // 2  # baseline + two rows
 
 
 def test_cli_calibrate_runs(tmp_path, capsys):
     for model in ["var", "infinity"]:
         out = tmp_path / f"{model}.json"
         assert main(["calibrate", "--model", model, "--shape", "tiny", "--no-sweep", "--out", str(out),
-                     "--config-out", str(tmp_path / f"{model}-cfg.json")]) == 0
+                     "--config-out", str(tmp_path / f"{model}-cfg.json"), "--max-rank-ratio", "1"]) == 0
         assert out.exists() and stagevar.StageVARConfig.load(tmp_path / f"{model}-cfg.json").alpha == 0.96
-    assert "recommended at alpha=0.96" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "recommended at alpha=0.96" in text and "low-rank scales [" in text

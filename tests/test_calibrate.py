@@ -43,12 +43,21 @@ def test_calibration_report_shapes_and_ranges(small, tmp_path):
     path = tmp_path / "cal.json"
     cal.save(path)
     assert Calibration.load(path) == cal
-    cfg = cal.recommend(alpha=0.96)
+    cfg = cal.recommend(alpha=0.96, max_rank_ratio=None)
     assert cfg.alpha == 0.96 and 1 <= cfg.refine_start < K and cfg.unit_blocks == 2
     stagevar.accelerate(small, cfg)
     img = small.autoregressive_infer_cfg(B=2, label_B=torch.tensor([0, 1]), g_seed=0, cfg=3.0)
     assert torch.isfinite(img).all()
     assert stagevar.report(small).scales[-1].mode == "uncond-only+low-rank"
+    # scales whose measured ratio exceeds max_rank_ratio run one branch at full rank
+    a = cal.alphas.index(0.96)
+    means = {si: sum(u[a] for u in cal.rank_ratio_mean[si]) / 2 for si in range(cfg.refine_start, K)}
+    cut = sorted(means.values())[len(means) // 2]
+    capped = cal.recommend(alpha=0.96, max_rank_ratio=cut)
+    assert capped.refine_start == cfg.refine_start
+    assert set(capped.rank_table) == {si for si, m in means.items() if m <= cut}
+    none_low = cal.recommend(alpha=0.96, max_rank_ratio=0.0)
+    assert none_low.rank_table == {} and none_low.alpha is None and none_low.branch == "uncond"
     with pytest.raises(stagevar.ConfigError, match="was not measured"):
         cal.recommend(alpha=0.5)
 

@@ -56,3 +56,18 @@ def test_bundled_model_generates_its_classes():
     with torch.no_grad():
         consistency = (clf(img).argmax(-1) == labels).float().mean().item()
     assert consistency >= 0.6  # 0.94 over 96 samples when measured; random weights give ~1/12
+
+
+def test_bundled_model_preset_cuts_only_the_last_scale_to_the_conditional_rows():
+    import stagevar
+
+    var = load_pretrained("stagevar-tiny-var")
+    labels = torch.tensor([3, 7])
+    kw = dict(B=2, label_B=labels, g_seed=5, cfg=4.0, top_p=0.95)
+    with stagevar.accelerated(var, "stagevar-tiny-var"):
+        img = var.autoregressive_infer_cfg(**kw)
+        rep = stagevar.report(var)
+    assert [s.mode for s in rep.scales] == ["intact"] * 8 + ["cond-only"]
+    assert rep.scales[-1].rows == 2 and rep.scales[-2].rows == 4
+    base = var.autoregressive_infer_cfg(**kw)
+    assert img.shape == base.shape and not torch.equal(img, base)
