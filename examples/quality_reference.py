@@ -7,8 +7,9 @@ Trains (or loads) an independent classifier on crops of the same photographs, th
 same classes with the same seeds under every method and prints class consistency (the fraction
 of samples the classifier assigns to the class asked for), its change against the baseline, the
 Fréchet distance to the baseline samples in the classifier's feature space, PSNR/SSIM to the
-baseline sample of the same seed, and the wall time of the whole set. Needs scikit-image to
-train the classifier the first time.
+baseline sample of the same seed, and the wall time of the whole set (methods interleaved batch
+by batch). The change carries a paired standard error (samples lost / gained against the baseline).
+Needs scikit-image to train the classifier the first time.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-class", type=int, default=8)
     ap.add_argument("--methods", nargs="+",
-                    default=["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-1", "skip-last-2"])
+                    default=["baseline", "var-d16", "stagevar-tiny-var", "cfg-only", "lowrank-only", "fastvar",
+                             "skip-last-1", "skip-last-2", "uncond-last-1", "cond-last-2", "uncond-last-2"])
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0)
