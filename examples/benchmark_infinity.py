@@ -2,6 +2,7 @@
 
     python examples/benchmark_infinity.py                              # 2b-cpu, 1:1 1024^2 schedule, B = 1
     python examples/benchmark_infinity.py --aspect 16:9 --repeats 1
+    python examples/benchmark_infinity.py --aspect 1:1 16:9           # one model build, both schedules
     python examples/benchmark_infinity.py --shape tiny --repeats 3     # seconds, for a quick look
 
 The "2b-cpu" shape has Infinity-2B's width (C = 2048, 16 heads, 2048-d text) with 8 blocks
@@ -26,7 +27,7 @@ from stagevar.models import ASPECTS, INFINITY_SHAPES, reference_infinity
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="2b-cpu", choices=sorted(INFINITY_SHAPES))
-    ap.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS))
+    ap.add_argument("--aspect", nargs="+", default=["1:1"], choices=sorted(ASPECTS))
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--configs", nargs="+", default=["infinity-2b", "infinity-2b-paper"])
@@ -35,8 +36,17 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="run under torch.autocast(bfloat16), as upstream inference does")
     args = ap.parse_args()
     bundle = reference_infinity(args.shape, device=torch.device(args.device))
+    results = []
+    for aspect in args.aspect:
+        results.append(run_aspect(bundle, aspect, args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results if len(results) > 1 else results[0], f, indent=2)
+
+
+def run_aspect(bundle, aspect: str, args) -> dict:
     m = bundle.model
-    sched = bundle.schedule(args.aspect)
+    sched = bundle.schedule(aspect)
     K = len(sched)
     prompts = ["a photo of a red fox standing in fresh snow, golden hour"] * args.batch
     kw = dict(vae=bundle.vae, scale_schedule=sched, label_B_or_BLT=bundle.encode(prompts), B=args.batch, g_seed=0,
@@ -44,18 +54,20 @@ def main():
     timer = DecodeTimer(bundle.vae, "decode")
     methods = [("unpatched", None)] + [(c, stagevar.preset(c)) for c in args.configs]
     autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
-    with torch.inference_mode(), autocast:
-        rows = interleaved(m, lambda: m.autoregressive_infer_cfg(**kw), methods, args.repeats, timer, progress=True)
-        stagevar.accelerate(m, methods[1][1])
-        m.autoregressive_infer_cfg(**kw)
-        print(stagevar.report(m))
+    try:
+        with torch.inference_mode(), autocast:
+            rows = interleaved(m, lambda: m.autoregressive_infer_cfg(**kw), methods, args.repeats, timer, progress=True)
+            stagevar.accelerate(m, methods[1][1])
+            m.autoregressive_infer_cfg(**kw)
+            print(stagevar.report(m))
+    finally:
+        timer.remove()
+        stagevar.restore(m)
     _, H, W = sched[-1]
-    title = (f"Infinity-{args.shape} reference (random weights), {args.aspect} schedule of {K} scales to {H}x{W} tokens, "
+    title = (f"Infinity-{args.shape} reference (random weights), {aspect} schedule of {K} scales to {H}x{W} tokens, "
              f"B={args.batch}, {args.repeats} interleaved rounds after 1 warm-up, on {machine_name()}")
-    print("\n" + format_table(title, rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(title=title, rows=rows), f, indent=2)
+    print("\n" + format_table(title, rows), flush=True)
+    return dict(title=title, rows=rows)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,8 @@ def energy_ranks(x_MC: torch.Tensor, alphas: Sequence[float]) -> List[int]:
     if total <= 0:
         return [1 for _ in alphas]
     cum = ev.cumsum(0) / total
-    return [int(min(len(ev), int(torch.searchsorted(cum, torch.tensor(a, dtype=cum.dtype)).item()) + 1)) for a in alphas]
+    idx = torch.searchsorted(cum, torch.tensor(list(alphas), dtype=cum.dtype, device=cum.device)).tolist()
+    return [int(min(len(ev), i + 1)) for i in idx]
 
 
 class _Observer(Observer):

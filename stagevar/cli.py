@@ -49,14 +49,16 @@ def _cli_model(args, var_shape: str, infinity_shape: str):
     from .models import load_pretrained, reference_infinity, reference_var
 
     sampling = dict(g_seed=getattr(args, "seed", 0), top_k=args.top_k, top_p=args.top_p)
+    device = torch.device(args.device)
     if args.model == "pretrained":
-        var = load_pretrained("stagevar-tiny-var")
+        var = load_pretrained("stagevar-tiny-var", device=device)
         return "trained VAR 'stagevar-tiny-var'", var, dict(sampling, cfg=args.cfg), None
     if args.model == "var":
         shape = args.shape or var_shape
-        return f"reference VAR '{shape}' (random weights)", reference_var(shape), dict(sampling, cfg=args.cfg), None
+        var = reference_var(shape, device=device)
+        return f"reference VAR '{shape}' (random weights)", var, dict(sampling, cfg=args.cfg), None
     shape = args.shape or infinity_shape
-    bundle = reference_infinity(shape)
+    bundle = reference_infinity(shape, device=device)
     sched = bundle.schedule(args.aspect)
     K = len(sched)
     kw = dict(sampling, vae=bundle.vae, scale_schedule=sched, cfg_list=[args.cfg] * K, tau_list=[1.0] * K, ret_img=True)
@@ -117,6 +119,8 @@ def _demo(args) -> int:
             api.accelerate(model, cfg)
         t = time.perf_counter()
         img = call()
+        if img.device.type == "cuda":
+            torch.cuda.synchronize(img.device)
         return img, time.perf_counter() - t
 
     for cfg in configs:  # warm-up
@@ -136,6 +140,7 @@ def _demo(args) -> int:
     api.restore(model)
     from .calibrate import psnr, ssim
 
+    base_img, acc_img = base_img.float().cpu(), [a.float().cpu() for a in acc_img]
     clf = _classifier(model)
     target = torch.arange(base_img.shape[0]) % max(getattr(model, "num_classes", 1), 1)
 
@@ -250,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch", type=int, default=None, help="default: one per class (pretrained), else 2")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--cfg", type=float, default=4.0)
+    d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model runs (default: cuda when available)")
     d.add_argument("--top-k", type=int, default=900)
     d.add_argument("--top-p", type=float, default=0.95)
     d.add_argument("--repeats", type=int, default=2)
@@ -267,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=2)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--cfg", type=float, default=4.0)
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model runs (default: cuda when available)")
     b.add_argument("--top-k", type=int, default=0)
     b.add_argument("--top-p", type=float, default=0.0)
     b.add_argument("--repeats", type=int, default=3)
@@ -282,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompts", nargs="*", default=None, help="Infinity prompts (default: four built-in prompts)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     c.add_argument("--cfg", type=float, default=4.0)
+    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model runs (default: cuda when available)")
     c.add_argument("--top-k", type=int, default=900)
     c.add_argument("--top-p", type=float, default=0.95)
     c.add_argument("--unit-blocks", type=int, default=None)

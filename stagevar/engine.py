@@ -53,6 +53,29 @@ def _block_flops(rows: int, n: int, kv_len: int, C: int) -> float:
     return rows * n * (24.0 * C * C + 4.0 * C * kv_len)
 
 
+class _ScaleClock:
+    """Per-scale wall time without stalling the device: on CUDA, events recorded on the stream and
+    read once after the loop; elsewhere, the host clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> List[float]:
+        """Time between consecutive marks (call after the device was synchronised)."""
+        if self.cuda:
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
 class Engine:
     """Runs a model's generation call under one :class:`StageVARConfig`."""
 
@@ -117,11 +140,14 @@ class Engine:
             batch = ad.batch_size(st)
             intact_rows = 0
             t_loop = self._sync(device)
+            clock = _ScaleClock(device)
+            clock.mark()
+            pending: List[tuple] = []  # ScaleStats fields but the time, filled in after the loop
             for p in plans:
-                t0 = time.perf_counter()
                 if p.skip:
                     ad.skip(st, p.index)
-                    stats.append(ScaleStats(p.index, p.hw, p.mode, 0, (), self._sync(device) - t0))
+                    clock.mark()
+                    pending.append((p.index, p.hw, p.mode, 0, (), 0.0))
                     continue
                 if p.rows != branch:
                     ad.keep_rows(st, p.rows)
@@ -158,8 +184,11 @@ class Engine:
                 if observer is not None:
                     observer.scale_done(st, p.index)
                     observer.sampled(p.index, ids)
-                stats.append(ScaleStats(p.index, p.hw, p.mode, rows, tuple(tokens), self._sync(device) - t0, flops / 1e9))
+                clock.mark()
+                pending.append((p.index, p.hw, p.mode, rows, tuple(tokens), flops / 1e9))
             loop_s = self._sync(device) - t_loop
+            for (index, hw, mode, rows, tokens, gflops), secs in zip(pending, clock.seconds()):
+                stats.append(ScaleStats(index, hw, mode, rows, tokens, secs, gflops))
             t_dec = time.perf_counter()
             out = ad.finish(st)
             decode_s = self._sync(device) - t_dec

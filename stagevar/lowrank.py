@@ -95,9 +95,11 @@ def project(x_BMC: torch.Tensor, r: int, kind: str, idx_Br: torch.Tensor,
 
 
 @functools.lru_cache(maxsize=256)
-def _area_weights(src: int, dst: int) -> torch.Tensor:
-    """``(dst, src)`` weights of 1-D area interpolation (PyTorch's adaptive average pooling)."""
-    return F.adaptive_avg_pool1d(torch.eye(src, dtype=torch.float64).unsqueeze(0), dst)[0].t().contiguous()
+def _area_weights(src: int, dst: int, device: torch.device) -> torch.Tensor:
+    """``(dst, src)`` fp32 weights of 1-D area interpolation (PyTorch's adaptive average pooling),
+    kept per device: a host-to-device copy on every call would stall a CUDA stream."""
+    w = F.adaptive_avg_pool1d(torch.eye(src, dtype=torch.float64).unsqueeze(0), dst)[0].t().contiguous()
+    return w.to(device=device, dtype=torch.float32)
 
 
 def area_resize_tokens(x_BMC: torch.Tensor, src_hw: Tuple[int, int], dst_hw: Tuple[int, int]) -> torch.Tensor:
@@ -110,8 +112,8 @@ def area_resize_tokens(x_BMC: torch.Tensor, src_hw: Tuple[int, int], dst_hw: Tup
     (h, w), (H, W) = src_hw, dst_hw
     if M != h * w:
         raise ValueError(f"{M} tokens do not form a {h}x{w} map")
-    Wh = _area_weights(h, H).to(device=x_BMC.device, dtype=torch.float32)
-    Ww = _area_weights(w, W).to(device=x_BMC.device, dtype=torch.float32)
+    Wh = _area_weights(h, H, x_BMC.device)
+    Ww = _area_weights(w, W, x_BMC.device)
     x = x_BMC.float().view(B, h, w, C)
     x = torch.einsum("Hh,bhwc->bHwc", Wh, x)
     x = torch.einsum("Ww,bHwc->bHWc", Ww, x)
