@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -91,33 +89,23 @@ def project(x_BMC: torch.Tensor, r: int, kind: str, idx_Br: torch.Tensor,
     if kind == "sample":
         return torch.gather(x_BMC, 1, idx_Br.unsqueeze(-1).expand(-1, -1, x_BMC.shape[-1]))
     Q_Mr = projection_matrix(x_BMC.shape[1], r, kind, generator, x_BMC.device)
-    return torch.einsum("mr,bmc->brc", Q_Mr, x_BMC.float()).to(x_BMC.dtype)
-
-
-@functools.lru_cache(maxsize=256)
-def _area_weights(src: int, dst: int, device: torch.device) -> torch.Tensor:
-    """``(dst, src)`` fp32 weights of 1-D area interpolation (PyTorch's adaptive average pooling),
-    kept per device: a host-to-device copy on every call would stall a CUDA stream."""
-    w = F.adaptive_avg_pool1d(torch.eye(src, dtype=torch.float64).unsqueeze(0), dst)[0].t().contiguous()
-    return w.to(device=device, dtype=torch.float32)
+    return torch.matmul(Q_Mr.t(), x_BMC.float()).to(x_BMC.dtype)
 
 
 def area_resize_tokens(x_BMC: torch.Tensor, src_hw: Tuple[int, int], dst_hw: Tuple[int, int]) -> torch.Tensor:
-    """Area-interpolate row-major token maps ``(B, h*w, C)`` from ``src_hw`` to ``dst_hw``.
+    """Area-interpolate row-major token maps ``(B, h*w, C)`` from ``src_hw`` to ``dst_hw``, in fp32.
 
-    Equal to ``F.interpolate(map, size=dst_hw, mode="area")`` on the ``(B, C, h, w)`` map, computed
-    separably in the token layout (no transposes), in fp32.
+    Equal to ``F.interpolate(map, size=dst_hw, mode="area")`` on the ``(B, C, h, w)`` map. The token
+    layout is that map in channels-last memory order, so this is one pooling kernel on a view, with
+    no transposing copies (few operators: on a GPU this loop is bound by the host issuing them).
     """
     B, M, C = x_BMC.shape
     (h, w), (H, W) = src_hw, dst_hw
     if M != h * w:
         raise ValueError(f"{M} tokens do not form a {h}x{w} map")
-    Wh = _area_weights(h, H, x_BMC.device)
-    Ww = _area_weights(w, W, x_BMC.device)
-    x = x_BMC.float().view(B, h, w, C)
-    x = torch.einsum("Hh,bhwc->bHwc", Wh, x)
-    x = torch.einsum("Ww,bHwc->bHWc", Ww, x)
-    return x.reshape(B, H * W, C)
+    x_BChw = x_BMC.float().view(B, h, w, C).permute(0, 3, 1, 2)  # channels-last strides
+    out_BCHW = F.adaptive_avg_pool2d(x_BChw, (H, W))
+    return out_BCHW.permute(0, 2, 3, 1).reshape(B, H * W, C)
 
 
 def restore(prev_BMC: torch.Tensor, prev_hw: Tuple[int, int], out_BrC: torch.Tensor, idx_Br: torch.Tensor,
