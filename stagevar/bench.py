@@ -1,7 +1,8 @@
 """Side-by-side measurement: the unpatched call and accelerated methods, interleaved in one run.
 
 ``interleaved`` times calls round-robin; ``run`` measures named methods (presets, cfg-only,
-lowrank-only, skip-last-N, fastvar, JSON configs) for time, FLOPs, memory and fidelity.
+lowrank-only, skip-last-N, uncond-last-N, cond-last-N, fastvar, JSON configs) for time, FLOPs,
+memory and fidelity.
 """
 from __future__ import annotations
 
@@ -335,7 +336,7 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 3,
             token_agreement={str(k): v for k, v in sorted(agree.items())}))
     from .cli import machine_name
 
-    report = dict(title=title, device=machine_name(), repeats=repeats, warmup=warmup,
+    report = dict(title=title, device=machine_name(device), repeats=repeats, warmup=warmup,
                   call={k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))}, methods=results)
     if out_dir:
         _write(report, out_dir, images)

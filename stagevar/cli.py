@@ -16,10 +16,12 @@ from .config import StageVARConfig
 from .presets import preset, presets
 
 
-def machine_name() -> str:
-    """The device in words, for printed figures."""
-    if torch.cuda.is_available():
-        return f"CUDA {torch.cuda.get_device_name(0)}"
+def machine_name(device=None) -> str:
+    """The device in words, for printed figures (``device``: where the model runs; default the
+    first CUDA device when there is one)."""
+    device = torch.device(device) if device is not None else None
+    if device is None and torch.cuda.is_available() or device is not None and device.type == "cuda":
+        return f"CUDA {torch.cuda.get_device_name(device)}"
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
@@ -109,7 +111,7 @@ def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
 def _demo(args) -> int:
     torch.manual_seed(0)
     what, model, call = _demo_model(args)
-    print(f"stagevar demo: {what}, B={args.batch}, on {machine_name()}")
+    print(f"stagevar demo: {what}, B={args.batch}, on {machine_name(args.device)}")
     configs = _demo_configs(args, model)
 
     def run(cfg):  # cfg: False = baseline, else a config (None = default preset)
@@ -215,7 +217,7 @@ def _calibrate(args) -> int:
     else:
         conditions = args.conditions or _default_conditions(model, model.num_classes if args.model == "pretrained" else 8)
     print(f"stagevar calibrate: {what}, {len(conditions)} conditions x {len(args.seeds)} seeds, "
-          f"on {machine_name()}")
+          f"on {machine_name(args.device)}")
     cal = calibrate(model, conditions, **gen)
     print(cal)
     cfg = cal.recommend(alpha=args.alpha, max_rank_ratio=args.max_rank_ratio, branch=args.branch)

@@ -59,12 +59,13 @@ class _ScaleClock:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.current_stream(device) if self.cuda else None
         self.marks: list = []
 
     def mark(self) -> None:
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            ev.record(self.stream)
             self.marks.append(ev)
         else:
             self.marks.append(time.perf_counter())

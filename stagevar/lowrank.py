@@ -89,7 +89,8 @@ def project(x_BMC: torch.Tensor, r: int, kind: str, idx_Br: torch.Tensor,
     if kind == "sample":
         return torch.gather(x_BMC, 1, idx_Br.unsqueeze(-1).expand(-1, -1, x_BMC.shape[-1]))
     Q_Mr = projection_matrix(x_BMC.shape[1], r, kind, generator, x_BMC.device)
-    return torch.matmul(Q_Mr.t(), x_BMC.float()).to(x_BMC.dtype)
+    with torch.autocast(x_BMC.device.type, enabled=False):  # fp32 even inside the caller's autocast
+        return torch.matmul(Q_Mr.t(), x_BMC.float()).to(x_BMC.dtype)
 
 
 def area_resize_tokens(x_BMC: torch.Tensor, src_hw: Tuple[int, int], dst_hw: Tuple[int, int]) -> torch.Tensor:

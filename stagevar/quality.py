@@ -105,19 +105,27 @@ def evaluate(var, classifier: CropClassifier, methods, per_class: int = 8, seed:
     target = torch.tensor(classes)
     images: List[List[torch.Tensor]] = [[] for _ in methods]
     seconds = [0.0] * len(methods)
+    device = next(var.parameters()).device
+
+    def sync() -> None:  # a timed call must not inherit, or leave, queued device work
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     try:
         with torch.no_grad():
             for i in range(0, len(classes), batch):
-                labels = torch.tensor(classes[i:i + batch])
+                labels = torch.tensor(classes[i:i + batch], device=device)
                 for m, (_, cfg) in enumerate(methods):
                     if cfg is None:
                         api.restore(var)
                     else:
                         api.accelerate(var, cfg)
+                    sync()
                     t = time.perf_counter()
-                    images[m].append(var.autoregressive_infer_cfg(B=len(labels), label_B=labels, g_seed=seed + i,
-                                                                  **generation_kwargs))
+                    img = var.autoregressive_infer_cfg(B=len(labels), label_B=labels, g_seed=seed + i, **generation_kwargs)
+                    sync()
                     seconds[m] += time.perf_counter() - t
+                    images[m].append(img.float().cpu())
     finally:
         api.restore(var)
     rows, base_img, base_feat, base_ok = [], None, None, None

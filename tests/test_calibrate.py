@@ -1,4 +1,6 @@
 """calibrate(): shapes, ranges, a planted low-rank stage, recommendation, JSON."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -49,13 +51,15 @@ def test_calibration_report_shapes_and_ranges(small, tmp_path):
     img = small.autoregressive_infer_cfg(B=2, label_B=torch.tensor([0, 1]), g_seed=0, cfg=3.0)
     assert torch.isfinite(img).all()
     assert stagevar.report(small).scales[-1].mode == "uncond-only+low-rank"
-    # scales whose measured ratio exceeds max_rank_ratio run one branch at full rank
-    a = cal.alphas.index(0.96)
-    means = {si: sum(u[a] for u in cal.rank_ratio_mean[si]) / 2 for si in range(cfg.refine_start, K)}
-    cut = sorted(means.values())[len(means) // 2]
-    capped = cal.recommend(alpha=0.96, max_rank_ratio=cut)
-    assert capped.refine_start == cfg.refine_start
-    assert set(capped.rank_table) == {si for si, m in means.items() if m <= cut}
+    # scales whose measured ratio exceeds max_rank_ratio run one branch at full rank: thresholds
+    # that put the refinement stage at scale 1 give several scales, with planted ratios
+    planted = [[[0.1 * si] * len(cal.alphas)] * 2 for si in range(K)]  # mean ratio of scale si: 0.1 * si
+    early = dataclasses.replace(cal, rank_ratio_mean=planted)
+    loose = dict(min_psnr=-1.0, max_feature_dist=1e9, min_ssim=-1.0)
+    capped = early.recommend(alpha=0.96, max_rank_ratio=0.35, **loose)
+    assert capped.refine_start == 1 and sorted(capped.rank_table) == [1, 2, 3]
+    assert list(capped.rank_table[2][0.96]) == [0.2, 0.2]
+    assert sorted(early.recommend(alpha=0.96, max_rank_ratio=None, **loose).rank_table) == list(range(1, K))
     none_low = cal.recommend(alpha=0.96, max_rank_ratio=0.0)
     assert none_low.rank_table == {} and none_low.alpha is None and none_low.branch == "uncond"
     with pytest.raises(stagevar.ConfigError, match="was not measured"):

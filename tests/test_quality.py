@@ -1,4 +1,5 @@
 """Quality metrics: Fréchet distance, classifier, and the evaluation loop on a tiny model."""
+import pytest
 import torch
 
 import stagevar
@@ -63,3 +64,20 @@ def test_evaluate_interleaves_without_leaking_state():
     rows = evaluate(var, clf, methods, per_class=2, batch=3, cfg=2.0)
     assert rows[2]["psnr"] == 100.0 and rows[2]["lost"] == rows[2]["gained"] == 0
     assert rows[1]["psnr"] < 100.0 and not stagevar.is_accelerated(var)
+
+
+def test_evaluate_failure_leaves_the_model_unpatched(monkeypatch):
+    from stagevar.engine import Engine
+
+    var = reference_var("tiny")
+    clf = CropClassifier(var.num_classes).eval()
+
+    def boom(*a, **k):
+        raise RuntimeError("unit failed")
+
+    monkeypatch.setattr(Engine, "_lowrank_unit", boom)
+    methods = [("baseline", None), ("lowrank", StageVARConfig(refine_start=-2, rank_ratio=0.3, name="lowrank"))]
+    with pytest.raises(RuntimeError, match="unit failed"):
+        evaluate(var, clf, methods, per_class=1, cfg=2.0)
+    assert not stagevar.is_accelerated(var)
+    var.autoregressive_infer_cfg(B=1, label_B=torch.tensor([0]), g_seed=0, cfg=2.0)
