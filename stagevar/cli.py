@@ -236,6 +236,15 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _generation_args(p: argparse.ArgumentParser, top_k: int, top_p: float) -> None:
+    """The sampling and device options demo, bench and calibrate share."""
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model runs (default: cuda when available)")
+    p.add_argument("--top-k", type=int, default=top_k)
+    p.add_argument("--top-p", type=float, default=top_p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import ASPECTS, INFINITY_SHAPES, VAR_SHAPES
 
@@ -256,11 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "also its calibrated preset stagevar-tiny-var)")
     d.add_argument("--batch", type=int, default=None, help="default: one per class (pretrained), else 2")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--cfg", type=float, default=4.0)
-    d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the model runs (default: cuda when available)")
-    d.add_argument("--top-k", type=int, default=900)
-    d.add_argument("--top-p", type=float, default=0.95)
+    _generation_args(d, top_k=900, top_p=0.95)
     d.add_argument("--repeats", type=int, default=2)
     d.add_argument("--out", default="stagevar_demo.png")
     d.set_defaults(func=_demo)
@@ -275,11 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", nargs="+", default=None, help=METHODS_HELP)
     b.add_argument("--batch", type=int, default=2)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--cfg", type=float, default=4.0)
-    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the model runs (default: cuda when available)")
-    b.add_argument("--top-k", type=int, default=0)
-    b.add_argument("--top-p", type=float, default=0.0)
+    _generation_args(b, top_k=0, top_p=0.0)
     b.add_argument("--repeats", type=int, default=3)
     b.add_argument("--warmup", type=int, default=1)
     b.add_argument("--out", default="bench_out", help="folder for bench.json, images and charts ('' for none)")
@@ -292,11 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--conditions", type=int, nargs="*", default=None, help="VAR class labels (default: 0..7)")
     c.add_argument("--prompts", nargs="*", default=None, help="Infinity prompts (default: four built-in prompts)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
-    c.add_argument("--cfg", type=float, default=4.0)
-    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="where the model runs (default: cuda when available)")
-    c.add_argument("--top-k", type=int, default=900)
-    c.add_argument("--top-p", type=float, default=0.95)
+    _generation_args(c, top_k=900, top_p=0.95)
     c.add_argument("--unit-blocks", type=int, default=None)
     c.add_argument("--alpha", type=float, default=0.96)
     c.add_argument("--branch", default="uncond", choices=["uncond", "cond"],
