@@ -22,13 +22,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import stagevar  # noqa: E402
 from stagevar.bench import resolve_methods  # noqa: E402
 from stagevar.cli import machine_name  # noqa: E402
 from stagevar.models import load_pretrained  # noqa: E402
+from stagevar.models.pretrained import BUNDLED_CLASSIFIERS  # noqa: E402
 from stagevar.quality import evaluate, format_rows, load_classifier, save_classifier, train_classifier  # noqa: E402
 
-CLF_PATH = os.path.join(os.path.dirname(stagevar.__file__), "models", "weights", "stagevar-tiny-var-classifier.safetensors")
+CLF_PATH = BUNDLED_CLASSIFIERS["stagevar-tiny-var"]
 
 
 def classifier(var, seed: int):

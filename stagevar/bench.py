@@ -351,7 +351,6 @@ def format_report(report: dict) -> str:
                  f"{'mem MiB':>8} {'PSNR':>6} {'SSIM':>6} {'tok agr':>8}")
     for m in report["methods"]:
         rng = f"{m['loop_ms']:.0f} ({m['loop_min_ms']:.0f}-{m['loop_max_ms']:.0f})"
-        agr = [v for v in m["token_agreement"].values() if v is not None]
         last = next((v for v in reversed(list(m["token_agreement"].values())) if v is not None), None)
         fx = "-" if m["flop_ratio"] is None else f"{m['flop_ratio']:.2f}x"
         lines.append(f"{m['method'] + (' [skip]' if m['skipping'] else ''):<26} {rng:>22} {m['e2e_ms']:>9.0f} "

@@ -91,8 +91,10 @@ def _classifier(model):
     """The independent classifier shipped with a trained model, or None."""
     import os
 
+    from .models.pretrained import BUNDLED_CLASSIFIERS
+
     names = getattr(model, "class_names", None)
-    path = os.path.join(os.path.dirname(__file__), "models", "weights", "stagevar-tiny-var-classifier.safetensors")
+    path = BUNDLED_CLASSIFIERS["stagevar-tiny-var"]
     if not names or not os.path.exists(path):
         return None
     from .quality import load_classifier

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 BRANCHES = ("uncond", "cond", "both")
 PROJECTIONS = ("gaussian", "orthogonal", "sample")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -105,12 +105,9 @@ def evaluate(var, classifier: CropClassifier, methods, per_class: int = 8, seed:
     target = torch.tensor(classes)
     images: List[List[torch.Tensor]] = [[] for _ in methods]
     seconds = [0.0] * len(methods)
+    from .bench import _sync as sync  # a timed call must not inherit, or leave, queued device work
+
     device = next(var.parameters()).device
-
-    def sync() -> None:  # a timed call must not inherit, or leave, queued device work
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     try:
         with torch.no_grad():
             for i in range(0, len(classes), batch):

@@ -43,14 +43,12 @@ def test_errors_say_what_to_do(tmp_path, monkeypatch):
 
 def test_bundled_model_generates_its_classes():
     """The shipped weights and classifier: most samples are recognised as the class asked for."""
-    import os
-
+    from stagevar.models.pretrained import BUNDLED_CLASSIFIERS
     from stagevar.quality import load_classifier
 
     var = load_pretrained("stagevar-tiny-var")
     assert len(var.class_names) == var.num_classes == 12 and var.class_names[0] == "astronaut"
-    import stagevar.models.pretrained as P
-    clf = load_classifier(os.path.join(os.path.dirname(P.__file__), "weights", "stagevar-tiny-var-classifier.safetensors"), 12)
+    clf = load_classifier(BUNDLED_CLASSIFIERS["stagevar-tiny-var"], 12)
     labels = torch.arange(12).repeat(2)
     img = var.autoregressive_infer_cfg(B=24, label_B=labels, g_seed=0, cfg=4.0, top_p=0.95)
     with torch.no_grad():

@@ -15,6 +15,8 @@ import torch
 FORMAT = "stagevar-var-v1"
 _HERE = os.path.join(os.path.dirname(__file__), "weights")
 BUNDLED = {"stagevar-tiny-var": os.path.join(_HERE, "stagevar-tiny-var.safetensors")}
+# The independent crop classifier each bundled model's quality is measured with (stagevar.quality).
+BUNDLED_CLASSIFIERS = {"stagevar-tiny-var": os.path.join(_HERE, "stagevar-tiny-var-classifier.safetensors")}
 FILENAME = "model.safetensors"
 
 

@@ -9,7 +9,6 @@ adapter exercises the same code paths here as on the published model.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
