@@ -14,7 +14,7 @@ import torch
 
 from .adapters.base import Adapter, select_rows
 from .config import StageVARConfig
-from .lowrank import farthest_from_mean_indices, project, representative_indices, restore
+from .lowrank import farthest_from_mean_indices, project, representative_indices, restore_tokens
 from .plan import ScalePlan, resolve_plan
 from .report import Report, ScaleStats
 
@@ -150,11 +150,11 @@ class Engine:
                     clock.mark()
                     pending.append((p.index, p.hw, p.mode, 0, (), 0.0))
                     continue
-                if p.rows != branch:
-                    ad.keep_rows(st, p.rows)
-                    unit_out = [None if u is None else (select_rows(u[0], u[0].shape[0] // 2, p.rows), u[1])
+                if p.branch != branch:
+                    ad.keep_rows(st, p.branch)
+                    unit_out = [None if u is None else (select_rows(u[0], u[0].shape[0] // 2, p.branch), u[1])
                                 for u in unit_out]
-                    branch = p.rows
+                    branch = p.branch
                 x = ad.scale_input(st, p.index)
                 rows = x.shape[0]
                 intact_rows = intact_rows or (rows * 2 if branch != "both" else rows)
@@ -212,4 +212,4 @@ class Engine:
         x_BrC = project(x_BMC, r, self.config.projection, idx_Br, gen)
         for b in blocks:
             x_BrC = self.adapter.run_block(st, b, x_BrC, p.index, positions=idx_Br)
-        return restore(prev[0], prev[1], x_BrC, idx_Br, p.hw)
+        return restore_tokens(prev[0], prev[1], x_BrC, idx_Br, p.hw)

@@ -7,7 +7,7 @@ A unit of blocks runs on ``r`` tokens instead of the scale's ``M``:
 2. ``x_BrC = project(x_BMC, r, kind, idx_Br, gen)`` -- random projection ``Q^T x`` (Gaussian
    or orthogonal ``Q``) or the representative tokens themselves (``"sample"``);
 3. the unit runs on ``x_BrC``;
-4. ``out_BMC = restore(prev_BMC, prev_hw, out_BrC, idx_Br, (h, w))`` -- the same unit's output
+4. ``out_BMC = restore_tokens(prev_BMC, prev_hw, out_BrC, idx_Br, (h, w))`` -- the same unit's output
    at the previous scale, area-interpolated to ``h x w``, with row ``j`` of the unit's ``r`` outputs
    written to position ``idx_Br[:, j]``.
 
@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["representative_indices", "farthest_from_mean_indices", "projection_matrix", "project", "restore", "area_resize_tokens"]
+__all__ = ["representative_indices", "farthest_from_mean_indices", "projection_matrix", "project", "restore_tokens", "area_resize_tokens"]
 
 
 def representative_indices(x_BMC: torch.Tensor, r: int, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -109,7 +109,7 @@ def area_resize_tokens(x_BMC: torch.Tensor, src_hw: Tuple[int, int], dst_hw: Tup
     return out_BCHW.permute(0, 2, 3, 1).reshape(B, H * W, C)
 
 
-def restore(prev_BMC: torch.Tensor, prev_hw: Tuple[int, int], out_BrC: torch.Tensor, idx_Br: torch.Tensor,
+def restore_tokens(prev_BMC: torch.Tensor, prev_hw: Tuple[int, int], out_BrC: torch.Tensor, idx_Br: torch.Tensor,
             hw: Tuple[int, int]) -> torch.Tensor:
     """Representative token restoration.
 

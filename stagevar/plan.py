@@ -19,14 +19,14 @@ class ScalePlan:
     Attributes:
         index: position in the schedule.
         hw: token-map size ``(h, w)``; ``M = h * w``.
-        rows: ``"both"`` (2B rows, CFG), ``"cond"`` or ``"uncond"`` (B rows, one branch).
+        branch: ``"both"`` (2B rows, CFG), ``"cond"`` or ``"uncond"`` (B rows, one branch).
         ranks: tokens computed per unit, or ``None`` when the scale runs at full length.
         skip: the scale is not run at all.
     """
 
     index: int
     hw: Tuple[int, int]
-    rows: str = "both"
+    branch: str = "both"
     ranks: Optional[Tuple[int, ...]] = None
     skip: bool = False
 
@@ -42,15 +42,15 @@ class ScalePlan:
     @property
     def accelerated(self) -> bool:
         """Computes less than the intact scale would."""
-        return self.skip or self.rows != "both" or (self.ranks is not None and any(r < self.M for r in self.ranks))
+        return self.skip or self.branch != "both" or (self.ranks is not None and any(r < self.M for r in self.ranks))
 
     @property
     def mode(self) -> str:
         if self.skip:
             return "skip"
         parts = []
-        if self.rows != "both":
-            parts.append(f"{self.rows}-only")
+        if self.branch != "both":
+            parts.append(f"{self.branch}-only")
         if self.lowrank:
             parts.append("low-rank")
         return "+".join(parts) if parts else "intact"
@@ -100,7 +100,7 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], nu
         ranks = None
         if ratio is not None:
             ranks = tuple(rank_from_ratio(r, h * w) for r in ratios_for_units(ratio, num_units, where, config.resample_units))
-        plans.append(ScalePlan(si, (h, w), rows=config.branch, ranks=ranks))
+        plans.append(ScalePlan(si, (h, w), branch=config.branch, ranks=ranks))
 
     first_run = next((p for p in plans if not p.skip), None)
     if first_run is None:

@@ -105,7 +105,7 @@ def test_lowrank_cache_growth_and_restoration(small, monkeypatch):
     ratio = 0.2
     cfg = StageVARConfig(refine_start=-2, branch="uncond", rank_ratio=ratio, unit_blocks=2, name="t")
     restores = []
-    real_restore = engine_mod.restore
+    real_restore = engine_mod.restore_tokens
 
     def spy(prev, prev_hw, out, idx, hw):
         res = real_restore(prev, prev_hw, out, idx, hw)
@@ -113,7 +113,7 @@ def test_lowrank_cache_growth_and_restoration(small, monkeypatch):
         restores.append((prev_map.clone(), out.clone(), idx.clone(), hw, res.clone()))
         return res
 
-    monkeypatch.setattr(engine_mod, "restore", spy)
+    monkeypatch.setattr(engine_mod, "restore_tokens", spy)
     records, remove = record_block_outputs(small)
     lengths = []
     hooks = [small.blocks[j].register_forward_hook(lambda m, a, o: lengths.append(m.attn.cached_k.shape[2]))

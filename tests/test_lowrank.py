@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stagevar.lowrank import area_resize_tokens, project, projection_matrix, representative_indices, restore
+from stagevar.lowrank import area_resize_tokens, project, projection_matrix, representative_indices, restore_tokens
 
 
 def gen(seed=0):
@@ -57,7 +57,7 @@ def test_restore_scatters_into_area_upsampled_previous_output():
     prev_tokens = prev.reshape(2, 4, -1).transpose(1, 2)
     out = torch.randn(2, 6, 4)
     idx = torch.stack([torch.randperm(28)[:6] for _ in range(2)])
-    res = restore(prev_tokens, (3, 5), out, idx, (4, 7))
+    res = restore_tokens(prev_tokens, (3, 5), out, idx, (4, 7))
     base = F.interpolate(prev, size=(4, 7), mode="area").reshape(2, 4, -1).transpose(1, 2)
     assert res.shape == (2, 28, 4)
     mask = torch.ones(2, 28, dtype=torch.bool).scatter_(1, idx, False)

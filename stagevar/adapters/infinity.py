@@ -48,6 +48,7 @@ class _InfinityCall:
     cond_BD: torch.Tensor       # (rows, D)
     cond_BD_or_gss: torch.Tensor
     ca_kv: tuple                # (kv_compact, cu_seqlens_k, max_seqlen_k) of the rows kept
+    text_split: dict            # branch -> (first packed text row, end row, longest text): host ints
     next_x: torch.Tensor        # (rows, M, C)
     summed_codes: torch.Tensor  # (B, d, 1, H, W)
     branch: str = "both"
@@ -132,21 +133,27 @@ class InfinityAdapter(Adapter):
 
     # ------------------------------------------------------------------------------------------
     def _text_condition(self, cond, negative, use_cfg: bool):
+        """``(sos, cond_BD, ca_kv, text_split)``; ``text_split`` holds host ints only (no device read):
+        ``{branch: (first packed row, end row, longest text)}`` for cutting the text K/V to one branch."""
         m = self.model
         kv_compact, lens, cu_seqlens_k, max_seqlen_k = cond
+        n_cond = kv_compact.shape[0]
+        split = {"cond": (0, n_cond, int(max_seqlen_k))}
         if use_cfg:
             if negative is not None:
                 kv_un, _, cu_un, max_un = negative
                 kv_compact = torch.cat((kv_compact, kv_un), dim=0)
                 cu_seqlens_k = torch.cat((cu_seqlens_k, cu_un[1:] + cu_seqlens_k[-1]))
+                split["uncond"] = (n_cond, kv_compact.shape[0], int(max_un))
                 max_seqlen_k = max(max_seqlen_k, max_un)
             else:  # the learned null prompt, cut to each prompt's length
                 kv_un = torch.cat([m.cfg_uncond[:int(le)] for le in lens], dim=0).to(kv_compact.dtype)
                 kv_compact = torch.cat((kv_compact, kv_un), dim=0)
                 cu_seqlens_k = torch.cat((cu_seqlens_k, cu_seqlens_k[1:] + cu_seqlens_k[-1]))
+                split["uncond"] = (n_cond, kv_compact.shape[0], int(max_seqlen_k))
         kv_compact = m.text_norm(kv_compact)
         sos = cond_BD = m.text_proj_for_sos((kv_compact, cu_seqlens_k, max_seqlen_k))
-        return sos, cond_BD, (m.text_proj_for_ca(kv_compact), cu_seqlens_k, max_seqlen_k)
+        return sos, cond_BD, (m.text_proj_for_ca(kv_compact), cu_seqlens_k, max_seqlen_k), split
 
     def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> _InfinityCall:
         m = self.model
@@ -171,7 +178,7 @@ class InfinityAdapter(Adapter):
         rows = 2 * B if use_cfg else B
         g_seed = a.get("g_seed")
         rng = self.seeded_generator(g_seed)
-        sos, cond_BD, ca_kv = self._text_condition(cond, a.get("negative_label_B_or_BLT"), use_cfg)
+        sos, cond_BD, ca_kv, text_split = self._text_condition(cond, a.get("negative_label_B_or_BLT"), use_cfg)
         _, H, W = sched[-1]
         st = _InfinityCall(
             B=B, use_cfg=use_cfg, schedule=sched, run_scales=min(K, int(a.get("trunk_scale", 1000))),
@@ -179,7 +186,7 @@ class InfinityAdapter(Adapter):
             top_p=a.get("top_p", 0.0) or getattr(m, "top_p", 0.0), g_seed=g_seed,
             rng=rng, vae=vae, ret_img=bool(a.get("ret_img", False)), cfg_on_logits=0 in insertion,
             mix_after={len(self._blocks) + c for c in insertion if c < 0},
-            cond_BD=cond_BD, cond_BD_or_gss=m.shared_ada_lin(cond_BD.float()), ca_kv=ca_kv,
+            cond_BD=cond_BD, cond_BD_or_gss=m.shared_ada_lin(cond_BD.float()), ca_kv=ca_kv, text_split=text_split,
             next_x=sos.unsqueeze(1) + m.pos_start.expand(rows, 1, -1),
             summed_codes=sos.new_zeros(B, m.word_embed.in_features, 1, H, W))
         for b in self._blocks:
@@ -192,8 +199,12 @@ class InfinityAdapter(Adapter):
     def unit_input(self, st: _InfinityCall, si: int, first_block: int, x: torch.Tensor) -> torch.Tensor:
         only_first = getattr(self.model, "add_lvl_embeding_only_first_block", 1)
         if first_block == 0 or (not only_first and first_block in self._chunk_starts):
-            # upstream adds in place: never touch a tensor kept as a previous-scale unit output
-            return self.model.add_lvl_embeding(x.clone(), si, st.schedule)
+            # The values upstream's add_lvl_embeding adds (row si of lvl_embed, in place, so the
+            # dtype stays x's), without the host-built index tensor it makes at every scale. A copy:
+            # never touch a tensor kept as a previous-scale unit output.
+            out = x.clone()
+            out += self.model.lvl_embed.weight[si]
+            return out
         return x
 
     def _rope_for(self, st: _InfinityCall, si: int, positions: torch.Tensor) -> _AnyKey:
@@ -247,9 +258,8 @@ class InfinityAdapter(Adapter):
         st.next_x = select_rows(st.next_x, B, branch)
         kv, cu, _ = st.ca_kv
         lo, hi = (0, B) if branch == "cond" else (B, 2 * B)
-        a, b = int(cu[lo]), int(cu[hi])
-        cu_kept = cu[lo:hi + 1] - cu[lo]
-        st.ca_kv = (kv[a:b], cu_kept, int((cu_kept[1:] - cu_kept[:-1]).max()))
+        first, end, longest = st.text_split[branch]  # host ints: no device read in the loop
+        st.ca_kv = (kv[first:end], cu[lo:hi + 1] - cu[lo], longest)
         st.branch = branch
 
     def _logits(self, st: _InfinityCall, si: int, x: torch.Tensor) -> torch.Tensor:
