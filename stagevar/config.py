@@ -2,15 +2,20 @@
 
 A config never names side lengths. Scales are indexed by their position in the model's
 schedule (negative indices count from the end), so one config works at every resolution and
-aspect ratio. It validates itself on construction and round-trips through JSON.
+aspect ratio. It validates itself on construction, round-trips through JSON, and is deeply
+immutable and hashable: its mappings are :class:`FrozenDict` and its per-unit lists tuples, so a
+config (a preset included) can be shared between callers and used as a cache key.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 BRANCHES = ("uncond", "cond", "both")
 PROJECTIONS = ("gaussian", "orthogonal", "sample")
@@ -23,32 +28,203 @@ class ConfigError(ValueError):
     """A StageVARConfig (or its combination with a model) that cannot be used as given."""
 
 
-def _ratio(value, where: str) -> Ratio:
-    """Normalise a rank ratio (one float, or one float per unit) and check its range."""
+class FrozenDict(dict):
+    """A read-only, hashable ``dict``: the mapping type of :class:`StageVARConfig`'s fields.
+
+    It reads like a dict (``[]``, ``get``, ``in``, ``len``, iteration, ``items``, ``==`` with a
+    plain dict) and is one (``isinstance(d, dict)``), but every mutating method raises
+    ``TypeError``. Its hash is that of its items as a set, so equal mappings hash equal whatever
+    their insertion order. ``copy()`` and ``|`` give a plain, mutable ``dict``.
+    """
+
+    __slots__ = ("_hash", "_sealed")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if getattr(self, "_sealed", False):
+            self._refuse()
+        super().__init__(*args, **kwargs)
+        self._hash: Optional[int] = None
+        self._sealed = True
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise TypeError("this mapping is read-only: a StageVARConfig (every preset included) is shared and hashable, so "
+                        "its fields cannot change in place. Build a changed config instead, e.g. "
+                        "cfg.replace(rank_ratios={**cfg.rank_ratios, -1: 0.1})")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        if self._hash is None:
+            self._hash = hash(frozenset(self.items()))
+        return self._hash
+
+    def __reduce__(self):  # pickle and copy rebuild it through __init__, not item by item
+        return type(self), (dict(self),)
+
+    def copy(self) -> dict:
+        """A plain, mutable ``dict`` with the same items."""
+        return dict(self)
+
+    @classmethod
+    def fromkeys(cls, keys, value=None) -> "FrozenDict":  # type: ignore[override]
+        return cls(dict.fromkeys(keys, value))
+
+
+# ---------------------------------------------------------------------------------- validation
+# Each helper checks one value and raises a ConfigError that names the field and says what to give.
+
+def _kind(value: Any) -> str:
+    """``'0.2' (a str)``: the value and its type, for error messages."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (a {type(value).__name__})"
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, numpy's included, but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (int, float, numpy scalar, Fraction), but not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _float(value: numbers.Real) -> float:
+    """``float(value)``, with integers too large for a float as infinity (so range checks reject them)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _optional_int(value: Any, name: str, what: str) -> Optional[int]:
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ConfigError(f"{name} must be {what} or None, got {_kind(value)}")
+    return int(value)
+
+
+def _choice(value: Any, name: str, choices: Tuple[str, ...], hint: str = "") -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {choices}{hint}")
+    return value
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, got {_kind(value)}")
+    return value
+
+
+def _ratio(value: Any, where: str, nested: bool = False) -> Ratio:
+    """Normalise a rank ratio (one float, or a list of one float per unit) and check its range."""
     if isinstance(value, (list, tuple)):
+        if nested:
+            raise ConfigError(f"{where}: a list inside a list of per-unit ratios; give one float per unit, "
+                              f"e.g. [0.1, 0.2], not [[0.1, 0.2]]")
         if not value:
             raise ConfigError(f"{where}: an empty list of per-unit ratios; give one float per unit or a single float")
-        return tuple(_ratio(v, where) for v in value)  # type: ignore[misc]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a float in (0, 1] or a list of them, got {value!r}")
-    value = float(value)
-    if not (0.0 < value <= 1.0) or math.isnan(value):
+        return tuple(_ratio(v, f"{where}[{i}]", nested=True) for i, v in enumerate(value))  # type: ignore[misc]
+    if not _is_real(value):
+        hint = "; write the number without quotes" if isinstance(value, (str, bytes)) else ""
+        raise ConfigError(f"{where}: expected a float in (0, 1] or a list of them, got {_kind(value)}{hint}")
+    value = _float(value)
+    if not (0.0 < value <= 1.0):  # also false for NaN
         raise ConfigError(f"{where}: rank ratio {value} is outside (0, 1]; 1.0 means full rank, 0.1 keeps ~10% of tokens")
     return value
 
 
-def _scale_key(key, where: str) -> int:
-    try:
-        if isinstance(key, bool) or (isinstance(key, float) and not key.is_integer()):
-            raise ValueError
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def _scale_key(key: Any, where: str, text_ok: bool = True, noun: str = "scale key") -> int:
+    """An integer scale index. ``text_ok``: also its decimal text, as JSON writes mapping keys."""
+    if _is_int(key):
         return int(key)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: scale key {key!r} is not an integer scale index (negative counts from the end)") from None
+    if isinstance(key, float) and key.is_integer():  # 2.0; never NaN, inf or 2.5
+        return int(key)
+    if text_ok and isinstance(key, str) and _INT_TEXT.fullmatch(key):
+        return int(key)
+    raise ConfigError(f"{where}: {noun} {_kind(key)} is not an integer scale index (negative counts from the end), "
+                      f"e.g. -1 for the last scale")
+
+
+def _alpha_key(key: Any, where: str) -> float:
+    """An energy level used as a ``rank_table`` key: a number in (0, 1), or its text as JSON writes it."""
+    value: Optional[float] = None
+    if isinstance(key, str):
+        try:
+            value = float(key)
+        except ValueError:
+            pass
+    elif _is_real(key):
+        value = _float(key)
+    if value is None or not (0.0 < value < 1.0):
+        raise ConfigError(f"{where}: alpha key {_kind(key)} is not a number in (0, 1); key each row by the "
+                          f"energy level it was measured at, e.g. {{0.96: [0.1, 0.2]}}")
+    return value
+
+
+def _mapping(value: Any, name: str, shape: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a dict {shape} (or {{}} for none), got {_kind(value)}")
+    return value
+
+
+def _frozen(pairs: Iterable[Tuple[Any, Any, Any]], name: str) -> FrozenDict:
+    """``(normalised key, given key, value)`` triples -> FrozenDict; two keys naming one entry is an error."""
+    out: Dict[Any, Any] = {}
+    given: Dict[Any, Any] = {}
+    for key, raw, value in pairs:
+        if key in out:
+            raise ConfigError(f"{name}: keys {given[key]!r} and {raw!r} both name {key}; give each only once")
+        out[key], given[key] = value, raw
+    return FrozenDict(out)
+
+
+def _rank_ratios(value: Any) -> FrozenDict:
+    m = _mapping(value, "rank_ratios", "{scale_index: ratio or [ratio per unit]}")
+    return _frozen(((_scale_key(k, "rank_ratios"), k, _ratio(v, f"rank_ratios[{k!r}]")) for k, v in m.items()),
+                   "rank_ratios")
+
+
+def _rank_table(value: Any) -> FrozenDict:
+    m = _mapping(value, "rank_table", "{scale_index: {alpha: [ratio per unit]}}")
+
+    def row(k: Any, per_alpha: Any) -> FrozenDict:
+        if not isinstance(per_alpha, Mapping) or not per_alpha:
+            raise ConfigError(f"rank_table[{k!r}] must be a non-empty dict {{alpha: [ratio per unit]}}, "
+                              f"got {_kind(per_alpha)}")
+        triples = []
+        for a, v in per_alpha.items():
+            ratios = _ratio(v, f"rank_table[{k!r}][{a!r}]")
+            triples.append((_alpha_key(a, f"rank_table[{k!r}]"), a, ratios if isinstance(ratios, tuple) else (ratios,)))
+        return _frozen(triples, f"rank_table[{k!r}]")
+
+    return _frozen(((_scale_key(k, "rank_table"), k, row(k, v)) for k, v in m.items()), "rank_table")
+
+
+def _skip(value: Any) -> Tuple[int, ...]:
+    if _is_int(value):
+        value = (value,)
+    if isinstance(value, (str, bytes, bytearray, Mapping)) or not isinstance(value, Iterable):
+        raise ConfigError(f"skip must be a list of integer scale indices, e.g. [-2, -1] ([] to skip nothing), "
+                          f"got {_kind(value)}")
+    return tuple(sorted({_scale_key(s, "skip", text_ok=False, noun="entry") for s in value}))
 
 
 @dataclass(frozen=True)
 class StageVARConfig:
     """How to run the refinement stage of a next-scale-prediction model.
+
+    Deeply immutable and hashable: ``rank_ratios`` and ``rank_table`` become :class:`FrozenDict`
+    and per-unit ratio lists tuples on construction, so a config can be shared (presets are) and
+    used as a dict key; change one with :meth:`replace`. Every field is checked on construction;
+    a value of the wrong type or range raises :class:`ConfigError` naming the field.
 
     Attributes:
         refine_start: index of the first refinement-stage scale in the model's schedule;
@@ -77,7 +253,7 @@ class StageVARConfig:
             ``"mean_distance"`` (the ``r`` tokens farthest from the token-map mean,
             deterministic, as FastVAR prunes).
         skip: scale indices not run at all (opt-in; the image is decoded from what was
-            generated). Never part of a default preset.
+            generated). Never part of a default preset. Stored sorted, without repeats.
         cache_condition: compute each block's condition modulation (VAR's AdaLN ``ada_lin``)
             once per call instead of once per scale. Exact (bit-identical); it saves a weight
             read per block per scale, which matters when small scales are memory-bound.
@@ -90,8 +266,8 @@ class StageVARConfig:
     refine_start: Optional[int] = -2
     branch: str = "uncond"
     rank_ratio: Optional[Ratio] = None
-    rank_ratios: Dict[int, Ratio] = field(default_factory=dict)
-    rank_table: Dict[int, Dict[float, Tuple[float, ...]]] = field(default_factory=dict)
+    rank_ratios: Mapping[int, Ratio] = field(default_factory=FrozenDict)
+    rank_table: Mapping[int, Mapping[float, Tuple[float, ...]]] = field(default_factory=FrozenDict)
     alpha: Optional[float] = None
     unit_blocks: Optional[int] = None
     resample_units: bool = False
@@ -104,39 +280,19 @@ class StageVARConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        if self.refine_start is not None and (isinstance(self.refine_start, bool) or not isinstance(self.refine_start, int)):
-            raise ConfigError(f"refine_start must be an integer scale index (e.g. -2 for the last two scales) or None, got {self.refine_start!r}")
-        if self.branch not in BRANCHES:
-            raise ConfigError(f"branch={self.branch!r} is not one of {BRANCHES}; 'uncond' drops the condition as in the paper")
-        if self.projection not in PROJECTIONS:
-            raise ConfigError(f"projection={self.projection!r} is not one of {PROJECTIONS}")
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"selection={self.selection!r} is not one of {SELECTIONS}")
+        set_("refine_start", _optional_int(self.refine_start, "refine_start",
+                                           "an integer scale index (e.g. -2 for the last two scales)"))
+        set_("branch", _choice(self.branch, "branch", BRANCHES, "; 'uncond' drops the condition as in the paper"))
+        set_("projection", _choice(self.projection, "projection", PROJECTIONS))
+        set_("selection", _choice(self.selection, "selection", SELECTIONS))
         if self.rank_ratio is not None:
             set_("rank_ratio", _ratio(self.rank_ratio, "rank_ratio"))
-        if not isinstance(self.rank_ratios, dict):
-            raise ConfigError("rank_ratios must be a dict {scale_index: ratio or [ratio per unit]}")
-        set_("rank_ratios", {_scale_key(k, "rank_ratios"): _ratio(v, f"rank_ratios[{k}]") for k, v in self.rank_ratios.items()})
-        if not isinstance(self.rank_table, dict):
-            raise ConfigError("rank_table must be a dict {scale_index: {alpha: [ratio per unit]}}")
-        table = {}
-        for k, per_alpha in self.rank_table.items():
-            if not isinstance(per_alpha, dict) or not per_alpha:
-                raise ConfigError(f"rank_table[{k}] must be a non-empty dict {{alpha: [ratio per unit]}}")
-            row = {}
-            for a, v in per_alpha.items():
-                try:
-                    a_f = float(a)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"rank_table[{k}]: alpha key {a!r} is not a number") from None
-                ratios = _ratio(v, f"rank_table[{k}][{a}]")
-                row[a_f] = ratios if isinstance(ratios, tuple) else (ratios,)
-            table[_scale_key(k, "rank_table")] = row
-        set_("rank_table", table)
+        set_("rank_ratios", _rank_ratios(self.rank_ratios))
+        set_("rank_table", _rank_table(self.rank_table))
         if self.alpha is not None:
-            if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not (0.0 < float(self.alpha) < 1.0):
-                raise ConfigError(f"alpha={self.alpha!r} must be an energy level in (0, 1), e.g. 0.96")
-            set_("alpha", float(self.alpha))
+            if not _is_real(self.alpha) or not (0.0 < _float(self.alpha) < 1.0):
+                raise ConfigError(f"alpha must be an energy level in (0, 1), e.g. 0.96, or None; got {_kind(self.alpha)}")
+            set_("alpha", _float(self.alpha))
             if not self.rank_table:
                 raise ConfigError("alpha is set but rank_table is empty: give a rank_table (see stagevar.calibrate) or use rank_ratio")
             missing = [k for k, row in self.rank_table.items() if self.alpha not in row]
@@ -145,29 +301,24 @@ class StageVARConfig:
                 raise ConfigError(f"alpha={self.alpha} has no entry in rank_table for scales {missing}; alphas present: {have}")
         elif self.rank_table:
             raise ConfigError("rank_table is given but alpha is not: set alpha to pick a column (e.g. alpha=0.96)")
-        if self.unit_blocks is not None and (isinstance(self.unit_blocks, bool) or not isinstance(self.unit_blocks, int) or self.unit_blocks < 1):
-            raise ConfigError(f"unit_blocks must be a positive integer (blocks per low-rank unit) or None, got {self.unit_blocks!r}")
-        if isinstance(self.skip, int) and not isinstance(self.skip, bool):
-            set_("skip", (self.skip,))
-        try:
-            set_("skip", tuple(sorted({_scale_key(s, "skip") for s in self.skip})))
-        except TypeError:
-            raise ConfigError(f"skip must be a list of scale indices, got {self.skip!r}") from None
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
-        if not isinstance(self.resample_units, bool):
-            raise ConfigError(f"resample_units must be True or False, got {self.resample_units!r}")
-        if not isinstance(self.cache_condition, bool):
-            raise ConfigError(f"cache_condition must be True or False, got {self.cache_condition!r}")
+        set_("unit_blocks", _optional_int(self.unit_blocks, "unit_blocks", "a positive integer (blocks per low-rank unit)"))
+        if self.unit_blocks is not None and self.unit_blocks < 1:
+            raise ConfigError(f"unit_blocks must be a positive integer (blocks per low-rank unit) or None, got {self.unit_blocks}")
+        set_("resample_units", _flag(self.resample_units, "resample_units"))
+        set_("skip", _skip(self.skip))
+        set_("cache_condition", _flag(self.cache_condition, "cache_condition"))
+        if not _is_int(self.seed):
+            raise ConfigError(f"seed must be an integer, got {_kind(self.seed)}")
+        set_("seed", int(self.seed))
         if not isinstance(self.name, str):
-            raise ConfigError("name must be a string")
+            raise ConfigError(f"name must be a string (a label for reports), got {_kind(self.name)}")
         if self.refine_start is None and (self.rank_ratio is not None or self.rank_ratios or self.rank_table):
             raise ConfigError("low-rank settings are given but refine_start is None: set refine_start to the first refinement scale")
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        """A JSON-ready dict (scale and alpha keys become strings)."""
-        d = dataclasses.asdict(self)
+        """A JSON-ready dict of plain, mutable values (scale and alpha keys become strings)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["rank_ratio"] = list(self.rank_ratio) if isinstance(self.rank_ratio, tuple) else self.rank_ratio
         d["rank_ratios"] = {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in self.rank_ratios.items()}
         d["rank_table"] = {str(k): {repr(a): list(v) for a, v in row.items()} for k, row in self.rank_table.items()}
@@ -175,46 +326,55 @@ class StageVARConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "StageVARConfig":
+    def from_dict(cls, d: Mapping) -> "StageVARConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error that names them."""
-        if not isinstance(d, dict):
+        if not isinstance(d, Mapping):
             raise ConfigError(f"expected a JSON object for StageVARConfig, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown StageVARConfig field(s) {unknown}; known fields: {sorted(known)}")
-        d = dict(d)
-        if "skip" in d and d["skip"] is not None:
-            d["skip"] = tuple(d["skip"])
+        _check_field_names(d, "StageVARConfig field(s)")
         return cls(**d)
 
     def to_json(self, indent: Optional[int] = 2) -> str:
+        """:meth:`to_dict` as JSON text."""
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_json(cls, text: str) -> "StageVARConfig":
+    def from_json(cls, text: Union[str, bytes]) -> "StageVARConfig":
+        """Inverse of :meth:`to_json`; text that is not JSON raises :class:`ConfigError`."""
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise ConfigError(f"from_json takes JSON text (str or bytes), got {type(text).__name__}; "
+                              f"use StageVARConfig.from_dict for a dict")
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ConfigError(f"not valid JSON for a StageVARConfig: {e}") from None
         return cls.from_dict(data)
 
     def save(self, path) -> None:
+        """Write :meth:`to_json` to ``path``."""
         with open(path, "w") as f:
             f.write(self.to_json() + "\n")
 
     @classmethod
     def load(cls, path) -> "StageVARConfig":
+        """Read a config written by :meth:`save`."""
         with open(path) as f:
             return cls.from_json(f.read())
 
-    def replace(self, **changes) -> "StageVARConfig":
-        """A copy with some fields changed (validated again)."""
+    def replace(self, **changes: Any) -> "StageVARConfig":
+        """A copy with some fields changed (validated again); unknown field names raise :class:`ConfigError`."""
+        _check_field_names(changes, "StageVARConfig.replace field(s)")
         return dataclasses.replace(self, **changes)
 
     @property
     def has_lowrank(self) -> bool:
         return self.rank_ratio is not None or bool(self.rank_ratios) or bool(self.rank_table)
+
+
+def _check_field_names(names: Iterable, what: str) -> None:
+    known = {f.name for f in dataclasses.fields(StageVARConfig)}
+    unknown = sorted((repr(k) for k in names if k not in known))
+    if unknown:
+        raise ConfigError(f"unknown {what} {', '.join(unknown)}; known fields: {sorted(known)}")
 
 
 def ratios_for_units(ratio: Ratio, num_units: int, where: str, resample: bool = False) -> List[float]:

@@ -1,20 +1,24 @@
-"""Named configs. Every preset is keyed by position in the schedule, never by side length."""
+"""Named configs. Every preset is keyed by position in the schedule, never by side length.
+
+A preset is one shared :class:`StageVARConfig`; configs are deeply immutable, so no caller can
+change what the next one gets. Derive a variant with ``preset(name).replace(...)``.
+"""
 from __future__ import annotations
 
 from typing import Dict, List
 
-from .config import ConfigError, StageVARConfig
+from .config import ConfigError, FrozenDict, StageVARConfig
 
 # VAR (class-conditional, 256px schedule ...13, 16 / 512px ...24, 32): the paper's recipe applied
 # to the last two scales -- unconditional branch only, random projection + representative
 # token restoration per block (the STAR/HART granularity). No offline rank table exists for
 # VAR; the ratios are the per-scale means of the paper's Infinity-2B alpha=0.96 table for its
 # last two scales (0.157 and 0.049), not a measurement on VAR.
-_VAR_RATIOS = {-2: 0.16, -1: 0.05}
+_VAR_RATIOS = FrozenDict({-2: 0.16, -1: 0.05})
 
 
 def _var(depth: int) -> StageVARConfig:
-    return StageVARConfig(refine_start=-2, branch="uncond", rank_ratios=dict(_VAR_RATIOS), unit_blocks=1,
+    return StageVARConfig(refine_start=-2, branch="uncond", rank_ratios=_VAR_RATIOS, unit_blocks=1,
                           projection="gaussian", name=f"var-d{depth}")
 
 
@@ -23,11 +27,11 @@ def _var(depth: int) -> StageVARConfig:
 # Infinity-2B alpha = 0.96 rank table (8 chunks). Keyed by position (-3, -2, -1), so they run at
 # any resolution and aspect ratio. Rule for other depths: a model with other than 8 chunks gets
 # the table resampled by linear interpolation over relative chunk position (resample_units).
-_INF_TABLE_096 = {
+_INF_TABLE_096 = FrozenDict({
     -3: (.0168, .1365, .2104, .2503, .2559, .1979, .1570, .1909),  # side 40 at 1024^2
     -2: (.0134, .1173, .1894, .2220, .2346, .1828, .1339, .1631),  # side 48
     -1: (.0082, .0544, .0832, .0665, .0567, .0297, .0383, .0557),  # side 64
-}
+})
 
 
 def _infinity(name: str) -> StageVARConfig:
@@ -63,7 +67,12 @@ def presets() -> List[str]:
 
 
 def preset(name: str) -> StageVARConfig:
-    """The named :class:`StageVARConfig` (``"none"`` runs stagevar's loop and accelerates nothing)."""
+    """The named :class:`StageVARConfig` (``"none"`` runs stagevar's loop and accelerates nothing).
+
+    Every call returns the same immutable config; change a copy with ``.replace(...)``.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"a preset name must be a string, one of: {', '.join(presets())}; got {type(name).__name__}")
     try:
         return _PRESETS[name]
     except KeyError:
