@@ -3,12 +3,19 @@
 A checkpoint is one ``.safetensors`` file holding the VAR transformer (keys ``var.*``) and its
 VQVAE (keys ``vae.*``); its metadata records the ``reference_var`` configuration and the class
 names, so ``load_pretrained`` rebuilds the same model without any other file.
+
+Loading reads the file's header first and checks the metadata against the tensors' names and
+shapes before any module is built, so damaged or inconsistent metadata (``depth=10**6``) is
+refused with an error naming the field instead of allocating a model the file cannot fill.
 """
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
-from typing import Optional, Sequence
+import re
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -18,10 +25,18 @@ BUNDLED = {"stagevar-tiny-var": os.path.join(_HERE, "stagevar-tiny-var.safetenso
 # The independent crop classifier each bundled model's quality is measured with (stagevar.quality).
 BUNDLED_CLASSIFIERS = {"stagevar-tiny-var": os.path.join(_HERE, "stagevar-tiny-var-classifier.safetensors")}
 FILENAME = "model.safetensors"
+_WRITERS = "stagevar's save_pretrained / examples/train_reference.py"
+_REFETCH = "re-download it, or save it again with stagevar.models.save_pretrained"
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
 def save_pretrained(var, path: str, class_names: Sequence[str], config: dict, dtype: Optional[torch.dtype] = None) -> None:
-    """Write ``var`` (and its VQVAE) to ``path`` with its ``reference_var`` ``config`` and ``class_names``."""
+    """Write ``var`` (and its VQVAE) to ``path`` with its ``reference_var`` ``config`` and ``class_names``.
+
+    ``config`` must be the ``reference_var("tiny", **config)`` overrides ``var`` was built with: it is
+    checked against ``var``'s weights before anything is written (a mismatch is a ValueError naming
+    the field), so every saved checkpoint loads.
+    """
     from safetensors.torch import save_file
 
     if len(class_names) != var.num_classes:
@@ -33,6 +48,10 @@ def save_pretrained(var, path: str, class_names: Sequence[str], config: dict, dt
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype)
             tensors[prefix + k] = t
+    where = "save_pretrained"
+    full = _model_config(config, where)
+    _check_shapes(full, {k: tuple(t.shape) for k, t in tensors.items()}, where,
+                  "pass as config the reference_var('tiny', ...) overrides the model was built with")
     meta = {"format": FORMAT, "config": json.dumps(config), "class_names": json.dumps(list(class_names))}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_file(tensors, path, metadata=meta)
@@ -65,29 +84,203 @@ def _resolve(name_or_path: str) -> str:
                             f"file or folder, nor a Hugging Face Hub repo id of the form 'owner/name'")
 
 
-def load_pretrained(name_or_path: str = "stagevar-tiny-var", device: Optional[torch.device] = None):
+# ------------------------------------------------------------------------- reading the file
+def _why_unreadable(path: str, reason: str) -> str:
+    """What is wrong with a file safetensors refused to open, and what to do, from its first bytes."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if size < 8:
+            return f"it is {size} bytes, too short for a safetensors header: the file is truncated or empty; {_REFETCH}"
+        n = int.from_bytes(head, "little")
+        # torch.save's zip archive, or a bare pickle (protocol 2+ starts with 0x80): a safetensors header
+        # length read from either is far beyond any real header
+        if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and n > _MAX_HEADER):
+            return ("not a safetensors file: it is a pickle/zip archive, as torch.save writes. Was it saved with "
+                    "torch.save? Load it with torch.load (only if you trust its source) and write it with "
+                    "stagevar.models.save_pretrained")
+        if n > _MAX_HEADER:
+            return (f"not a safetensors file (its first 8 bytes, {head!r}, are not a header length). Was it saved "
+                    f"with torch.save or another format? Save the model with stagevar.models.save_pretrained")
+        if 8 + n > size:
+            return (f"the file was cut short: its header alone should be {n} bytes but only {size - 8} follow "
+                    f"(an interrupted download or copy); {_REFETCH}")
+        try:
+            header = json.loads(fh.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except Exception:
+            return f"its safetensors header is damaged ({reason}); {_REFETCH}"
+    if 8 + n + end > size:
+        return (f"the file was cut short: its header lists {end} bytes of tensor data but only {size - 8 - n} follow "
+                f"(an interrupted download or copy); {_REFETCH}")
+    return f"it is not a readable safetensors file ({reason}); {_REFETCH}"
+
+
+def _meta_json(meta: Dict[str, str], key: str, path: str) -> Any:
+    if key not in meta:
+        raise ValueError(f"the checkpoint {path} lacks stagevar metadata key {key!r}; it was not written by {_WRITERS} "
+                         f"(or its metadata was edited). Save the model with stagevar.models.save_pretrained")
+    try:
+        return json.loads(meta[key])
+    except ValueError as e:
+        raise ValueError(f"the checkpoint {path} has stagevar metadata key {key!r} that is not valid JSON ({e}); "
+                         f"the metadata is damaged: {_REFETCH}") from None
+
+
+# ------------------------------------------------------------------ metadata against the file
+def _finite(value: Any) -> bool:
+    """A finite real number (not a bool, not an integer too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+_POSITIVE = ("depth", "embed_dim", "num_heads", "vocab_size", "z_channels", "ch", "num_classes")
+
+
+def _model_config(config: Any, where: str) -> Dict[str, Any]:
+    """``reference_var("tiny", **config)``'s full configuration, each field's type checked (no module is built)."""
+    from . import VAR_SHAPES, _VAR_DEFAULTS, _shape_config
+
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: 'config' must be a JSON object of reference_var fields, got {type(config).__name__}")
+    try:
+        full = _shape_config(VAR_SHAPES, _VAR_DEFAULTS, "tiny", config, "VAR")
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+    def bad(field: str, want: str) -> ValueError:
+        return ValueError(f"{where}: {field}={full[field]!r} must be {want}")
+
+    is_int = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)  # noqa: E731
+    for field in _POSITIVE:
+        if not is_int(full[field]) or full[field] < 1:
+            raise bad(field, "a positive integer")
+    if not is_int(full["num_down"]) or full["num_down"] < 0:
+        raise bad("num_down", "a non-negative integer")
+    pn = full["patch_nums"]
+    if not isinstance(pn, (list, tuple)) or not pn or not all(is_int(p) and p >= 1 for p in pn):
+        raise bad("patch_nums", "a non-empty list of positive integers (token-map sides, coarse to fine)")
+    if not _finite(full["mlp_ratio"]) or full["mlp_ratio"] <= 0:
+        raise bad("mlp_ratio", "a positive number (the FFN width over embed_dim, e.g. 4.0)")
+    if not _finite(full["gate"]):
+        raise bad("gate", "a finite number")
+    for field in ("attn_l2_norm", "shared_aln"):
+        if not isinstance(full[field], bool):
+            raise bad(field, "true or false")
+    if full["kv_layout"] not in ("BHLc", "BLHc"):
+        raise bad("kv_layout", "'BHLc' or 'BLHc'")
+    if not is_int(full["seed"]):
+        raise bad("seed", "an integer")
+    if full["embed_dim"] % full["num_heads"]:
+        raise bad("num_heads", f"a divisor of embed_dim={full['embed_dim']}")
+    return full
+
+
+def _check_shapes(cfg: Dict[str, Any], shapes: Dict[str, Tuple[int, ...]], where: str, fix: str) -> None:
+    """Every size the config implies, against the tensors' shapes; raise naming the first field that disagrees.
+
+    Each size field (and each flag that adds tensors) is checked on a tensor it determines, so a config
+    that passes cannot build a model much larger than the file.
+    """
+    def mismatch(field: str, detail: str) -> ValueError:
+        return ValueError(f"{where}: config {field}={cfg[field]!r} does not match the weights: {detail}; {fix}")
+
+    def dim(key: str, axis: int, want: int, field: str) -> None:
+        if key not in shapes:
+            raise ValueError(f"{where}: tensor {key!r}, which every stagevar VAR checkpoint holds, is missing: the "
+                             f"file is incomplete or not a stagevar checkpoint; {fix}")
+        shape = shapes[key]
+        if len(shape) <= axis or shape[axis] != want:
+            raise mismatch(field, f"tensor {key!r} has shape {list(shape)}, whose dimension {axis} should be {want}")
+
+    def present(key: str, field: str, want: bool) -> None:
+        if (key in shapes) != want:
+            raise mismatch(field, f"tensor {key!r} is {'missing' if want else 'present'}")
+
+    C, V, z, pn = cfg["embed_dim"], cfg["vocab_size"], cfg["z_channels"], list(cfg["patch_nums"])
+    dim("var.class_emb.weight", 1, C, "embed_dim")
+    dim("var.class_emb.weight", 0, cfg["num_classes"] + 1, "num_classes")
+    dim("var.pos_1LC", 1, sum(p * p for p in pn), "patch_nums")
+    dim("var.lvl_embed.weight", 0, len(pn), "patch_nums")
+    dim("var.pos_start", 1, pn[0] ** 2, "patch_nums")
+    blocks = sorted({int(m.group(1)) for k in shapes for m in [re.match(r"var\.blocks\.(\d+)\.", k)] if m})
+    if blocks != list(range(cfg["depth"])):
+        raise mismatch("depth", f"the weights hold {len(blocks)} blocks" + (f" (indices {blocks[0]}..{blocks[-1]})" if blocks else ""))
+    dim("var.head.weight", 0, V, "vocab_size")
+    dim("vae.quantize.embedding.weight", 0, V, "vocab_size")
+    dim("vae.quantize.embedding.weight", 1, z, "z_channels")
+    dim("var.word_embed.weight", 1, z, "z_channels")
+    present("var.blocks.0.ada_gss", "shared_aln", cfg["shared_aln"])
+    present("var.blocks.0.attn.scale_mul_1H11", "attn_l2_norm", cfg["attn_l2_norm"])
+    if cfg["attn_l2_norm"]:
+        dim("var.blocks.0.attn.scale_mul_1H11", 1, cfg["num_heads"], "num_heads")
+    hidden = C * cfg["mlp_ratio"]
+    dim("var.blocks.0.ffn.fc1.weight", 0, round(hidden) if math.isfinite(hidden) else -1, "mlp_ratio")
+    dim("vae.encoder.net.0.weight", 0, cfg["ch"], "ch")
+    for part, last in (("encoder", 2 * cfg["num_down"] + 4), ("decoder", 3 * cfg["num_down"] + 4)):
+        layers = [int(m.group(1)) for k in shapes for m in [re.match(rf"vae\.{part}\.net\.(\d+)\.", k)] if m]
+        if max(layers, default=-1) != last:
+            raise mismatch("num_down", f"the VQVAE {part} has {max(layers, default=-1) + 1} layers, not {last + 1}")
+
+
+def load_pretrained(name_or_path: Union[str, "os.PathLike[str]"] = "stagevar-tiny-var",
+                    device: Optional[torch.device] = None):
     """Load a reference VAR checkpoint: a bundled name, a local file/folder, or a Hub repo id.
 
     Returns the VAR (eval mode, float32) with its VQVAE attached as upstream does
     (``vae_proxy[0]``) and ``class_names`` set.
+
+    Raises:
+        TypeError: ``name_or_path`` is not a string or path.
+        FileNotFoundError: nothing at that name or path.
+        ValueError: the file is not a (complete) safetensors file, lacks stagevar's metadata, or its
+            metadata does not match its tensors. The message names the path, what is wrong, and what
+            to do; nothing is built before the metadata has been checked against the tensors' shapes.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     from . import reference_var
 
-    path = _resolve(name_or_path)
-    with safe_open(path, framework="pt") as f:
+    if not isinstance(name_or_path, (str, os.PathLike)) or isinstance(os.fspath(name_or_path), bytes):
+        raise TypeError(f"load_pretrained takes a checkpoint name or path: a bundled name ({', '.join(BUNDLED)}), "
+                        f"a local .safetensors file or folder, or a Hugging Face Hub repo id 'owner/name'; "
+                        f"got {name_or_path!r}")
+    path = _resolve(os.fspath(name_or_path))
+    try:
+        f = safe_open(path, framework="pt")
+    except SafetensorError as e:
+        raise ValueError(f"cannot load {path}: {_why_unreadable(path, str(e))}") from None
+    with f:
         meta = f.metadata() or {}
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a stagevar checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+            found = "it has no stagevar metadata key 'format'" if "format" not in meta else f"format {meta['format']!r}, expected {FORMAT!r}"
+            raise ValueError(f"{path} is not a stagevar checkpoint ({found}); it was not written by {_WRITERS}. "
+                             f"Save the model with stagevar.models.save_pretrained")
+        config = _meta_json(meta, "config", path)
+        class_names = _meta_json(meta, "class_names", path)
+        where = f"the checkpoint {path}"
+        full = _model_config(config, where)
+        _check_shapes(full, {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, where,
+                      f"its metadata does not describe its tensors (edited, or written with another config); {_REFETCH}")
+        if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names) \
+                or len(class_names) != full["num_classes"]:
+            raise ValueError(f"{where}: metadata 'class_names' must be a list of {full['num_classes']} strings "
+                             f"(num_classes), got {str(class_names)[:120]}; {_REFETCH}")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    config = json.loads(meta["config"])
     var = reference_var("tiny", **config)
     vae = var.vae_proxy[0]
     for prefix, module in (("var.", var), ("vae.", vae)):
         sd = {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
-        module.load_state_dict(sd, strict=True)
-    var.class_names = json.loads(meta["class_names"])
+        try:
+            module.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())[:400]
+            raise ValueError(f"{where}: its tensors do not fit the model its metadata describes ({detail}); {_REFETCH}") from None
+    var.class_names = class_names
     var.eval()
     vae.eval()
     if device is not None:
