@@ -81,6 +81,8 @@ def _not_int_text(s: str) -> bool:
     return not re.fullmatch(r"[+-]?[0-9]+", s)
 
 
+not_text = st.one_of(st.none(), st.binary(max_size=5), st.booleans(), st.integers(), st.floats(),
+                     st.lists(st.integers(), max_size=2), st.dictionaries(st.integers(), st.integers(), max_size=2))
 anything_but_a_number = st.one_of(st.none(), st.text(max_size=5), st.binary(max_size=5), st.booleans(),
                                   st.lists(st.integers(), max_size=2), st.dictionaries(st.integers(), st.integers(), max_size=2))
 bad_float = st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0, exclude_min=True), st.just(math.nan),
@@ -118,9 +120,9 @@ bad_table_row = st.one_of(
 INVALID = {
     "refine_start": st.one_of(st.floats(), st.text(max_size=3), st.booleans(), st.binary(max_size=3),
                               st.lists(st.integers(), max_size=2)),
-    "branch": st.one_of(st.text(max_size=8).filter(lambda s: s not in BRANCHES), anything_but_a_number),
-    "projection": st.one_of(st.text(max_size=8).filter(lambda s: s not in PROJECTIONS), anything_but_a_number),
-    "selection": st.one_of(st.text(max_size=8).filter(lambda s: s not in SELECTIONS), anything_but_a_number),
+    "branch": st.one_of(st.text(max_size=8).filter(lambda s: s not in BRANCHES), not_text),
+    "projection": st.one_of(st.text(max_size=8).filter(lambda s: s not in PROJECTIONS), not_text),
+    "selection": st.one_of(st.text(max_size=8).filter(lambda s: s not in SELECTIONS), not_text),
     "rank_ratio": bad_ratio.filter(lambda v: v is not None),
     "rank_ratios": st.one_of(not_a_mapping, st.dictionaries(bad_scale_key, ratio, min_size=1, max_size=2),
                              st.dictionaries(scale, bad_ratio, min_size=1, max_size=2)),
