@@ -1,4 +1,4 @@
-"""accelerate / restore / accelerated / report: attaching the engine to a model instance."""
+"""accelerate / restore / accelerated / report / release_graphs: attaching the engine to a model instance."""
 from __future__ import annotations
 
 import contextlib
@@ -10,6 +10,7 @@ from typing import Any, Iterator, Optional, Union
 from .adapters import adapter_for
 from .config import ConfigError, StageVARConfig
 from .engine import Engine
+from .executors import make_executor
 from .presets import preset
 from .report import Report
 
@@ -38,7 +39,17 @@ def _config(config: Union[None, str, StageVARConfig], default_name: str) -> Stag
     return config
 
 
-def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None) -> Any:
+def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: str) -> Engine:
+    """A validated engine: the config checked against the model's schedules before anything is patched."""
+    cfg = _config(config, adapter.default_preset)
+    engine = Engine(adapter, cfg, executor=make_executor(execution, adapter.device()))
+    # its schedule, or every schedule it knows (Infinity's RoPE tables), warning for the first only
+    for i, schedule in enumerate(adapter.known_schedules()):
+        engine.plan_for(schedule, warn=i == 0)
+    return engine
+
+
+def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Any:
     """Patch ``model`` (this instance only) to generate with StageVAR.
 
     The model's generation method (``autoregressive_infer_cfg``) is replaced on the instance by
@@ -46,8 +57,13 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None) -> A
     :func:`restore` puts the original back.
 
     Args:
-        model: a loaded model with a supported interface (FoundationVision ``VAR``).
+        model: a loaded model with a supported interface (FoundationVision ``VAR`` or ``Infinity``).
         config: a :class:`StageVARConfig`, a preset name, or None for the family's default preset.
+        execution: how the scales are launched. ``"auto"``: one CUDA graph per scale, replayed,
+            on CUDA where the installed torch supports graph-safe generators and the captured
+            graphs reproduce the eager call exactly; eager otherwise (always on a CPU).
+            ``"eager"``: always eager. ``"graphs"``: graphs, raising where they cannot run.
+            See :mod:`stagevar.executors`.
 
     Returns:
         ``model``.
@@ -56,16 +72,13 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None) -> A
         UnsupportedModelError: ``model`` has no supported interface (names what is missing).
         ConfigError: the config is invalid for this model (says what to change). The model is
             left as it was.
+        GraphsUnavailableError: ``execution="graphs"`` where graphs cannot run (says why).
     """
     patch: Optional[_Patch] = getattr(model, _ATTR, None)
     adapter = patch.engine.adapter if patch is not None else adapter_for(model)
-    cfg = _config(config, adapter.default_preset)
-    engine = Engine(adapter, cfg)
-    # validate against the model now, before anything is patched: its schedule, or every schedule
-    # it knows (Infinity's RoPE tables), warning for the first only
-    for i, schedule in enumerate(adapter.known_schedules()):
-        engine.plan_for(schedule, warn=i == 0)
+    engine = _engine(adapter, config, execution)
     if patch is not None:
+        _release(patch.engine)
         patch.engine = engine
         return model
 
@@ -83,11 +96,28 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None) -> A
     return model
 
 
+def _release(engine: Engine) -> None:
+    release = getattr(engine.executor, "release", None)
+    if release is not None:
+        release()
+
+
+def release_graphs(model: Any) -> Any:
+    """Free the CUDA graphs and memory pools captured for ``model`` (they are captured anew when
+    needed). No-op for a model that is not accelerated or runs eagerly."""
+    patch: Optional[_Patch] = getattr(model, _ATTR, None)
+    if patch is not None:
+        _release(patch.engine)
+    return model
+
+
 def restore(model: Any) -> Any:
-    """Undo :func:`accelerate`: the original generation method back, exactly. No-op if not patched."""
+    """Undo :func:`accelerate`: the original generation method back, exactly; captured graphs
+    freed. No-op if not patched."""
     patch: Optional[_Patch] = getattr(model, _ATTR, None)
     if patch is None:
         return model
+    _release(patch.engine)
     if patch.saved is _MISSING:
         object.__delattr__(model, patch.entry_point)
     else:
@@ -107,18 +137,27 @@ def current_config(model: Any) -> Optional[StageVARConfig]:
 
 
 @contextlib.contextmanager
-def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None) -> Iterator[Any]:
-    """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config)."""
-    patch = getattr(model, _ATTR, None)
-    before = None if patch is None else patch.engine  # put back this very engine (and its last report)
-    accelerate(model, config)
+def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Iterator[Any]:
+    """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config,
+    engine and last report). A :func:`restore` inside the block is kept."""
+    patch: Optional[_Patch] = getattr(model, _ATTR, None)
+    if patch is None:
+        accelerate(model, config, execution=execution)
+        try:
+            yield model
+        finally:
+            restore(model)
+        return
+    before = patch.engine
+    inner = _engine(before.adapter, config, execution)
+    patch.engine = inner
     try:
         yield model
     finally:
-        if before is None:
-            restore(model)
-        else:
-            getattr(model, _ATTR).engine = before
+        _release(inner)
+        now: Optional[_Patch] = getattr(model, _ATTR, None)
+        if now is not None:
+            now.engine = before
 
 
 def report(model: Any) -> Report:

@@ -1,24 +1,40 @@
 """The stage-aware scale loop, generic over model families.
 
-Per call: resolve the plan for the call's schedule, then for each scale either skip it, or run
-its units intact or low-rank on the rows the plan keeps, and hand the output to the adapter for
-sampling. Everything a call needs lives in local variables; only the finished
-:class:`~stagevar.report.Report` is kept, for :func:`stagevar.report`.
+A call has three parts:
+
+1. :meth:`Engine.setup` -- the adapter binds the call's arguments and builds its inputs, the plan
+   for the call's schedule is resolved, and the projection generator is seeded;
+2. :meth:`Engine.run_scale` -- runs one planned scale: cut rows to one branch, run the units
+   intact or low-rank, sample. It touches only tensors: no host reads of device values, no
+   synchronisation, no clock, so an executor may launch it eagerly or replay it from a captured
+   CUDA graph (:mod:`stagevar.executors`);
+3. :meth:`Engine.finish` -- decode and return what the original entry point returns.
+
+Bookkeeping lives outside the per-scale method: the token counts and FLOP model are derived
+from the plan (:func:`plan_stats`), times come from a :class:`Timeline` (CUDA events, read when
+the report is read), and the KV-cache length check runs only in debug mode (:data:`DEBUG_CHECKS`,
+on in the test suite).
 """
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from .adapters.base import Adapter, select_rows
-from .config import StageVARConfig
+from .config import ConfigError, StageVARConfig
 from .lowrank import farthest_from_mean_indices, project, representative_indices, restore_tokens
 from .plan import ScalePlan, resolve_plan
 from .report import Report, ScaleStats
 
 _MASK63 = (1 << 63) - 1
+
+#: Check every block's KV-cache length after every scale (set ``STAGEVAR_DEBUG=1``). Off in
+#: production: it walks every block on the host at every scale.
+DEBUG_CHECKS = os.environ.get("STAGEVAR_DEBUG", "") not in ("", "0")
 
 
 def projection_seed(g_seed: Optional[int], config_seed: int) -> int:
@@ -46,16 +62,16 @@ class Observer:
         """The token ids sampled at scale ``si``."""
 
 
-def _block_flops(rows: int, n: int, kv_len: int, C: int) -> float:
+def block_flops(rows: int, n: int, kv_len: int, C: int) -> float:
     """FLOP model of one block on ``n`` tokens attending to ``kv_len`` keys: QKV, output
     projection and a 4C MLP (``24 C^2`` per token) plus attention (``4 C kv_len`` per token).
     Cross-attention to text and AdaLN are not counted."""
     return rows * n * (24.0 * C * C + 4.0 * C * kv_len)
 
 
-class _ScaleClock:
-    """Per-scale wall time without stalling the device: on CUDA, events recorded on the stream and
-    read once after the loop; elsewhere, the host clock."""
+class Timeline:
+    """Marks between the parts of a call, without stalling the device: on CUDA, events recorded on
+    the current stream and read only when :meth:`seconds` is called; elsewhere, the host clock."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -71,27 +87,105 @@ class _ScaleClock:
             self.marks.append(time.perf_counter())
 
     def seconds(self) -> List[float]:
-        """Time between consecutive marks (call after the device was synchronised)."""
+        """Time between consecutive marks (waits for the last event on CUDA)."""
         if self.cuda:
+            self.marks[-1].synchronize()
             return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-class Engine:
-    """Runs a model's generation call under one :class:`StageVARConfig`."""
+@dataclass
+class Call:
+    """The engine's side of one generation call. ``st`` is the adapter's call state.
 
-    def __init__(self, adapter: Adapter, config: StageVARConfig):
+    Everything :meth:`Engine.run_scale` reads or writes is reachable from here, so an executor
+    can find a call's tensors (:meth:`stagevar.adapters.base.CallState.tensors`)."""
+
+    st: Any
+    plans: List[ScalePlan]
+    gen: torch.Generator                 # projection / representative selection
+    rows: int                            # rows of the first scale's input (2B with CFG)
+    width: int                           # the transformer's C
+    last_lowrank: int                    # index of the last low-rank scale (-1: none)
+    unit_out: List[Optional[Tuple[torch.Tensor, Tuple[int, int]]]]
+    observer: Optional[Observer] = None
+    branch: str = "both"
+
+
+@dataclass(frozen=True)
+class PlanStats:
+    """Per-scale bookkeeping derived from the plan alone (no device values)."""
+
+    rows: Tuple[int, ...]                     # rows run per scale (0 when skipped)
+    tokens: Tuple[Tuple[int, ...], ...]       # tokens per unit per scale
+    gflops: Tuple[float, ...]
+    cache_tokens: Tuple[Tuple[int, ...], ...]  # per scale, per block: tokens held after it
+    intact_rows: int
+
+
+def plan_stats(plans: List[ScalePlan], units: List[Tuple[int, int]], rows0: int, C: int) -> PlanStats:
+    """Rows, tokens, FLOP model and expected KV-cache lengths of a call, from its plan."""
+    n_blocks = units[-1][1] if units else 0
+    held = [0] * n_blocks
+    rows_l, tokens_l, flops_l, cache_l = [], [], [], []
+    branch = "both"
+    for p in plans:
+        if p.skip:
+            rows_l.append(0)
+            tokens_l.append(())
+            flops_l.append(0.0)
+            cache_l.append(tuple(held))
+            continue
+        branch = p.branch
+        rows = rows0 if branch == "both" else rows0 // 2
+        toks, flops = [], 0.0
+        for u, (lo, hi) in enumerate(units):
+            n = p.M if p.ranks is None else p.ranks[u]
+            for j in range(lo, hi):
+                held[j] += n
+                flops += block_flops(rows, n, held[j], C)
+            toks.append(n)
+        rows_l.append(rows)
+        tokens_l.append(tuple(toks))
+        flops_l.append(flops / 1e9)
+        cache_l.append(tuple(held))
+    return PlanStats(tuple(rows_l), tuple(tokens_l), tuple(flops_l), tuple(cache_l), rows0)
+
+
+class Engine:
+    """Runs a model's generation call under one :class:`StageVARConfig`.
+
+    The engine defines what a call does; its ``executor`` (eager unless told otherwise) decides
+    how each planned scale is launched.
+    """
+
+    def __init__(self, adapter: Adapter, config: StageVARConfig, executor: Any = None):
         self.adapter = adapter
         self.config = config
         n = len(adapter.blocks())
         ub = config.unit_blocks or adapter.default_unit_blocks
         if ub > n:
-            from .config import ConfigError
             raise ConfigError(f"unit_blocks={ub} exceeds the model's {n} blocks; use at most {n}")
         self.units: List[Tuple[int, int]] = [(lo, min(lo + ub, n)) for lo in range(0, n, ub)]
         adapter.check_units(self.units)
         self._plans: Dict[Tuple[Tuple[int, int], ...], List[ScalePlan]] = {}
-        self.last_report: Optional[Report] = None
+        self._report: Optional[Report] = None
+        if executor is None:
+            from .executors import EagerExecutor  # executors import this module; resolve late
+            executor = EagerExecutor()
+        self.executor = executor
+        self.debug = DEBUG_CHECKS
+
+    @property
+    def last_report(self) -> Optional[Report]:
+        """The report of the last completed call (its times read now, once), or None."""
+        if self._report is not None:
+            self._report.resolve()
+        return self._report
+
+    @last_report.setter
+    def last_report(self, value: Optional[Report]) -> None:
+        self._report = value
 
     def plan_for(self, schedule, warn: bool = True) -> List[ScalePlan]:
         """The resolved plan for a schedule (validated; warns if nothing is accelerated)."""
@@ -102,103 +196,104 @@ class Engine:
 
     def __call__(self, *args, **kwargs) -> Any:
         with torch.no_grad():
-            return self._run(args, kwargs)
+            return self.executor.run(self, args, kwargs)
 
-    def observe(self, observer: "Observer", *args, **kwargs) -> Any:
-        """Run one call with an :class:`Observer` told what happens (calibration, bench)."""
+    def observe(self, observer: Observer, *args, **kwargs) -> Any:
+        """Run one call eagerly with an :class:`Observer` told what happens (calibration, bench)."""
+        from .executors import EagerExecutor
+
         with torch.no_grad():
-            return self._run(args, kwargs, observer)
+            return EagerExecutor().run(self, args, kwargs, observer=observer)
 
-    # ------------------------------------------------------------------------------------------
-    def _sync(self, device: torch.device) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
+    # -- the seam: setup, one scale, finish ------------------------------------------------------
+    def setup(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None,
+              generator: Optional[torch.Generator] = None) -> Call:
+        """Begin a call: the adapter's state, the plan, the seeded projection generator.
 
-    def _check_caches(self, expected_tokens: List[int], rows: int, si: int) -> None:
-        for j, (held, want) in enumerate(zip(self.adapter.cache_lengths(), expected_tokens)):
+        ``generator``: reuse this projection generator (re-seeded) instead of a new one (the
+        graph executor keeps one per captured key). On error the adapter's ``end`` has run.
+        """
+        ad, cfg = self.adapter, self.config
+        st = ad.begin(args, kwargs, cache_condition=cfg.cache_condition)
+        try:
+            plans = self.plan_for(ad.schedule(st))
+            device = ad.device()
+            gen = generator if generator is not None else torch.Generator(device=device)
+            gen.manual_seed(projection_seed(ad.g_seed(st), cfg.seed))
+            first = next(p for p in plans if not p.skip)
+            x0 = ad.scale_input(st, first.index)
+            last_lowrank = max((p.index for p in plans if p.lowrank and not p.skip), default=-1)
+            return Call(st=st, plans=plans, gen=gen, rows=x0.shape[0], width=x0.shape[-1], last_lowrank=last_lowrank,
+                        unit_out=[None] * len(self.units), observer=observer)
+        except BaseException:
+            ad.end(st)
+            raise
+
+    def run_scale(self, call: Call, p: ScalePlan) -> None:
+        """Run planned scale ``p`` of ``call``: tensors only, no host read of a device value."""
+        ad, st, obs = self.adapter, call.st, call.observer
+        if p.skip:
+            ad.skip(st, p.index)
+            return
+        if p.branch != call.branch:
+            ad.keep_rows(st, p.branch)
+            call.unit_out = [None if u is None else (select_rows(u[0], u[0].shape[0] // 2, p.branch), u[1])
+                             for u in call.unit_out]
+            call.branch = p.branch
+        blocks = ad.blocks()
+        x = ad.scale_input(st, p.index)
+        for u, (lo, hi) in enumerate(self.units):
+            x = ad.unit_input(st, p.index, lo, x)
+            if obs is not None:
+                obs.unit_input(st, p.index, u, x)
+            r = None if p.ranks is None else p.ranks[u]
+            if r is None:
+                for b in blocks[lo:hi]:
+                    x = ad.run_block(st, b, x, p.index)
+            else:
+                x = self._lowrank_unit(st, blocks[lo:hi], x, r, p, call.unit_out[u], call.gen)
+            if p.index < call.last_lowrank:
+                call.unit_out[u] = (x, p.hw)
+        if obs is not None:
+            obs.scale_output(st, p.index, x)
+        ids = ad.predict(st, p.index, x)
+        if obs is not None:
+            obs.scale_done(st, p.index)
+            obs.sampled(p.index, ids)
+
+    def finish(self, call: Call) -> Any:
+        """Decode: exactly what the original entry point returns."""
+        return self.adapter.finish(call.st)
+
+    def end(self, call: Optional[Call]) -> None:
+        """Always called after a call (caches off and emptied)."""
+        if call is not None:
+            self.adapter.end(call.st)
+
+    # -- bookkeeping, outside the per-scale method -------------------------------------------------
+    def stats(self, call: Call) -> PlanStats:
+        return plan_stats(call.plans, self.units, call.rows, call.width)
+
+    def check_caches(self, call: Call, p: ScalePlan, stats: PlanStats) -> None:
+        """Debug check: every block's KV cache holds what the plan says after scale ``p``."""
+        rows = stats.rows[p.index] or None
+        for j, (held, want) in enumerate(zip(self.adapter.cache_lengths(), stats.cache_tokens[p.index])):
+            if rows is None:
+                continue
             if held is None or held != (rows, want):
-                raise RuntimeError(f"stagevar: after scale {si}, block {j}'s KV cache holds {held} (rows, tokens); "
+                raise RuntimeError(f"stagevar: after scale {p.index}, block {j}'s KV cache holds {held} (rows, tokens); "
                                    f"expected {(rows, want)}. The model's attention cache does not behave as "
                                    f"upstream's does; please report this with the model class.")
 
-    def _run(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None) -> Any:
-        ad, cfg = self.adapter, self.config
-        self.last_report = None  # a call that fails leaves no report rather than the previous one
-        st = None
-        try:
-            st = ad.begin(args, kwargs, cache_condition=cfg.cache_condition)
-            plans = self.plan_for(ad.schedule(st))
-            device = ad.device()
-            gen = torch.Generator(device=device)
-            gen.manual_seed(projection_seed(ad.g_seed(st), cfg.seed))
-            blocks = ad.blocks()
-            last_lowrank = max((p.index for p in plans if p.lowrank and not p.skip), default=-1)
-            unit_out: List[Optional[Tuple[torch.Tensor, Tuple[int, int]]]] = [None] * len(self.units)
-            expected = [0] * len(blocks)
-            branch = "both"
-            stats: List[ScaleStats] = []
-            batch = ad.batch_size(st)
-            intact_rows = 0
-            t_loop = self._sync(device)
-            clock = _ScaleClock(device)
-            clock.mark()
-            pending: List[tuple] = []  # ScaleStats fields but the time, filled in after the loop
-            for p in plans:
-                if p.skip:
-                    ad.skip(st, p.index)
-                    clock.mark()
-                    pending.append((p.index, p.hw, p.mode, 0, (), 0.0))
-                    continue
-                if p.branch != branch:
-                    ad.keep_rows(st, p.branch)
-                    unit_out = [None if u is None else (select_rows(u[0], u[0].shape[0] // 2, p.branch), u[1])
-                                for u in unit_out]
-                    branch = p.branch
-                x = ad.scale_input(st, p.index)
-                rows = x.shape[0]
-                intact_rows = intact_rows or (rows * 2 if branch != "both" else rows)
-                tokens = []
-                flops = 0.0
-                for u, (lo, hi) in enumerate(self.units):
-                    x = ad.unit_input(st, p.index, lo, x)
-                    if observer is not None:
-                        observer.unit_input(st, p.index, u, x)
-                    r = None if p.ranks is None else p.ranks[u]
-                    if r is None:
-                        for b in blocks[lo:hi]:
-                            x = ad.run_block(st, b, x, p.index)
-                        n_tok = p.M
-                    else:
-                        x = self._lowrank_unit(st, blocks[lo:hi], x, r, p, unit_out[u], gen)
-                        n_tok = r
-                    for j in range(lo, hi):
-                        expected[j] += n_tok
-                        flops += _block_flops(rows, n_tok, expected[j], x.shape[-1])
-                    tokens.append(n_tok)
-                    if p.index < last_lowrank:
-                        unit_out[u] = (x, p.hw)
-                self._check_caches(expected, rows, p.index)
-                if observer is not None:
-                    observer.scale_output(st, p.index, x)
-                ids = ad.predict(st, p.index, x)
-                if observer is not None:
-                    observer.scale_done(st, p.index)
-                    observer.sampled(p.index, ids)
-                clock.mark()
-                pending.append((p.index, p.hw, p.mode, rows, tuple(tokens), flops / 1e9))
-            loop_s = self._sync(device) - t_loop
-            for (index, hw, mode, rows, tokens, gflops), secs in zip(pending, clock.seconds()):
-                stats.append(ScaleStats(index, hw, mode, rows, tokens, secs, gflops))
-            t_dec = time.perf_counter()
-            out = ad.finish(st)
-            decode_s = self._sync(device) - t_dec
-            self.last_report = Report(config_name=cfg.name, batch_size=batch, device=str(device), scales=stats,
-                                      loop_s=loop_s, decode_s=decode_s, skipping=any(p.skip for p in plans),
-                                      intact_rows=intact_rows)
-            return out
-        finally:
-            ad.end(st)
+    def make_report(self, call: Call, stats: PlanStats, timeline: Timeline, host_s: float, executor: str,
+                    **extra) -> Report:
+        """The call's report; the times stay unread (CUDA events) until the report is read."""
+        plans = call.plans
+        scales = [ScaleStats(p.index, p.hw, p.mode, stats.rows[p.index], stats.tokens[p.index], 0.0,
+                             stats.gflops[p.index]) for p in plans]
+        return Report(config_name=self.config.name, batch_size=self.adapter.batch_size(call.st),
+                      device=str(self.adapter.device()), scales=scales, skipping=any(p.skip for p in plans),
+                      intact_rows=stats.intact_rows, executor=executor, host_s=host_s, timeline=timeline, **extra)
 
     def _lowrank_unit(self, st: Any, blocks, x_BMC: torch.Tensor, r: int, p: ScalePlan,
                       prev: Optional[Tuple[torch.Tensor, Tuple[int, int]]], gen: torch.Generator) -> torch.Tensor:

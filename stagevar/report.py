@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 
 @dataclass
@@ -34,7 +34,16 @@ class ScaleStats:
 
 @dataclass
 class Report:
-    """Statistics of the last accelerated call: a printable table and :meth:`to_dict`."""
+    """Statistics of the last accelerated call: a printable table and :meth:`to_dict`.
+
+    On CUDA the times come from events recorded during the call and are read (waiting for the
+    device) only when the report is read, so the call itself never synchronises.
+
+    ``executor`` names what launched the scales (``"eager"`` or ``"graphs"``); ``note`` says why
+    a graph-capable call ran eager (first call of its key, unseeded call, fallback);
+    ``host_s`` is the host time from entry until the call returned (no sync inside);
+    ``capture_s`` / ``pool_bytes`` the CUDA-graph capture time and pool size of the key, if any.
+    """
 
     config_name: str
     batch_size: int
@@ -44,6 +53,25 @@ class Report:
     decode_s: float = 0.0
     skipping: bool = False
     intact_rows: int = 0  # rows the call runs when nothing is cut (2B with CFG, B without)
+    executor: str = "eager"
+    note: str = ""
+    host_s: float = 0.0
+    capture_s: float = 0.0
+    pool_bytes: int = 0
+    timeline: Any = field(default=None, repr=False, compare=False)
+
+    def resolve(self) -> "Report":
+        """Read the call's timeline (once): per-scale times, loop and decode time."""
+        if self.timeline is None:
+            return self
+        secs = self.timeline.seconds()
+        self.timeline = None
+        n = len(self.scales)
+        for s, t in zip(self.scales, secs[:n]):
+            s.time_s = t
+        self.loop_s = float(sum(secs[:n]))
+        self.decode_s = float(sum(secs[n:]))
+        return self
 
     @property
     def total_s(self) -> float:
@@ -63,15 +91,20 @@ class Report:
         return float(sum(self.intact_rows * s.M for s in self.scales))
 
     def to_dict(self) -> dict:
+        self.resolve()
         return {
             "config": self.config_name, "batch_size": self.batch_size, "device": self.device,
+            "executor": self.executor, "note": self.note, "host_s": self.host_s, "capture_s": self.capture_s,
+            "pool_bytes": self.pool_bytes,
             "loop_s": self.loop_s, "decode_s": self.decode_s, "total_s": self.total_s,
             "skipping": self.skipping, "token_rows": self.token_rows, "intact_token_rows": self.intact_token_rows, "gflops": self.gflops,
             "scales": [dict(asdict(s), M=s.M, token_rows=s.token_rows) for s in self.scales],
         }
 
     def __str__(self) -> str:
-        head = (f"stagevar report: config={self.config_name!r} B={self.batch_size} device={self.device}"
+        self.resolve()
+        head = (f"stagevar report: config={self.config_name!r} B={self.batch_size} device={self.device} "
+                f"executor={self.executor}{' (' + self.note + ')' if self.note else ''}"
                 f"{'  [scale skipping ON]' if self.skipping else ''}")
         lines = [head, f"{'scale':>5} {'h x w':>8} {'M':>6} {'rows':>5} {'tokens/unit':>16} {'ms':>9}  mode"]
         for s in self.scales:

@@ -1,7 +1,11 @@
 import pytest
 import torch
 
+from stagevar import engine as _engine
 from stagevar.models import reference_var
+
+# Every test call checks each block's KV-cache length after every scale (off in production).
+_engine.DEBUG_CHECKS = True
 
 
 @pytest.fixture

@@ -71,6 +71,17 @@ class Adapter:
         rng.manual_seed(g_seed)
         return rng
 
+    def helpers(self) -> Tuple[Any, ...]:
+        """The sampling functions this adapter calls (part of a CUDA-graph key)."""
+        return ()
+
+    def fingerprint(self) -> tuple:
+        """Identity of what a captured call runs: the blocks, every parameter and buffer's storage,
+        the sampling functions. A swapped block or reloaded weights (new storage) change it."""
+        m = self.model
+        return (tuple(id(b) for b in self.blocks()), tuple(t.data_ptr() for t in m.parameters()),
+                tuple(t.data_ptr() for t in m.buffers()), tuple(id(h) for h in self.helpers()))
+
     @classmethod
     def missing(cls, model: Any) -> List[str]:
         return missing_attributes(model, cls.required)

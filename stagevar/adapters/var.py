@@ -60,6 +60,9 @@ class VARAdapter(Adapter):
         self._sample = getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_)
         self._gumbel = getattr(module, "gumbel_softmax_with_rng", _own_helpers.gumbel_softmax_with_rng)
 
+    def helpers(self):
+        return (self._sample, self._gumbel)
+
     @property
     def default_preset(self) -> str:  # type: ignore[override]
         depth = len(self.model.blocks)

@@ -1,0 +1,424 @@
+"""How the planned scales of a call are launched: eagerly, or replayed from CUDA graphs.
+
+:class:`EagerExecutor` runs :meth:`Engine.run_scale` for each scale (the only executor on a CPU).
+
+:class:`GraphExecutor` captures one ``torch.cuda.CUDAGraph`` per scale index, in order, into one
+private memory pool per *key* -- everything that fixes the shapes and the work of a call: the
+plan, the batch, the config, dtype and autocast state, the call's scalar arguments (CFG weights,
+temperatures, top-k/p, ...), the text length, and a fingerprint of the model (block identities,
+parameter storage, the sampling functions in use). A key's first call runs eagerly; its second
+call captures, replays, and compares the result with an eager run by ``torch.equal``: any
+difference, or a capture error, keeps the key eager (one warning, pool freed). Later calls build
+their inputs eagerly (labels, text, condition), copy them into the tensors the graphs were
+captured on, re-seed the sampling and projection generators registered with the graphs, and
+replay scale by scale, recording events between replays for the per-scale report.
+
+A call without a seed (``g_seed=None``) stays eager: its sampling draws from the global
+generator, which a replay could not reproduce. Graphs live in a per-model LRU (2 keys by
+default), freed by :func:`stagevar.restore` and :func:`stagevar.release_graphs`; copies of the
+model never carry them.
+"""
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from .engine import Call, Engine, Timeline, projection_seed
+
+EXECUTIONS = ("auto", "eager", "graphs")
+
+
+class GraphsUnavailableError(RuntimeError):
+    """``execution="graphs"`` was asked for where CUDA graphs cannot run; the message says why."""
+
+
+class GraphFallbackWarning(UserWarning):
+    """A key's CUDA graphs failed to capture or were not exact; that key runs eagerly."""
+
+
+# -- the tensors and the signature of a call's state ---------------------------------------------
+_UNKEYED = frozenset({"g_seed", "rng"})  # re-seeded per call, never part of a key
+
+
+def _flatten(value: Any, out: List[torch.Tensor]) -> None:
+    if isinstance(value, torch.Tensor):
+        out.append(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _flatten(v, out)
+    elif isinstance(value, dict):
+        for k in sorted(value, key=repr):
+            _flatten(value[k], out)
+
+
+def state_tensors(st: Any) -> List[torch.Tensor]:
+    """The distinct tensors of an adapter's call state (a dataclass), in field order (a tensor two
+    fields share, e.g. a condition that is its own projection, is listed once)."""
+    out: List[torch.Tensor] = []
+    for f in dataclasses.fields(st):
+        if f.name not in _UNKEYED:
+            _flatten(getattr(st, f.name), out)
+    seen, distinct = set(), []
+    for t in out:
+        if id(t) not in seen:
+            seen.add(id(t))
+            distinct.append(t)
+    return distinct
+
+
+def _signature(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.stride(), value.dtype, str(value.device))
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Generator):
+        return ("generator",)
+    if isinstance(value, (list, tuple)):
+        return tuple(_signature(v) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return ("set",) + tuple(sorted((_signature(v) for v in value), key=repr))
+    if isinstance(value, dict):
+        return ("dict",) + tuple(sorted(((repr(k), _signature(v)) for k, v in value.items()), key=repr))
+    if isinstance(value, torch.nn.Module):  # e.g. Infinity's VAE: its identity and its storage
+        return ("module", id(value), tuple(t.data_ptr() for t in value.parameters()))
+    return ("object", id(value))
+
+
+def state_signature(st: Any) -> tuple:
+    """Everything but the seed that fixes a call's work: scalars by value, tensors by layout."""
+    return tuple((f.name, _signature(getattr(st, f.name))) for f in dataclasses.fields(st) if f.name not in _UNKEYED)
+
+
+def _autocast_state(device: torch.device) -> tuple:
+    kind = device.type
+    try:
+        return (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+    except TypeError:  # older torch: no device argument
+        return (torch.is_autocast_enabled(), None)
+
+
+def outputs_equal(a: Any, b: Any) -> bool:
+    """Bit-equality of two generation outputs (tensors, nested lists/tuples, plain values)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(outputs_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+# -- eager ---------------------------------------------------------------------------------------
+class EagerExecutor:
+    """Runs every planned scale as Python issues it."""
+
+    name = "eager"
+
+    def run(self, engine: Engine, args: tuple, kwargs: dict, observer: Any = None, note: str = "") -> Any:
+        t0 = time.perf_counter()
+        engine.last_report = None  # a call that fails leaves no report rather than the previous one
+        call = engine.setup(args, kwargs, observer=observer)
+        try:
+            return self.loop(engine, call, t0, note=note)
+        finally:
+            engine.end(call)
+
+    @staticmethod
+    def loop(engine: Engine, call: Call, t0: float, note: str = "", executor: str = "eager") -> Any:
+        """Run ``call``'s scales and decode; sets the engine's report."""
+        stats = engine.stats(call)
+        timeline = Timeline(engine.adapter.device())
+        timeline.mark()
+        for p in call.plans:
+            engine.run_scale(call, p)
+            timeline.mark()
+            if engine.debug:
+                engine.check_caches(call, p, stats)
+        out = engine.finish(call)
+        timeline.mark()
+        engine.last_report = engine.make_report(call, stats, timeline, host_s=time.perf_counter() - t0,
+                                                executor=executor, note=note)
+        return out
+
+
+# -- graph backends ------------------------------------------------------------------------------
+class Bindings:
+    """What a scale function reads and rebinds in Python: the adapter state's fields and the
+    engine call's per-unit outputs and branch. Real graphs ignore it (a replay runs no Python);
+    a backend that stands in for graphs by re-running Python rebinds to what capture saw."""
+
+    def __init__(self, call: Call):
+        self.call = call
+
+    def save(self) -> dict:
+        c = self.call
+        return dict(st=dict(vars(c.st)), unit_out=list(c.unit_out), branch=c.branch)
+
+    def load(self, saved: dict) -> None:
+        c = self.call
+        vars(c.st).update(saved["st"])
+        c.unit_out, c.branch = list(saved["unit_out"]), saved["branch"]
+
+
+class CudaGraphBackend:
+    """``torch.cuda.CUDAGraph`` capture and replay, generators registered graph-safe."""
+
+    name = "cuda"
+
+    def unavailable(self, device: torch.device) -> Optional[str]:
+        if device.type != "cuda":
+            return f"CUDA graphs need a CUDA device; this model is on {device}"
+        if not torch.cuda.is_available():
+            return "CUDA is not available in this process"
+        if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+            return (f"torch {torch.__version__} has no graph-safe generators (CUDAGraph.register_generator_state); "
+                    f"graphs need a newer torch")
+        return None
+
+    def new_pool(self, device: torch.device) -> Any:
+        return torch.cuda.graph_pool_handle()
+
+    def reserved(self, device: torch.device) -> int:
+        return torch.cuda.memory_reserved(device)
+
+    def capture(self, fn: Callable[[], None], pool: Any, generators: List[torch.Generator], bindings: Bindings) -> Any:
+        graph = torch.cuda.CUDAGraph()
+        for gen in generators:
+            graph.register_generator_state(gen)
+        with torch.cuda.graph(graph, pool=pool):
+            fn()
+        return graph
+
+    def replay(self, graph: Any) -> None:
+        graph.replay()
+
+    def release(self) -> None:
+        torch.cuda.empty_cache()
+
+
+@dataclasses.dataclass
+class _Entry:
+    """One key's graphs and the tensors they were captured on."""
+
+    calls: int = 0
+    graphs: Optional[List[Any]] = None
+    call: Optional[Call] = None              # the captured call: its state holds the final tensors
+    static: Optional[List[torch.Tensor]] = None  # the captured call's inputs, copied into per call
+    rng: Optional[torch.Generator] = None    # sampling generator registered with the graphs
+    pool: Any = None
+    capture_s: float = 0.0
+    pool_bytes: int = 0
+    failed: str = ""
+
+
+class GraphExecutor:
+    """Captures and replays one CUDA graph per scale index (see the module docstring).
+
+    Args:
+        mode: ``"auto"`` (eager wherever graphs cannot run or are not exact) or ``"graphs"``
+            (raise :class:`GraphsUnavailableError` instead, saying why).
+        backend: what captures and replays (:class:`CudaGraphBackend`; tests pass a stand-in).
+        max_keys: keys kept, least recently used evicted.
+    """
+
+    name = "graphs"
+
+    def __init__(self, mode: str = "auto", backend: Any = None, max_keys: int = 2):
+        if mode not in ("auto", "graphs"):
+            raise ValueError(f"mode={mode!r}: expected 'auto' or 'graphs'")
+        if not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError(f"max_keys={max_keys!r}: keep at least one key")
+        self.mode = mode
+        self.backend = backend if backend is not None else CudaGraphBackend()
+        self.max_keys = max_keys
+        self._entries: "collections.OrderedDict[tuple, _Entry]" = collections.OrderedDict()
+
+    # copies of the model (deepcopy, pickle) never carry graphs
+    def __deepcopy__(self, memo: dict) -> "GraphExecutor":
+        return GraphExecutor(self.mode, self.backend, self.max_keys)
+
+    def __getstate__(self) -> dict:
+        return dict(mode=self.mode, backend=self.backend, max_keys=self.max_keys)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    @property
+    def keys(self) -> List[tuple]:
+        return list(self._entries)
+
+    def release(self) -> None:
+        """Free every key's graphs and pools."""
+        had = any(e.graphs is not None for e in self._entries.values())
+        self._entries.clear()
+        if had:
+            self.backend.release()
+
+    # ------------------------------------------------------------------------------------------
+    def _refuse(self, reason: str) -> None:
+        if self.mode == "graphs":
+            raise GraphsUnavailableError(f"stagevar: execution='graphs' cannot run this call: {reason}. "
+                                         f"Use execution='auto' to fall back to eager, or fix the cause.")
+
+    def call_reason(self, engine: Engine, call: Call) -> str:
+        """Why this call cannot be replayed from graphs ('' if it can)."""
+        reason = self.backend.unavailable(engine.adapter.device())
+        if reason:
+            return reason
+        if engine.adapter.g_seed(call.st) is None:
+            return "unseeded call (g_seed=None): a replay cannot reproduce the global generator's draws"
+        if getattr(call.st, "rng", None) is None:
+            return "the call has no sampling generator of its own"
+        if engine.config.projection == "orthogonal" and any(p.lowrank and not p.skip for p in call.plans):
+            return "projection='orthogonal' (QR) cannot be captured"
+        return ""
+
+    def key(self, engine: Engine, call: Call) -> tuple:
+        ad = engine.adapter
+        return (engine.config, tuple(call.plans), state_signature(call.st), _autocast_state(ad.device()),
+                ad.fingerprint())
+
+    def run(self, engine: Engine, args: tuple, kwargs: dict, observer: Any = None) -> Any:
+        if observer is not None:
+            return EagerExecutor().run(engine, args, kwargs, observer=observer)
+        t0 = time.perf_counter()
+        engine.last_report = None
+        reason = self.backend.unavailable(engine.adapter.device())
+        if reason:
+            self._refuse(reason)
+            return EagerExecutor().run(engine, args, kwargs)
+        call = engine.setup(args, kwargs)
+        ended = False
+        try:
+            reason = self.call_reason(engine, call)
+            if reason:
+                self._refuse(reason)
+                return EagerExecutor.loop(engine, call, t0, note=reason)
+            key = self.key(engine, call)
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry()
+                while len(self._entries) > self.max_keys:
+                    _, old = self._entries.popitem(last=False)
+                    if old.graphs is not None:
+                        old.graphs = old.call = old.static = old.pool = None
+                        self.backend.release()
+            self._entries.move_to_end(key)
+            entry.calls += 1
+            if entry.failed:
+                return EagerExecutor.loop(engine, call, t0, note=f"graphs off for this key: {entry.failed}")
+            if entry.graphs is None and entry.calls == 1:
+                return EagerExecutor.loop(engine, call, t0, note="first call of this key runs eager; the next captures")
+            if entry.graphs is None:
+                ended = True
+                return self._capture(engine, entry, key, call, args, kwargs, t0)
+            return self._replay(engine, entry, call, t0)
+        finally:
+            if not ended:
+                engine.end(call)
+
+    def _fail(self, key: tuple, entry: _Entry, why: str) -> None:
+        entry.failed = why
+        entry.graphs = entry.call = entry.static = entry.rng = entry.pool = None
+        warnings.warn(f"stagevar: CUDA graphs disabled for this call shape, which runs eagerly from now on: {why}",
+                      GraphFallbackWarning, stacklevel=4)
+        self.backend.release()
+
+    def _capture(self, engine: Engine, entry: _Entry, key: tuple, call: Call, args: tuple, kwargs: dict,
+                 t0: float) -> Any:
+        """Capture every scale of ``call``, replay it, and check the result against an eager run."""
+        ad = engine.adapter
+        device = ad.device()
+        static = state_tensors(call.st)
+        rng = call.st.rng
+        generators = [rng, call.gen]
+        bindings = Bindings(call)
+        reserved0 = self.backend.reserved(device)
+        t_cap = time.perf_counter()
+        try:
+            pool = self.backend.new_pool(device)
+            graphs = []
+            torch.clear_autocast_cache()  # casts read by a graph must be made inside the graphs
+            try:
+                for p in call.plans:
+                    graphs.append(self.backend.capture(lambda p=p: engine.run_scale(call, p), pool, generators, bindings))
+            finally:
+                torch.clear_autocast_cache()
+        except Exception as e:  # noqa: BLE001 -- any capture failure means: eager for this key
+            engine.end(call)
+            self._fail(key, entry, f"capture failed ({type(e).__name__}: {e})")
+            return EagerExecutor().run(engine, args, kwargs, note=f"graphs off for this key: {entry.failed}")
+        capture_s = time.perf_counter() - t_cap
+        entry.graphs, entry.call, entry.static, entry.rng, entry.pool = graphs, call, static, rng, pool
+        entry.capture_s, entry.pool_bytes = capture_s, max(0, self.backend.reserved(device) - reserved0)
+        try:
+            out = self._replay(engine, entry, call, t0, fresh=False)
+        finally:
+            engine.end(call)
+        report = engine._report  # not engine.last_report: that would wait for the device now
+        reference = EagerExecutor().run(engine, args, kwargs)
+        if not outputs_equal(out, reference):
+            self._fail(key, entry, "the replayed output differs from the eager output (torch.equal)")
+            engine._report.note = f"graphs off for this key: {entry.failed}"
+            return reference
+        report.note = "captured in this call, checked against eager"
+        engine.last_report = report
+        return out
+
+    @staticmethod
+    def _copy_inputs(static: List[torch.Tensor], new: List[torch.Tensor]) -> None:
+        """This call's inputs into the tensors the graphs were captured on."""
+        if len(new) != len(static) or any(d.shape != s.shape for d, s in zip(static, new)):
+            raise RuntimeError(f"stagevar: this call's input tensors do not match its graphs' "
+                               f"({[tuple(t.shape) for t in new]} vs {[tuple(t.shape) for t in static]}); "
+                               f"please report this with the model class")
+        for dst, src in zip(static, new):
+            if dst is not src:
+                dst.copy_(src)
+
+    def _replay(self, engine: Engine, entry: _Entry, call: Call, t0: float, fresh: bool = True) -> Any:
+        """Replay ``entry``'s graphs on ``call``'s inputs (copied into the captured ones)."""
+        ad = engine.adapter
+        captured = entry.call
+        if fresh:
+            self._copy_inputs(entry.static, state_tensors(call.st))
+        seed = ad.g_seed(call.st)
+        entry.rng.manual_seed(int(seed))
+        captured.gen.manual_seed(projection_seed(seed, engine.config.seed))
+        stats = engine.stats(captured)
+        timeline = Timeline(ad.device())
+        timeline.mark()
+        for graph in entry.graphs:
+            self.backend.replay(graph)
+            timeline.mark()
+        out = engine.finish(captured)
+        timeline.mark()
+        engine.last_report = engine.make_report(captured, stats, timeline, host_s=time.perf_counter() - t0,
+                                                executor="graphs", capture_s=entry.capture_s,
+                                                pool_bytes=entry.pool_bytes)
+        return out
+
+
+def make_executor(execution: str, device: torch.device, backend: Any = None, max_keys: int = 2) -> Any:
+    """The executor for ``execution`` on ``device``; raises where ``"graphs"`` cannot run."""
+    if execution not in EXECUTIONS:
+        raise ValueError(f"execution={execution!r} is not one of {EXECUTIONS}")
+    if execution == "eager":
+        return EagerExecutor()
+    backend = backend if backend is not None else CudaGraphBackend()
+    reason = backend.unavailable(device)
+    if reason:
+        if execution == "graphs":
+            raise GraphsUnavailableError(f"stagevar: execution='graphs' cannot run: {reason}. "
+                                         f"Use execution='auto' (eager where graphs cannot run) or 'eager'.")
+        return EagerExecutor()
+    return GraphExecutor("graphs" if execution == "graphs" else "auto", backend, max_keys)
+
+
+__all__ = ["EXECUTIONS", "EagerExecutor", "GraphExecutor", "CudaGraphBackend", "GraphsUnavailableError",
+           "GraphFallbackWarning", "Bindings", "make_executor", "state_tensors", "state_signature", "outputs_equal"]
