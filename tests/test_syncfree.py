@@ -1,0 +1,109 @@
+"""Inside a scale, no operation reads a device value on the host or builds a tensor from host data.
+
+Such an operation stalls the host on a GPU (it waits for the device) and cannot be captured in a
+CUDA graph. The check runs on a CPU: a dispatch mode around :meth:`Engine.run_scale` fails on
+``.item()`` / ``int(t)`` / ``bool(t)`` (``_local_scalar_dense``), ``nonzero``, tensors made from
+Python values (``lift_fresh``, beyond 0-d scalars) and copies across devices.
+"""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import stagevar
+from stagevar import StageVARConfig
+from stagevar.engine import Engine
+from stagevar.models import reference_infinity, reference_var
+
+from conftest import gen_kwargs
+
+_FORBIDDEN = {"aten._local_scalar_dense.default", "aten.item.default", "aten.is_nonzero.default",
+              "aten.nonzero.default", "aten.nonzero_static.default"}
+# A tensor made from Python data. A 0-d one is a scalar (``x[..., -1:] = False`` in upstream's
+# top-p sampler): it becomes a kernel argument of a fill, with no copy to the device; anything
+# larger is host data that a device would have to receive.
+_LIFTS = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default"}
+
+
+class _NoHostTraffic(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func)
+        if name in _FORBIDDEN:
+            self.seen.append(name)
+        elif name in _LIFTS and args[0].dim() > 0:
+            self.seen.append(f"{name} of shape {tuple(args[0].shape)}")
+        elif name.startswith(("aten._to_copy", "aten.copy_", "aten.to.")):
+            devices = {a.device for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)}
+            target = kwargs.get("device")
+            if len(devices) > 1 or (target is not None and devices and torch.device(target) not in devices):
+                self.seen.append(f"{name} across devices")
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def watched(monkeypatch):
+    """Every run_scale runs under the mode; returns the list of offending operations seen."""
+    mode_seen = []
+    real = Engine.run_scale
+
+    def run_scale(self, call, p):
+        mode = _NoHostTraffic()
+        with mode:
+            real(self, call, p)
+        mode_seen.extend(f"scale {p.index}: {op}" for op in mode.seen)
+
+    monkeypatch.setattr(Engine, "run_scale", run_scale)
+    return mode_seen
+
+
+def _family_presets(prefixes):
+    return [n for n in stagevar.presets() if n == "none" or n.startswith(prefixes)]
+
+
+_EXTRA = [
+    StageVARConfig(refine_start=-2, branch="cond", rank_ratio=0.3, projection="sample", name="cond-sample"),
+    StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.4, selection="mean_distance", projection="sample",
+                   name="fastvar-like"),
+    StageVARConfig(refine_start=-3, branch="uncond", rank_ratio=0.2, skip=(-1,), name="skip-last"),
+]
+
+
+@pytest.mark.parametrize("config", _family_presets(("var-", "stagevar-tiny")) + _EXTRA, ids=str)
+def test_var_scales_are_sync_free(watched, config):
+    model = reference_var("small")
+    stagevar.accelerate(model, config)
+    model.autoregressive_infer_cfg(**gen_kwargs(2, seed=0, top_k=5, top_p=0.9))
+    model.autoregressive_infer_cfg(**gen_kwargs(1, seed=1, more_smooth=True))
+    assert watched == []
+
+
+@pytest.mark.parametrize("config", _family_presets(("infinity-",)) + _EXTRA, ids=str)
+def test_infinity_scales_are_sync_free(watched, config):
+    from test_infinity import call_kwargs
+
+    bundle = reference_infinity("tiny")
+    stagevar.accelerate(bundle.model, config)
+    bundle.model.autoregressive_infer_cfg(**call_kwargs(bundle, 2, "16:9", negative=True, top_k=3))
+    bundle.model.autoregressive_infer_cfg(**call_kwargs(bundle, 1, "1:1"))
+    assert watched == []
+
+
+def test_the_check_sees_host_reads(watched, monkeypatch):
+    """The check itself can fail: a planted .item() and a host-built tensor inside a scale are caught."""
+    model = reference_var("tiny")
+    stagevar.accelerate(model, "none")
+    adapter = getattr(model, stagevar.api._ATTR).engine.adapter
+    real = adapter.predict
+
+    def predict(st, si, x):
+        float(x.sum())
+        torch.tensor([si], device=x.device)
+        return real(st, si, x)
+
+    monkeypatch.setattr(adapter, "predict", predict)
+    model.autoregressive_infer_cfg(**gen_kwargs(1))
+    assert any("_local_scalar_dense" in s for s in watched) and any("lift_fresh" in s for s in watched)
