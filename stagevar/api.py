@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import types
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
@@ -25,6 +27,25 @@ class _Patch:
     engine: Engine
     entry_point: str
     saved: Any  # the instance attribute we replaced, or _MISSING when the class method was in use
+
+    def __deepcopy__(self, memo: dict) -> "_Patch":
+        # the copy's engine drives the copy's blocks (the model is in ``memo``); graphs never travel
+        return _Patch(copy.deepcopy(self.engine, memo), self.entry_point, copy.deepcopy(self.saved, memo))
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(
+            "stagevar: an accelerated model cannot be pickled (pickle / torch.save): the copy would claim to be "
+            "accelerated but run the original method. Call stagevar.restore(model) first; to re-apply the "
+            "acceleration after loading, save its config (stagevar.current_config(model).save('stagevar.json')) "
+            "and call stagevar.accelerate(model, stagevar.StageVARConfig.load('stagevar.json')).")
+
+
+def _target(model: Any) -> Any:
+    """The module to patch: ``model`` itself, or the module inside a ``torch.compile`` wrapper."""
+    inner = getattr(model, "_orig_mod", None)
+    if inner is not None and type(model).__name__ == "OptimizedModule":
+        return inner
+    return model
 
 
 def _config(config: Union[None, str, StageVARConfig], default_name: str) -> StageVARConfig:
@@ -74,13 +95,18 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
             left as it was.
         GraphsUnavailableError: ``execution="graphs"`` where graphs cannot run (says why).
     """
+    wrapper, model = model, _target(model)
+    if model is not wrapper:
+        warnings.warn("stagevar: accelerating the module inside this torch.compile wrapper (its _orig_mod); generation "
+                      "runs stagevar's loop, not the compiled forward (torch.compile does not compile "
+                      "autoregressive_infer_cfg either)", UserWarning, stacklevel=2)
     patch: Optional[_Patch] = getattr(model, _ATTR, None)
     adapter = patch.engine.adapter if patch is not None else adapter_for(model)
     engine = _engine(adapter, config, execution)
     if patch is not None:
         _release(patch.engine)
         patch.engine = engine
-        return model
+        return wrapper
 
     entry = adapter.entry_point
     saved = model.__dict__.get(entry, _MISSING)
@@ -93,7 +119,7 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
     object.__setattr__(model, _ATTR, _Patch(engine=engine, entry_point=entry, saved=saved))
     # A bound method (not a closure over `model`), so copy.deepcopy rebinds it to the copy.
     object.__setattr__(model, entry, types.MethodType(accelerated_entry, model))
-    return model
+    return wrapper
 
 
 def _release(engine: Engine) -> None:
@@ -105,7 +131,7 @@ def _release(engine: Engine) -> None:
 def release_graphs(model: Any) -> Any:
     """Free the CUDA graphs and memory pools captured for ``model`` (they are captured anew when
     needed). No-op for a model that is not accelerated or runs eagerly."""
-    patch: Optional[_Patch] = getattr(model, _ATTR, None)
+    patch: Optional[_Patch] = getattr(_target(model), _ATTR, None)
     if patch is not None:
         _release(patch.engine)
     return model
@@ -114,25 +140,26 @@ def release_graphs(model: Any) -> Any:
 def restore(model: Any) -> Any:
     """Undo :func:`accelerate`: the original generation method back, exactly; captured graphs
     freed. No-op if not patched."""
+    wrapper, model = model, _target(model)
     patch: Optional[_Patch] = getattr(model, _ATTR, None)
     if patch is None:
-        return model
+        return wrapper
     _release(patch.engine)
     if patch.saved is _MISSING:
         object.__delattr__(model, patch.entry_point)
     else:
         object.__setattr__(model, patch.entry_point, patch.saved)
     object.__delattr__(model, _ATTR)
-    return model
+    return wrapper
 
 
 def is_accelerated(model: Any) -> bool:
-    return getattr(model, _ATTR, None) is not None
+    return getattr(_target(model), _ATTR, None) is not None
 
 
 def current_config(model: Any) -> Optional[StageVARConfig]:
     """The config ``model`` is accelerated with, or None."""
-    patch = getattr(model, _ATTR, None)
+    patch = getattr(_target(model), _ATTR, None)
     return None if patch is None else patch.engine.config
 
 
@@ -140,7 +167,7 @@ def current_config(model: Any) -> Optional[StageVARConfig]:
 def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Iterator[Any]:
     """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config,
     engine and last report). A :func:`restore` inside the block is kept."""
-    patch: Optional[_Patch] = getattr(model, _ATTR, None)
+    patch: Optional[_Patch] = getattr(_target(model), _ATTR, None)
     if patch is None:
         accelerate(model, config, execution=execution)
         try:
@@ -155,14 +182,14 @@ def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, exe
         yield model
     finally:
         _release(inner)
-        now: Optional[_Patch] = getattr(model, _ATTR, None)
+        now: Optional[_Patch] = getattr(_target(model), _ATTR, None)
         if now is not None:
             now.engine = before
 
 
 def report(model: Any) -> Report:
     """Per-scale statistics of the model's last accelerated call."""
-    patch = getattr(model, _ATTR, None)
+    patch = getattr(_target(model), _ATTR, None)
     if patch is None:
         raise RuntimeError("stagevar.report: this model is not accelerated; call stagevar.accelerate(model) first")
     if patch.engine.last_report is None:

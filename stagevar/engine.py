@@ -166,6 +166,8 @@ class Engine:
         ub = config.unit_blocks or adapter.default_unit_blocks
         if ub > n:
             raise ConfigError(f"unit_blocks={ub} exceeds the model's {n} blocks; use at most {n}")
+        if n == 0:
+            raise ConfigError("the model has no transformer blocks to run")
         self.units: List[Tuple[int, int]] = [(lo, min(lo + ub, n)) for lo in range(0, n, ub)]
         adapter.check_units(self.units)
         self._plans: Dict[Tuple[Tuple[int, int], ...], List[ScalePlan]] = {}
@@ -175,6 +177,12 @@ class Engine:
             executor = EagerExecutor()
         self.executor = executor
         self.debug = DEBUG_CHECKS
+
+    def __getstate__(self) -> dict:
+        # copies (deepcopy) start without the last call's report (it may hold CUDA events)
+        state = dict(self.__dict__)
+        state["_report"] = None
+        return state
 
     @property
     def last_report(self) -> Optional[Report]:
@@ -214,14 +222,19 @@ class Engine:
         graph executor keeps one per captured key). On error the adapter's ``end`` has run.
         """
         ad, cfg = self.adapter, self.config
+        n_blocks, n_planned = len(ad.blocks()), self.units[-1][1] if self.units else 0
+        if n_blocks != n_planned:
+            raise RuntimeError(f"stagevar: the model has {n_blocks} transformer blocks now but had {n_planned} when it "
+                               f"was accelerated (blocks were added or removed since); call "
+                               f"stagevar.accelerate(model, config) again to plan for the new depth")
         st = ad.begin(args, kwargs, cache_condition=cfg.cache_condition)
         try:
             plans = self.plan_for(ad.schedule(st))
             device = ad.device()
             gen = generator if generator is not None else torch.Generator(device=device)
             gen.manual_seed(projection_seed(ad.g_seed(st), cfg.seed))
-            first = next(p for p in plans if not p.skip)
-            x0 = ad.scale_input(st, first.index)
+            first = next((p for p in plans if not p.skip), None)
+            x0 = ad.scale_input(st, 0 if first is None else first.index)
             last_lowrank = max((p.index for p in plans if p.lowrank and not p.skip), default=-1)
             return Call(st=st, plans=plans, gen=gen, rows=x0.shape[0], width=x0.shape[-1], last_lowrank=last_lowrank,
                         unit_out=[None] * len(self.units), observer=observer)

@@ -71,6 +71,11 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], nu
         one :class:`ScalePlan` per scale.
     """
     n = len(schedule)
+    if n == 0:  # the call runs no scale (e.g. Infinity's trunk_scale=0): nothing to plan or accelerate
+        if warn and config.name != "none":
+            warnings.warn(f"config {config.name!r}: this call runs no scale at all; nothing is accelerated",
+                          NoAccelerationWarning, stacklevel=3)
+        return []
     start = n if config.refine_start is None else normalise_index(config.refine_start, n, "refine_start")
     if start == 0:
         raise ConfigError("refine_start points at the first scale: the refinement stage must follow at least one intact scale "
@@ -109,10 +114,20 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], nu
         raise ConfigError(f"scale {first_run.index} is the first scale run and is low-rank, but low-rank restoration needs "
                           f"an earlier scale's output; skip fewer early scales or start the refinement stage later")
     if warn and config.name != "none" and not any(p.accelerated for p in plans):
+        full = [p.index for p in plans if p.lowrank]
+        if not full:
+            what = "every scale runs intact"
+        elif config.projection == "sample":
+            what = (f"scales {full} run the low-rank path at full rank (r = M, the representative tokens are all "
+                    f"tokens), which reproduces the intact scales up to float rounding; the others run intact")
+        else:
+            what = (f"scales {full} run the low-rank path at full rank (r = M) through the {config.projection} "
+                    f"projection, which mixes tokens: the output differs from the intact model's without "
+                    f"computing less; the others run intact")
         warnings.warn(
-            f"config {config.name!r} accelerates no scale of this {n}-scale schedule "
-            f"(refine_start={config.refine_start}, branch={config.branch!r}, no rank below M, no skip); "
-            f"every scale runs intact. Set branch='uncond' or a rank_ratio < 1.",
+            f"config {config.name!r} computes no less than the intact model on this {n}-scale schedule "
+            f"(refine_start={config.refine_start}, branch={config.branch!r}, no rank below M, no skip): {what}. "
+            f"Set branch='uncond' or a rank_ratio < 1 to accelerate.",
             NoAccelerationWarning, stacklevel=3)
     return plans
 

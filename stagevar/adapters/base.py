@@ -46,17 +46,41 @@ class Adapter:
         self.model = model
         self._signature = inspect.signature(getattr(type(model), self.entry_point))
 
+    #: Entry-point parameters the adapter reads (or knows to be without effect on the output). Any
+    #: other parameter given a value other than its default -- or any extra keyword a ``**kwargs``
+    #: catch-all would swallow -- is refused by :meth:`bind_call`, naming it, instead of being
+    #: silently dropped. ``None``: no check.
+    consumed: Optional[frozenset] = None
+
     def bind_call(self, args: tuple, kwargs: dict) -> dict:
-        """The call's arguments by name, defaults applied (``**kwargs`` catch-alls merged in)."""
+        """The call's arguments by name, defaults applied (``**kwargs`` catch-alls merged in).
+
+        Raises:
+            TypeError: the arguments do not fit the signature, or a parameter stagevar does not
+                implement was given a non-default value (the message names it).
+        """
         try:
             bound = self._signature.bind(self.model, *args, **kwargs)
         except TypeError as e:
             raise TypeError(f"{self.entry_point}{self._signature}: {e}") from None
         bound.apply_defaults()
         a = dict(bound.arguments)
+        extra: dict = {}
         for name, p in self._signature.parameters.items():
             if p.kind is inspect.Parameter.VAR_KEYWORD:
-                a.update(a.pop(name, {}) or {})
+                extra = a.pop(name, {}) or {}
+        if self.consumed is not None:
+            params = list(self._signature.parameters.values())[1:]  # without self
+            unused = [p.name for p in params if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+                      and p.name not in self.consumed and not _is_default(a.get(p.name), p.default)]
+            unused += [k for k in extra if k not in self.consumed]
+            if unused:
+                given = ", ".join(f"{k}={(a.get(k, extra.get(k)))!r}"[:80] for k in unused)
+                raise TypeError(f"stagevar's {self.family} loop does not implement {given} of {self.entry_point}: it "
+                                f"would be ignored and the images would not be what you asked for. Leave "
+                                f"{'it' if len(unused) == 1 else 'them'} at the default, or call "
+                                f"stagevar.restore(model) to generate with the original method.")
+        a.update(extra)
         return a
 
     def seeded_generator(self, g_seed: Optional[int]) -> Optional[torch.Generator]:
@@ -185,6 +209,17 @@ class Adapter:
     def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
         """Per block ``(rows, tokens)`` held in its self-attention KV cache (None if empty)."""
         raise NotImplementedError
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if value is default:
+        return True
+    if isinstance(value, torch.Tensor) or isinstance(default, torch.Tensor) or default is inspect.Parameter.empty:
+        return False
+    try:
+        return bool(value == default) and type(value) is type(default)
+    except Exception:  # noqa: BLE001 -- values that do not compare are not the default
+        return False
 
 
 def select_rows(t: torch.Tensor, B: int, branch: str) -> torch.Tensor:

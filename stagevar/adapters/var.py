@@ -27,6 +27,8 @@ class _VARCall:
     lvl_pos: torch.Tensor          # (1, L, C) level + absolute position embedding
     next_x: torch.Tensor           # (rows, M, C) input of the next scale to run
     f_hat: torch.Tensor            # (B, Cvae, H, W) accumulated latent
+    sample: Any = None             # the sampling helpers of this call
+    gumbel: Any = None
     branch: str = "both"
 
 
@@ -49,19 +51,20 @@ class VARAdapter(Adapter):
                 "word_embed", "shared_ada_lin", "get_logits", "vae_quant_proxy", "vae_proxy", "Cvae", "first_l",
                 "autoregressive_infer_cfg")
     default_unit_blocks = 1
+    consumed = frozenset({"B", "label_B", "g_seed", "cfg", "top_k", "top_p", "more_smooth"})
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
         for i, b in enumerate(model.blocks):
             if not hasattr(b, "attn") or not hasattr(b.attn, "kv_caching"):
                 raise TypeError(f"VAR block {i} has no attn.kv_caching(); stagevar needs upstream's AdaLNSelfAttn blocks")
-        module = sys.modules.get(type(model).__module__)
-        # The model's own sampling helpers (imported into its module upstream), else ours.
-        self._sample = getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_)
-        self._gumbel = getattr(module, "gumbel_softmax_with_rng", _own_helpers.gumbel_softmax_with_rng)
 
     def helpers(self):
-        return (self._sample, self._gumbel)
+        """The model's own sampling helpers (imported into its module upstream), else ours; looked up
+        per call, so a helper replaced on the module after ``accelerate`` is the one used."""
+        module = sys.modules.get(type(self.model).__module__)
+        return (getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_),
+                getattr(module, "gumbel_softmax_with_rng", _own_helpers.gumbel_softmax_with_rng))
 
     @property
     def default_preset(self) -> str:  # type: ignore[override]
@@ -114,7 +117,8 @@ class VARAdapter(Adapter):
         first = (sos.unsqueeze(1).expand(2 * B, m.first_l, -1) + m.pos_start.expand(2 * B, m.first_l, -1)
                  + lvl_pos[:, :m.first_l])
         f_hat = sos.new_zeros(B, m.Cvae, m.patch_nums[-1], m.patch_nums[-1])
-        st = _VARCall(B=B, cfg=a.get("cfg", 1.5), top_k=a.get("top_k", 0), top_p=a.get("top_p", 0.0),
+        sample, gumbel = self.helpers()
+        st = _VARCall(sample=sample, gumbel=gumbel, B=B, cfg=a.get("cfg", 1.5), top_k=a.get("top_k", 0), top_p=a.get("top_p", 0.0),
                       more_smooth=bool(a.get("more_smooth", False)), g_seed=a.get("g_seed"), rng=rng,
                       cond_BD=cond_BD, cond_BD_or_gss=cond_BD, lvl_pos=lvl_pos, next_x=first, f_hat=f_hat)
         for b in m.blocks:
@@ -165,13 +169,13 @@ class VARAdapter(Adapter):
             t = st.cfg * ratio
             logits_BlV = (1 + t) * logits_BlV[:st.B] - t * logits_BlV[st.B:]
         # one branch: the kept rows' own logits (uncond: CFG weight 0, as in the paper)
-        idx_Bl = self._sample(logits_BlV, rng=st.rng, top_k=st.top_k, top_p=st.top_p, num_samples=1)[:, :, 0]
+        idx_Bl = st.sample(logits_BlV, rng=st.rng, top_k=st.top_k, top_p=st.top_p, num_samples=1)[:, :, 0]
         quant = m.vae_quant_proxy[0]
         if not st.more_smooth:
             h_BChw = quant.embedding(idx_Bl)
         else:
             gum_t = max(0.27 * (1 - ratio * 0.95), 0.005)
-            h_BChw = self._gumbel(logits_BlV.mul(1 + ratio), tau=gum_t, hard=False, dim=-1, rng=st.rng) \
+            h_BChw = st.gumbel(logits_BlV.mul(1 + ratio), tau=gum_t, hard=False, dim=-1, rng=st.rng) \
                 @ quant.embedding.weight.unsqueeze(0)
         h_BChw = h_BChw.transpose_(1, 2).reshape(st.B, m.Cvae, pn, pn)
         st.f_hat, next_map = quant.get_next_autoregressive_input(si, K, st.f_hat, h_BChw)

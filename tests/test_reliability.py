@@ -1,0 +1,256 @@
+"""Odd use and bad input: each test here fails on a specific fault (named in its docstring)."""
+import copy
+import inspect
+import io
+import pickle
+import warnings
+
+import pytest
+import torch
+
+import stagevar
+import stagevar.engine as engine_mod
+import stagevar.lowrank as lowrank
+import stagevar.models.var as ref_var_module
+from stagevar import StageVARConfig
+from stagevar.api import _ATTR
+from stagevar.engine import Observer, projection_seed
+from stagevar.models import reference_var
+
+from conftest import gen_kwargs
+
+
+def test_pickling_an_accelerated_model_is_refused_with_a_way_out(small):
+    """A pickled twin would say it is accelerated and run the baseline."""
+    stagevar.accelerate(small, "var-d16")
+    for save in (pickle.dumps, lambda m: torch.save(m, io.BytesIO())):
+        with pytest.raises(TypeError, match=r"restore\(model\) first.*StageVARConfig.load"):
+            save(small)
+    assert stagevar.is_accelerated(small)
+    stagevar.restore(small)
+    twin = pickle.loads(pickle.dumps(small))
+    kw = gen_kwargs(2)
+    assert torch.equal(twin.autoregressive_infer_cfg(**kw), small.autoregressive_infer_cfg(**kw))
+
+
+def test_a_deepcopy_drives_its_own_blocks(small):
+    """The twin's engine must run the twin's blocks, not the original's: give the twin other weights."""
+    stagevar.accelerate(small, "var-d16")
+    twin = copy.deepcopy(small)
+    assert getattr(twin, _ATTR).engine.adapter.model is twin
+    with torch.no_grad():
+        for p in twin.blocks.parameters():
+            p.mul_(1.5)
+    kw = gen_kwargs(2, seed=3)
+    got_twin, got = twin.autoregressive_infer_cfg(**kw), small.autoregressive_infer_cfg(**kw)
+    assert not torch.equal(got_twin, got)
+    stagevar.restore(twin)
+    with stagevar.accelerated(twin, "var-d16"):
+        assert torch.equal(twin.autoregressive_infer_cfg(**kw), got_twin)
+
+
+class _ForkVAR(ref_var_module.VAR):
+    """A fork whose entry point takes one more argument stagevar's loop does not implement."""
+
+    @torch.no_grad()
+    def autoregressive_infer_cfg(self, B, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0,
+                                 more_smooth=False, temperature=1.0):
+        return super().autoregressive_infer_cfg(B, label_B, g_seed=g_seed, cfg=cfg, top_k=top_k, top_p=top_p,
+                                                more_smooth=more_smooth)
+
+
+def test_unknown_call_arguments_are_refused_by_name():
+    """Arguments the adapter does not consume were dropped silently, even under 'none'."""
+    fork = reference_var("tiny")
+    fork.__class__ = _ForkVAR
+    kw = gen_kwargs(2)
+    want = fork.autoregressive_infer_cfg(**kw)
+    stagevar.accelerate(fork, "none")
+    assert torch.equal(fork.autoregressive_infer_cfg(**kw), want)  # the default value is fine
+    assert torch.equal(fork.autoregressive_infer_cfg(**kw, temperature=1.0), want)
+    with pytest.raises(TypeError, match=r"does not implement temperature=0\.7.*restore"):
+        fork.autoregressive_infer_cfg(**kw, temperature=0.7)
+    assert all(b.attn.cached_k is None for b in fork.blocks)
+
+
+def test_every_parameter_of_the_reference_entry_points_is_consumed_or_refused():
+    """Walk the signatures: each parameter is read by the adapter, or a non-default value raises."""
+    var = reference_var("tiny")
+    stagevar.accelerate(var, "none")
+    adapter = getattr(var, _ATTR).engine.adapter
+    params = list(inspect.signature(type(var).autoregressive_infer_cfg).parameters)[1:]
+    assert set(params) <= adapter.consumed, "a reference VAR parameter is neither consumed nor refused"
+
+
+def test_full_rank_warning_says_what_runs(small):
+    """Full rank with a Gaussian projection was announced as 'intact' while the output differed."""
+    kw = gen_kwargs(2, seed=1)
+    want = small.autoregressive_infer_cfg(**kw)
+    with pytest.warns(stagevar.NoAccelerationWarning, match="mixes tokens: the output differs"):
+        stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="both", rank_ratio=1.0, name="t"))
+    assert not torch.equal(small.autoregressive_infer_cfg(**kw), want)
+    with pytest.warns(stagevar.NoAccelerationWarning, match="reproduces the intact scales"):
+        stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="both", rank_ratio=1.0,
+                                                  projection="sample", name="t"))
+    with pytest.warns(stagevar.NoAccelerationWarning, match="every scale runs intact"):
+        stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="both", name="t"))
+
+
+def test_restore_inside_a_scoped_override(small):
+    """accelerate, then `with accelerated(v, 'none'): restore(v)` raised AttributeError on exit."""
+    stagevar.accelerate(small, "var-d16")
+    with stagevar.accelerated(small, "none"):
+        stagevar.restore(small)
+    assert not stagevar.is_accelerated(small)
+    with stagevar.accelerated(small, "none"):
+        stagevar.restore(small)
+    assert not stagevar.is_accelerated(small)
+
+
+@pytest.mark.parametrize("edit", ["drop", "append"])
+def test_editing_blocks_after_accelerate_is_named(small, edit):
+    stagevar.accelerate(small, "var-d16")
+    if edit == "drop":
+        del small.blocks[-1]
+    else:
+        small.blocks.append(copy.deepcopy(small.blocks[0]))
+    with pytest.raises(RuntimeError, match=r"has [35] transformer blocks now but had 4.*accelerate\(model, config\) again"):
+        small.autoregressive_infer_cfg(**gen_kwargs(1))
+    stagevar.accelerate(small, "var-d16")
+    small.autoregressive_infer_cfg(**gen_kwargs(1))
+
+
+def test_a_torch_compile_wrapper_is_accepted(small):
+    compiled = torch.compile(small)
+    kw = gen_kwargs(2, seed=5)
+    want = small.autoregressive_infer_cfg(**kw)
+    with pytest.warns(UserWarning, match="torch.compile wrapper"):
+        assert stagevar.accelerate(compiled, "none") is compiled
+    assert stagevar.is_accelerated(compiled) and stagevar.is_accelerated(small)
+    assert torch.equal(compiled.autoregressive_infer_cfg(**kw), want)
+    assert stagevar.report(compiled).config_name == "none"
+    stagevar.restore(compiled)
+    assert not stagevar.is_accelerated(small)
+
+
+def test_a_sampler_replaced_after_accelerate_is_used(small, monkeypatch):
+    """The model's module-level sampling helper was looked up once, at accelerate time."""
+    stagevar.accelerate(small, "none")
+    calls = []
+    real = ref_var_module.sample_with_top_k_top_p_
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ref_var_module, "sample_with_top_k_top_p_", spy)
+    got = small.autoregressive_infer_cfg(**gen_kwargs(2))
+    assert len(calls) == len(small.patch_nums)
+    stagevar.restore(small)
+    assert torch.equal(got, small.autoregressive_infer_cfg(**gen_kwargs(2)))
+
+
+def test_no_scale_at_all_is_not_an_error():
+    """An empty plan (a call that runs no scale) must not crash the loop's setup."""
+    from stagevar.plan import resolve_plan
+
+    assert resolve_plan(stagevar.preset("none"), [], 2) == []
+    with pytest.warns(stagevar.NoAccelerationWarning, match="runs no scale"):
+        assert resolve_plan(stagevar.preset("var-d16"), [], 2) == []
+
+
+# -- features a broken line would silently switch off -------------------------------------------
+def test_projection_draws_follow_the_call_seed(small, monkeypatch):
+    """The projection generator must be seeded from g_seed (not only the config's seed)."""
+    assert projection_seed(1, 0) != projection_seed(2, 0) != projection_seed(None, 0)
+    drawn = []
+    real = lowrank.projection_matrix
+
+    def spy(*a, **k):
+        Q = real(*a, **k)
+        drawn.append(Q.clone())
+        return Q
+
+    monkeypatch.setattr(lowrank, "projection_matrix", spy)
+    stagevar.accelerate(small, StageVARConfig(refine_start=-2, rank_ratio=0.3, name="t"))
+    runs = []
+    for seed in (1, 2, 1):
+        drawn.clear()
+        small.autoregressive_infer_cfg(**gen_kwargs(2, seed=seed))
+        runs.append(list(drawn))
+    assert runs[0] and all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))
+    assert not any(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+
+
+def test_skipping_a_middle_scale_feeds_the_next_scale_what_was_generated(small):
+    """A skipped middle scale must hand the next scale the accumulated latent, not zeros."""
+    K = len(small.patch_nums)
+
+    class Inputs(Observer):
+        def __init__(self):
+            self.x = {}
+
+        def unit_input(self, st, si, u, x):
+            if u == 0:
+                self.x[si] = x.clone()
+
+    stagevar.accelerate(small, StageVARConfig(refine_start=None, skip=(K - 3,), name="t"))
+    engine = getattr(small, _ATTR).engine
+    obs = Inputs()
+    engine.observe(obs, **gen_kwargs(2, seed=0))
+    nxt = K - 2
+    m = small
+    begin = sum(pn * pn for pn in m.patch_nums[:nxt])
+    lvl_pos = (m.lvl_embed(m.lvl_1L) + m.pos_1LC)[:, begin:begin + m.patch_nums[nxt] ** 2]
+    zeros_input = m.word_embed(torch.zeros(1, m.patch_nums[nxt] ** 2, m.Cvae)) + lvl_pos
+    assert K - 3 not in obs.x and nxt in obs.x
+    assert (obs.x[nxt] - zeros_input).abs().amax() > 1e-3
+
+
+def test_fastvar_selection_keeps_the_tokens_farthest_from_the_mean(small, monkeypatch):
+    x = torch.randn(2, 30, 8)
+    idx = lowrank.farthest_from_mean_indices(x, 7)
+    d = (x - x.mean(1, keepdim=True)).pow(2).sum(-1)
+    for row in range(2):
+        kept = set(idx[row].tolist())
+        assert min(d[row, sorted(kept)]) >= max(d[row, [i for i in range(30) if i not in kept]])
+    seen = []
+    real = engine_mod.farthest_from_mean_indices
+    monkeypatch.setattr(engine_mod, "farthest_from_mean_indices", lambda x, r: seen.append(r) or real(x, r))
+    stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.4, projection="sample",
+                                              selection="mean_distance", name="t"))
+    small.autoregressive_infer_cfg(**gen_kwargs(1))
+    assert len(seen) == 2 * len(small.blocks)
+
+
+def test_orthogonal_projection_runs_through_the_engine(small, monkeypatch):
+    seen = []
+    real = lowrank.projection_matrix
+
+    def spy(M, r, kind, *a, **k):
+        Q = real(M, r, kind, *a, **k)
+        seen.append((kind, Q))
+        return Q
+
+    monkeypatch.setattr(lowrank, "projection_matrix", spy)
+    stagevar.accelerate(small, StageVARConfig(refine_start=-2, rank_ratio=0.3, projection="orthogonal", name="t"))
+    small.autoregressive_infer_cfg(**gen_kwargs(1))
+    assert seen and all(kind == "orthogonal" for kind, _ in seen)
+    for _, Q in seen:
+        torch.testing.assert_close(Q.t() @ Q, torch.eye(Q.shape[1]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cache_condition", [True, False])
+def test_cache_condition_computes_each_modulation_once_per_condition(small, cache_condition):
+    """Exactness alone holds whether or not the cache is applied: count the projections."""
+    counts = [0] * len(small.blocks)
+    handles = [b.ada_lin.register_forward_hook(lambda *a, j=j: counts.__setitem__(j, counts[j] + 1))
+               for j, b in enumerate(small.blocks)]
+    stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="uncond", cache_condition=cache_condition,
+                                              name="t"))
+    small.autoregressive_infer_cfg(**gen_kwargs(2))
+    for h in handles:
+        h.remove()
+    K = len(small.patch_nums)
+    # cached: once for the 2B rows, once after the cut to one branch; uncached: once per scale
+    assert counts == [2 if cache_condition else K] * len(small.blocks)
