@@ -125,8 +125,9 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], nu
                     f"projection, which mixes tokens: the output differs from the intact model's without "
                     f"computing less; the others run intact")
         warnings.warn(
-            f"config {config.name!r} computes no less than the intact model on this {n}-scale schedule "
-            f"(refine_start={config.refine_start}, branch={config.branch!r}, no rank below M, no skip): {what}. "
+            f"config {config.name!r} accelerates no scale of this {n}-scale schedule and computes no less than the "
+            f"intact model (refine_start={config.refine_start}, branch={config.branch!r}, no rank below M, no skip): "
+            f"{what}. "
             f"Set branch='uncond' or a rank_ratio < 1 to accelerate.",
             NoAccelerationWarning, stacklevel=3)
     return plans
