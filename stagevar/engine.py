@@ -155,8 +155,8 @@ def plan_stats(plans: List[ScalePlan], units: List[Tuple[int, int]], rows0: int,
 class Engine:
     """Runs a model's generation call under one :class:`StageVARConfig`.
 
-    The engine defines what a call does; its ``executor`` (eager unless told otherwise) decides
-    how each planned scale is launched.
+    The engine defines what a call does and runs it eagerly; an ``executor``
+    (:mod:`stagevar.executors`) may instead decide how each planned scale is launched.
     """
 
     def __init__(self, adapter: Adapter, config: StageVARConfig, executor: Any = None):
@@ -172,10 +172,7 @@ class Engine:
         adapter.check_units(self.units)
         self._plans: Dict[Tuple[Tuple[int, int], ...], List[ScalePlan]] = {}
         self._report: Optional[Report] = None
-        if executor is None:
-            from .executors import EagerExecutor  # executors import this module; resolve late
-            executor = EagerExecutor()
-        self.executor = executor
+        self.executor = executor  # None: eager (stagevar.executors holds the others)
         self.debug = DEBUG_CHECKS
 
     def __getstate__(self) -> dict:
@@ -204,14 +201,41 @@ class Engine:
 
     def __call__(self, *args, **kwargs) -> Any:
         with torch.no_grad():
+            if self.executor is None:
+                return self.run_eager(args, kwargs)
             return self.executor.run(self, args, kwargs)
 
     def observe(self, observer: Observer, *args, **kwargs) -> Any:
         """Run one call eagerly with an :class:`Observer` told what happens (calibration, bench)."""
-        from .executors import EagerExecutor
-
         with torch.no_grad():
-            return EagerExecutor().run(self, args, kwargs, observer=observer)
+            return self.run_eager(args, kwargs, observer=observer)
+
+    # -- the eager executor ----------------------------------------------------------------------
+    def run_eager(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None, note: str = "") -> Any:
+        """One call, every planned scale issued by Python in turn."""
+        t0 = time.perf_counter()
+        self.last_report = None  # a call that fails leaves no report rather than the previous one
+        call = self.setup(args, kwargs, observer=observer)
+        try:
+            return self.loop_eager(call, t0, note=note)
+        finally:
+            self.end(call)
+
+    def loop_eager(self, call: Call, t0: float, note: str = "") -> Any:
+        """Run ``call``'s scales eagerly and decode; sets the report (times read lazily)."""
+        stats = self.stats(call)
+        timeline = Timeline(self.adapter.device())
+        timeline.mark()
+        for p in call.plans:
+            self.run_scale(call, p)
+            timeline.mark()
+            if self.debug:
+                self.check_caches(call, p, stats)
+        out = self.finish(call)
+        timeline.mark()
+        self.last_report = self.make_report(call, stats, timeline, host_s=time.perf_counter() - t0,
+                                            executor="eager", note=note)
+        return out
 
     # -- the seam: setup, one scale, finish ------------------------------------------------------
     def setup(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None,

@@ -115,35 +115,12 @@ def outputs_equal(a: Any, b: Any) -> bool:
 
 # -- eager ---------------------------------------------------------------------------------------
 class EagerExecutor:
-    """Runs every planned scale as Python issues it."""
+    """Runs every planned scale as Python issues it (:meth:`Engine.run_eager`)."""
 
     name = "eager"
 
     def run(self, engine: Engine, args: tuple, kwargs: dict, observer: Any = None, note: str = "") -> Any:
-        t0 = time.perf_counter()
-        engine.last_report = None  # a call that fails leaves no report rather than the previous one
-        call = engine.setup(args, kwargs, observer=observer)
-        try:
-            return self.loop(engine, call, t0, note=note)
-        finally:
-            engine.end(call)
-
-    @staticmethod
-    def loop(engine: Engine, call: Call, t0: float, note: str = "", executor: str = "eager") -> Any:
-        """Run ``call``'s scales and decode; sets the engine's report."""
-        stats = engine.stats(call)
-        timeline = Timeline(engine.adapter.device())
-        timeline.mark()
-        for p in call.plans:
-            engine.run_scale(call, p)
-            timeline.mark()
-            if engine.debug:
-                engine.check_caches(call, p, stats)
-        out = engine.finish(call)
-        timeline.mark()
-        engine.last_report = engine.make_report(call, stats, timeline, host_s=time.perf_counter() - t0,
-                                                executor=executor, note=note)
-        return out
+        return engine.run_eager(args, kwargs, observer=observer, note=note)
 
 
 # -- graph backends ------------------------------------------------------------------------------
@@ -285,20 +262,20 @@ class GraphExecutor:
 
     def run(self, engine: Engine, args: tuple, kwargs: dict, observer: Any = None) -> Any:
         if observer is not None:
-            return EagerExecutor().run(engine, args, kwargs, observer=observer)
+            return engine.run_eager(args, kwargs, observer=observer)
         t0 = time.perf_counter()
         engine.last_report = None
         reason = self.backend.unavailable(engine.adapter.device())
         if reason:
             self._refuse(reason)
-            return EagerExecutor().run(engine, args, kwargs)
+            return engine.run_eager(args, kwargs)
         call = engine.setup(args, kwargs)
         ended = False
         try:
             reason = self.call_reason(engine, call)
             if reason:
                 self._refuse(reason)
-                return EagerExecutor.loop(engine, call, t0, note=reason)
+                return engine.loop_eager(call, t0, note=reason)
             key = self.key(engine, call)
             entry = self._entries.get(key)
             if entry is None:
@@ -311,9 +288,9 @@ class GraphExecutor:
             self._entries.move_to_end(key)
             entry.calls += 1
             if entry.failed:
-                return EagerExecutor.loop(engine, call, t0, note=f"graphs off for this key: {entry.failed}")
+                return engine.loop_eager(call, t0, note=f"graphs off for this key: {entry.failed}")
             if entry.graphs is None and entry.calls == 1:
-                return EagerExecutor.loop(engine, call, t0, note="first call of this key runs eager; the next captures")
+                return engine.loop_eager(call, t0, note="first call of this key runs eager; the next captures")
             if entry.graphs is None:
                 ended = True
                 return self._capture(engine, entry, key, call, args, kwargs, t0)
@@ -352,7 +329,7 @@ class GraphExecutor:
         except Exception as e:  # noqa: BLE001 -- any capture failure means: eager for this key
             engine.end(call)
             self._fail(key, entry, f"capture failed ({type(e).__name__}: {e})")
-            return EagerExecutor().run(engine, args, kwargs, note=f"graphs off for this key: {entry.failed}")
+            return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
         capture_s = time.perf_counter() - t_cap
         entry.graphs, entry.call, entry.static, entry.rng, entry.pool = graphs, call, static, rng, pool
         entry.capture_s, entry.pool_bytes = capture_s, max(0, self.backend.reserved(device) - reserved0)
@@ -361,7 +338,7 @@ class GraphExecutor:
         finally:
             engine.end(call)
         report = engine._report  # not engine.last_report: that would wait for the device now
-        reference = EagerExecutor().run(engine, args, kwargs)
+        reference = engine.run_eager(args, kwargs)
         if not outputs_equal(out, reference):
             self._fail(key, entry, "the replayed output differs from the eager output (torch.equal)")
             engine._report.note = f"graphs off for this key: {entry.failed}"

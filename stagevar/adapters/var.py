@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import helpers as _own_helpers
+from .. import sampling as _own_helpers
 from .base import Adapter, MemoizedCondition, select_rows
 
 

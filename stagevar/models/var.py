@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .helpers import gumbel_softmax_with_rng, sample_with_top_k_top_p_
+from ..sampling import gumbel_softmax_with_rng, sample_with_top_k_top_p_
 from .vqvae import VQVAE
 
 
