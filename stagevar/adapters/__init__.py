@@ -10,6 +10,17 @@ from .var import VARAdapter
 ADAPTERS: List[Type[Adapter]] = [VARAdapter, InfinityAdapter]
 
 
+def register_adapter(cls: Type[Adapter], first: bool = False) -> Type[Adapter]:
+    """Make ``accelerate`` recognise a model family: ``cls`` is tried after the built-in families
+    (or before them, ``first=True``) on the attributes it ``requires``. Usable as a decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise TypeError(f"register_adapter expects an Adapter subclass, got {cls!r}")
+    if cls in ADAPTERS:
+        ADAPTERS.remove(cls)
+    ADAPTERS.insert(0, cls) if first else ADAPTERS.append(cls)
+    return cls
+
+
 def adapter_for(model: Any) -> Adapter:
     """The adapter of the first family whose attribute names ``model`` has.
 
@@ -32,4 +43,4 @@ def adapter_for(model: Any) -> Adapter:
         + "; ".join(reasons) + ". Pass the transformer itself (e.g. the VAR returned by build_vae_var, or the Infinity transformer), not a wrapper.")
 
 
-__all__ = ["Adapter", "UnsupportedModelError", "VARAdapter", "InfinityAdapter", "adapter_for", "ADAPTERS"]
+__all__ = ["Adapter", "UnsupportedModelError", "register_adapter", "VARAdapter", "InfinityAdapter", "adapter_for", "ADAPTERS"]

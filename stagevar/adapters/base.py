@@ -6,6 +6,7 @@ loop through these methods and never touches the model directly.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,11 +30,57 @@ def missing_attributes(model: Any, names: Sequence[str]) -> List[str]:
     return missing
 
 
-class Adapter:
-    """Base class of model-family adapters.
+@dataclass
+class CallState:
+    """The per-call state every adapter's :meth:`LoopAdapter.begin` returns extends (a dataclass).
 
-    Per call, :meth:`begin` returns a state object that holds everything the call needs; the
-    adapter itself holds only the model, so nothing carries from one call into the next.
+    Everything a scale reads lives in it: the graph executor copies its tensors into captured
+    ones and keys graphs on its other fields (all but ``g_seed`` and ``rng``, which are re-seeded).
+
+    Attributes:
+        B: images the call generates.
+        g_seed: the call's seed (None when unseeded).
+        rng: the sampling generator, seeded with exactly ``g_seed`` as upstream does (None when unseeded).
+    """
+
+    B: int
+    g_seed: Optional[int]
+    rng: Optional[torch.Generator]
+
+
+class ToolHooks:
+    """What calibration, bench and quality ask of a family, beyond the loop."""
+
+    def condition_kwargs(self, conditions: Sequence, encode: Optional[Any] = None) -> dict:
+        """Generation-call arguments that generate one image per condition (for calibration)."""
+        raise NotImplementedError
+
+    def decode_partial(self, st: Any) -> torch.Tensor:
+        """``(B, 3, H, W)`` image in [0, 1] decoded from the codes generated so far."""
+        raise NotImplementedError
+
+    def branch_logits(self, st: Any, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(cond, uncond)`` logits ``(B, M, V)`` of a scale's output ``x`` with both branches' rows."""
+        raise NotImplementedError
+
+    def decoder(self, call_kwargs: dict) -> Tuple[Any, str]:
+        """``(object, attribute)`` of the decode function a call uses (for timing it apart)."""
+        raise NotImplementedError
+
+    def images_of(self, output: Any) -> torch.Tensor:
+        """The generation call's output as ``(B, 3, H, W)`` float RGB images in [0, 1]."""
+        raise NotImplementedError
+
+
+
+class LoopAdapter:
+    """What the engine's scale loop asks of a model family.
+
+    Per call, :meth:`begin` returns a :class:`CallState` that holds everything the call needs;
+    the adapter itself holds only the model, so nothing carries from one call into the next.
+    Inside a scale (``scale_input``, ``unit_input``, ``run_block``, ``keep_rows``, ``predict``,
+    ``skip``) an adapter must not read a device value on the host (``.item()``, ``int(t)``) or
+    build tensors from host data: compute host integers in ``begin``.
     """
 
     family: str = "?"
@@ -141,15 +188,11 @@ class Adapter:
 
     def g_seed(self, st: Any) -> Optional[int]:
         """The call's seed (None when the call is unseeded)."""
-        raise NotImplementedError
-
-    def condition_kwargs(self, conditions: Sequence, encode: Optional[Any] = None) -> dict:
-        """Generation-call arguments that generate one image per condition (for calibration)."""
-        raise NotImplementedError
+        return st.g_seed
 
     def batch_size(self, st: Any) -> int:
         """``B``, the images the call generates."""
-        raise NotImplementedError
+        return st.B
 
     def check_units(self, units: Sequence[Tuple[int, int]]) -> None:
         """Raise ``ConfigError`` if the model cannot run these ``[lo, hi)`` block units."""
@@ -182,22 +225,6 @@ class Adapter:
         """Scale ``si`` is not run: prepare the next input from what was generated so far."""
         raise NotImplementedError
 
-    def decode_partial(self, st: Any) -> torch.Tensor:
-        """``(B, 3, H, W)`` image in [0, 1] decoded from the codes generated so far."""
-        raise NotImplementedError
-
-    def branch_logits(self, st: Any, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(cond, uncond)`` logits ``(B, M, V)`` of a scale's output ``x`` with both branches' rows."""
-        raise NotImplementedError
-
-    def decoder(self, call_kwargs: dict) -> Tuple[Any, str]:
-        """``(object, attribute)`` of the decode function a call uses (for timing it apart)."""
-        raise NotImplementedError
-
-    def images_of(self, output: Any) -> torch.Tensor:
-        """The generation call's output as ``(B, 3, H, W)`` float RGB images in [0, 1]."""
-        raise NotImplementedError
-
     def finish(self, st: Any) -> Any:
         """Decode and return exactly what the original entry point returns."""
         raise NotImplementedError
@@ -209,6 +236,15 @@ class Adapter:
     def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
         """Per block ``(rows, tokens)`` held in its self-attention KV cache (None if empty)."""
         raise NotImplementedError
+
+
+class Adapter(ToolHooks, LoopAdapter):
+    """Base class of model-family adapters: the loop protocol plus the tools' hooks.
+
+    A family is one file in ``stagevar/adapters/``: subclass this, name the attributes it keys
+    on in ``required``, list the entry point's parameters it reads in ``consumed``, and register
+    it (:func:`stagevar.register_adapter`). See README, "Adding a model family".
+    """
 
 
 def _is_default(value: Any, default: Any) -> bool:

@@ -1,4 +1,11 @@
-"""FoundationVision VAR (``models/var.py``, class ``VAR``), duck-typed on its attribute names."""
+"""FoundationVision VAR (``models/var.py``, class ``VAR``), duck-typed on its attribute names.
+
+Follows the loop of ``VAR.autoregressive_infer_cfg`` in github.com/FoundationVision/VAR (main
+branch; the method is unchanged since the 2024 release): class-label condition with the null
+class for CFG, CFG weight ramping with the scale index, the model's own ``rng`` and sampling
+helpers, upstream's KV-cache layouts (SDPA and flash/xformers). Refuses blocks without
+``attn.kv_caching`` and call arguments it does not implement.
+"""
 from __future__ import annotations
 
 import sys
@@ -10,18 +17,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import sampling as _own_helpers
-from .base import Adapter, MemoizedCondition, select_rows
+from .base import Adapter, CallState, MemoizedCondition, select_rows
 
 
 @dataclass
-class _VARCall:
-    B: int
+class _VARCall(CallState):
     cfg: float
     top_k: int
     top_p: float
     more_smooth: bool
-    g_seed: Optional[int]
-    rng: Optional[torch.Generator]
     cond_BD: torch.Tensor          # (rows, D) class embedding; rows = 2B until one branch is kept
     cond_BD_or_gss: torch.Tensor   # what the blocks take: cond_BD or shared_ada_lin(cond_BD)
     lvl_pos: torch.Tensor          # (1, L, C) level + absolute position embedding
@@ -83,9 +87,6 @@ class VARAdapter(Adapter):
     def device(self) -> torch.device:
         return self.model.lvl_1L.device
 
-    def g_seed(self, st: _VARCall) -> Optional[int]:
-        return st.g_seed
-
     def condition_kwargs(self, conditions, encode=None) -> dict:
         try:
             labels = [int(c) for c in conditions]
@@ -95,9 +96,6 @@ class VARAdapter(Adapter):
         if bad:
             raise ValueError(f"class labels {bad} are outside 0..{self.model.num_classes - 1}")
         return dict(B=len(labels), label_B=torch.tensor(labels, device=self.device()))
-
-    def batch_size(self, st: _VARCall) -> int:
-        return st.B
 
     # ------------------------------------------------------------------------------------------
     def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> _VARCall:
