@@ -114,6 +114,11 @@ class Report:
         lines.append(f"transformer loop {self.loop_s * 1e3:.1f} ms, decode {self.decode_s * 1e3:.1f} ms; "
                      f"token-rows computed {self.token_rows:.0f} of {self.intact_token_rows:.0f} intact ({frac:.1%}); "
                      f"FLOP model {self.gflops:.1f} GFLOP")
+        issue = f"host issued the call in {self.host_s * 1e3:.1f} ms"
+        if self.executor == "graphs":
+            issue += (f"; graphs captured once in {self.capture_s * 1e3:.0f} ms, "
+                      f"pool {self.pool_bytes / 2 ** 20:.0f} MiB")
+        lines.append(issue)
         return "\n".join(lines)
 
 
