@@ -7,6 +7,7 @@ import pickle
 import warnings
 
 import pytest
+import torch
 
 import stagevar
 from stagevar import ConfigError, StageVARConfig
@@ -261,14 +262,15 @@ def test_config_that_accelerates_nothing_says_so():
 
 def test_accelerate_rejects_bad_input_and_leaves_model_usable():
     var = reference_var("tiny")
+    want = var.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0)
     with pytest.raises(ConfigError, match="outside this model's schedule of 4 scales"):
         stagevar.accelerate(var, StageVARConfig(refine_start=-7))
     with pytest.raises(ConfigError, match="unit_blocks=5 exceeds the model's 2 blocks"):
         stagevar.accelerate(var, StageVARConfig(unit_blocks=5))
     with pytest.raises(ConfigError, match="must be a StageVARConfig"):
         stagevar.accelerate(var, 3)
-    assert not stagevar.is_accelerated(var)
-    var.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0)
+    assert not stagevar.is_accelerated(var) and "autoregressive_infer_cfg" not in var.__dict__
+    assert torch.equal(var.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0), want)  # exactly as before
 
 
 def test_unsupported_objects_are_named():
