@@ -62,8 +62,15 @@ def _config(config: Union[None, str, StageVARConfig], default_name: str) -> Stag
 
 def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: str) -> Engine:
     """A validated engine: the config checked against the model's schedules before anything is patched."""
-    cfg = _config(config, adapter.default_preset)
+    carried = getattr(adapter.model, "stagevar_config", None)
+    if config is None and isinstance(carried, StageVARConfig):
+        cfg, source = carried, "carried by the model: model.stagevar_config, from its checkpoint"
+    elif config is None:
+        cfg, source = _config(None, adapter.default_preset), f"{adapter.family} family default"
+    else:
+        cfg, source = _config(config, adapter.default_preset), "given"
     engine = Engine(adapter, cfg, executor=make_executor(execution, adapter.device()))
+    engine.config_source = source
     # its schedule, or every schedule it knows (Infinity's RoPE tables), warning for the first only
     for i, schedule in enumerate(adapter.known_schedules()):
         engine.plan_for(schedule, warn=i == 0)
@@ -79,7 +86,9 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
 
     Args:
         model: a loaded model with a supported interface (FoundationVision ``VAR`` or ``Infinity``).
-        config: a :class:`StageVARConfig`, a preset name, or None for the family's default preset.
+        config: a :class:`StageVARConfig`, a preset name, or None: the config the model carries
+            (``model.stagevar_config``, set by ``load_pretrained`` from a checkpoint that stores one),
+            else the family's default preset. The report names where the config came from.
         execution: how the scales are launched. ``"auto"``: one CUDA graph per scale, replayed,
             on CUDA where the installed torch supports graph-safe generators and the captured
             graphs reproduce the eager call exactly; eager otherwise (always on a CPU).

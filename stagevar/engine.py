@@ -173,6 +173,7 @@ class Engine:
         self._plans: Dict[Tuple[Tuple[int, int], ...], List[ScalePlan]] = {}
         self._report: Optional[Report] = None
         self.executor = executor  # None: eager (stagevar.executors holds the others)
+        self.config_source = "given"
         self.debug = DEBUG_CHECKS
 
     def __getstate__(self) -> dict:
@@ -328,7 +329,7 @@ class Engine:
         plans = call.plans
         scales = [ScaleStats(p.index, p.hw, p.mode, stats.rows[p.index], stats.tokens[p.index], 0.0,
                              stats.gflops[p.index]) for p in plans]
-        return Report(config_name=self.config.name, batch_size=self.adapter.batch_size(call.st),
+        return Report(config_name=self.config.name, config_source=self.config_source, batch_size=self.adapter.batch_size(call.st),
                       device=str(self.adapter.device()), scales=scales, skipping=any(p.skip for p in plans),
                       intact_rows=stats.intact_rows, executor=executor, host_s=host_s, timeline=timeline, **extra)
 

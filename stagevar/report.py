@@ -55,6 +55,7 @@ class Report:
     intact_rows: int = 0  # rows the call runs when nothing is cut (2B with CFG, B without)
     executor: str = "eager"
     note: str = ""
+    config_source: str = "given"
     host_s: float = 0.0
     capture_s: float = 0.0
     pool_bytes: int = 0
@@ -93,7 +94,7 @@ class Report:
     def to_dict(self) -> dict:
         self.resolve()
         return {
-            "config": self.config_name, "batch_size": self.batch_size, "device": self.device,
+            "config": self.config_name, "config_source": self.config_source, "batch_size": self.batch_size, "device": self.device,
             "executor": self.executor, "note": self.note, "host_s": self.host_s, "capture_s": self.capture_s,
             "pool_bytes": self.pool_bytes,
             "loop_s": self.loop_s, "decode_s": self.decode_s, "total_s": self.total_s,
@@ -103,7 +104,7 @@ class Report:
 
     def __str__(self) -> str:
         self.resolve()
-        head = (f"stagevar report: config={self.config_name!r} B={self.batch_size} device={self.device} "
+        head = (f"stagevar report: config={self.config_name!r} [{self.config_source}] B={self.batch_size} device={self.device} "
                 f"executor={self.executor}{' (' + self.note + ')' if self.note else ''}"
                 f"{'  [scale skipping ON]' if self.skipping else ''}")
         lines = [head, f"{'scale':>5} {'h x w':>8} {'M':>6} {'rows':>5} {'tokens/unit':>16} {'ms':>9}  mode"]

@@ -200,3 +200,50 @@ def test_save_refuses_a_config_that_does_not_describe_the_model(tmp_path):
                                          r"the weights hold 3 blocks.*overrides the model was built with"):
         save_pretrained(reference_var("tiny", depth=3), str(path), [str(i) for i in range(10)], {})
     assert not path.exists()
+
+
+# -- checkpoints that carry their calibrated config ---------------------------------------------
+def test_the_bundled_checkpoint_carries_its_config_and_accelerate_uses_it():
+    import stagevar
+
+    var = load_pretrained("stagevar-tiny-var")
+    assert var.stagevar_config == stagevar.preset("stagevar-tiny-var")
+    stagevar.accelerate(var)
+    var.autoregressive_infer_cfg(B=1, label_B=torch.tensor([0]), g_seed=0)
+    rep = stagevar.report(var)
+    assert rep.config_name == "stagevar-tiny-var" and "checkpoint" in rep.config_source
+    stagevar.accelerate(var, "none")  # an explicit config wins
+    var.autoregressive_infer_cfg(B=1, label_B=torch.tensor([0]), g_seed=0)
+    assert stagevar.report(var).config_source == "given"
+    del var.stagevar_config
+    stagevar.restore(var)
+    stagevar.accelerate(var)
+    assert stagevar.current_config(var).name == "var-d16"  # no carried config: the family default
+
+
+def test_write_config_into_a_new_file_or_atomically_in_place(tmp_path, monkeypatch):
+    import stagevar
+    import stagevar.models.pretrained as pretrained
+
+    cfg = stagevar.StageVARConfig(refine_start=-2, branch="uncond", rank_ratio=0.2, name="mine")
+    src = tmp_path / "a.safetensors"
+    save_pretrained(reference_var("tiny", num_classes=3), str(src), ["x", "y", "z"], dict(num_classes=3))
+    before = src.read_bytes()
+    out = pretrained.write_config_into(str(src), cfg, out=str(tmp_path / "b.safetensors"))
+    assert src.read_bytes() == before and load_pretrained(out).stagevar_config == cfg
+    assert not hasattr(load_pretrained(str(src)), "stagevar_config")
+
+    def dies(tensors, path, metadata=None):  # the writer fails half way
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", dies)
+    with pytest.raises(OSError, match="disk full"):
+        pretrained.write_config_into(str(src), cfg)
+    assert src.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+
+
+def test_an_invalid_carried_config_is_named(good, tmp_path):
+    _, tensors, meta = good
+    path = write(tmp_path / "cfg.safetensors", tensors, {**meta, "stagevar_config": json.dumps({"branch": "sideways"})})
+    refused(path, "'stagevar_config' is not a valid StageVARConfig", "branch='sideways'")

@@ -15,11 +15,13 @@ import math
 import numbers
 import os
 import re
+import shutil
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 FORMAT = "stagevar-var-v1"
+CONFIG_KEY = "stagevar_config"  # metadata key of the calibrated StageVARConfig a checkpoint carries
 _HERE = os.path.join(os.path.dirname(__file__), "weights")
 BUNDLED = {"stagevar-tiny-var": os.path.join(_HERE, "stagevar-tiny-var.safetensors")}
 # The independent crop classifier each bundled model's quality is measured with (stagevar.quality).
@@ -30,12 +32,14 @@ _REFETCH = "re-download it, or save it again with stagevar.models.save_pretraine
 _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 
-def save_pretrained(var, path: str, class_names: Sequence[str], config: dict, dtype: Optional[torch.dtype] = None) -> None:
+def save_pretrained(var, path: str, class_names: Sequence[str], config: dict, dtype: Optional[torch.dtype] = None,
+                    stagevar_config: Any = None) -> None:
     """Write ``var`` (and its VQVAE) to ``path`` with its ``reference_var`` ``config`` and ``class_names``.
 
     ``config`` must be the ``reference_var("tiny", **config)`` overrides ``var`` was built with: it is
     checked against ``var``'s weights before anything is written (a mismatch is a ValueError naming
-    the field), so every saved checkpoint loads.
+    the field), so every saved checkpoint loads. ``stagevar_config``: a calibrated
+    :class:`~stagevar.StageVARConfig` the checkpoint carries (``accelerate(model)`` then uses it).
     """
     from safetensors.torch import save_file
 
@@ -53,8 +57,57 @@ def save_pretrained(var, path: str, class_names: Sequence[str], config: dict, dt
     _check_shapes(full, {k: tuple(t.shape) for k, t in tensors.items()}, where,
                   "pass as config the reference_var('tiny', ...) overrides the model was built with")
     meta = {"format": FORMAT, "config": json.dumps(config), "class_names": json.dumps(list(class_names))}
+    if stagevar_config is not None:
+        meta[CONFIG_KEY] = _config_json(stagevar_config)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file(tensors, path, metadata=meta)
+    _atomic_save(tensors, path, meta)
+
+
+def _config_json(config: Any) -> str:
+    from ..config import StageVARConfig
+
+    if not isinstance(config, StageVARConfig):
+        raise TypeError(f"a checkpoint carries a StageVARConfig, got {type(config).__name__}")
+    return config.to_json(indent=None)
+
+
+def _atomic_save(tensors: Dict[str, torch.Tensor], path: str, meta: Dict[str, str]) -> None:
+    """Write to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+    from safetensors.torch import save_file
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        if os.path.exists(path):
+            shutil.copymode(path, tmp)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_config_into(checkpoint: str, config: Any, out: Optional[str] = None) -> str:
+    """Store ``config`` (a :class:`~stagevar.StageVARConfig`) in a checkpoint's metadata as
+    ``stagevar_config``: into ``out`` (a new file), or replacing ``checkpoint`` atomically.
+    Returns the path written."""
+    from safetensors import SafetensorError, safe_open
+
+    text = _config_json(config)
+    try:
+        with safe_open(checkpoint, framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"cannot read {checkpoint}: {_why_unreadable(checkpoint, str(e))}") from None
+    meta[CONFIG_KEY] = text
+    target = out or checkpoint
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    _atomic_save(tensors, target, meta)
+    return target
 
 
 def _resolve(name_or_path: str) -> str:
@@ -232,7 +285,8 @@ def load_pretrained(name_or_path: Union[str, "os.PathLike[str]"] = "stagevar-tin
     """Load a reference VAR checkpoint: a bundled name, a local file/folder, or a Hub repo id.
 
     Returns the VAR (eval mode, float32) with its VQVAE attached as upstream does
-    (``vae_proxy[0]``) and ``class_names`` set.
+    (``vae_proxy[0]``) and ``class_names`` set; ``stagevar_config`` too when the checkpoint carries
+    a calibrated config (``stagevar.accelerate(model)`` then uses it).
 
     Raises:
         TypeError: ``name_or_path`` is not a string or path.
@@ -281,6 +335,14 @@ def load_pretrained(name_or_path: Union[str, "os.PathLike[str]"] = "stagevar-tin
             detail = " ".join(str(e).split())[:400]
             raise ValueError(f"{where}: its tensors do not fit the model its metadata describes ({detail}); {_REFETCH}") from None
     var.class_names = class_names
+    if CONFIG_KEY in meta:
+        from ..config import ConfigError, StageVARConfig
+
+        try:
+            var.stagevar_config = StageVARConfig.from_json(meta[CONFIG_KEY])
+        except ConfigError as e:
+            raise ValueError(f"{where}: its metadata '{CONFIG_KEY}' is not a valid StageVARConfig ({e}); write a "
+                             f"valid one with stagevar.models.write_config_into or drop the key") from None
     var.eval()
     vae.eval()
     if device is not None:
