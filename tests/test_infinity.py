@@ -190,6 +190,8 @@ def test_bad_input_names_what_to_change_and_leaves_model_usable(bundle):
         generate(m, dict(kw, B=3))
     with pytest.raises(ValueError, match="one entry per scale"):
         generate(m, dict(kw, cfg_list=[3.0]))
+    with pytest.raises(NotImplementedError, match="gt_leak"):
+        generate(m, dict(kw, gt_leak=2))
     stagevar.accelerate(m, StageVARConfig(refine_start=-2, branch="uncond", name="t"))
     with pytest.raises(ValueError, match="needs CFG"):
         generate(m, dict(kw, cfg_list=[1.0] * len(kw["scale_schedule"])))

@@ -50,7 +50,7 @@ class _InfinityCall:
     ca_kv: tuple                # (kv_compact, cu_seqlens_k, max_seqlen_k) of the rows kept
     text_split: dict            # branch -> (first packed text row, end row, longest text): host ints
     next_x: torch.Tensor        # (rows, M, C)
-    summed_codes: torch.Tensor  # (B, d, 1, H, W)
+    summed_codes: Any           # (B, d, 1, H, W); the int 0 until the first codes, as upstream (see predict)
     branch: str = "both"
     rope: Optional[tuple] = field(default=None)  # (positions, table) of the current low-rank unit
 
@@ -174,21 +174,25 @@ class InfinityAdapter(Adapter):
         B = int(a.get("B", 1))
         if cond[2].shape[0] != B + 1:
             raise ValueError(f"label_B_or_BLT packs {cond[2].shape[0] - 1} prompts but B={B}")
-        use_cfg = any(abs(c - 1) > 1e-12 for c in cfg_list[:K])
+        if (a.get("gt_leak") or 0) > 0:
+            raise NotImplementedError("gt_leak > 0 (teacher-forced scales) is not supported by stagevar")
+        use_cfg = any(c != 1 for c in cfg_list)  # as upstream: any entry of the whole list, exactly 1
         rows = 2 * B if use_cfg else B
         g_seed = a.get("g_seed")
         rng = self.seeded_generator(g_seed)
         sos, cond_BD, ca_kv, text_split = self._text_condition(cond, a.get("negative_label_B_or_BLT"), use_cfg)
-        _, H, W = sched[-1]
+        # As upstream: the AdaLN condition with CUDA autocast off (CPU autocast is left on) and
+        # cast to fp32 -- the blocks add it to their own ada_gss, which may be bf16.
+        with torch.autocast("cuda", enabled=False):
+            cond_BD_or_gss = m.shared_ada_lin(cond_BD.float()).float().contiguous()
         st = _InfinityCall(
             B=B, use_cfg=use_cfg, schedule=sched, run_scales=min(K, int(a.get("trunk_scale", 1000))),
             cfg_list=cfg_list, tau_list=tau_list, top_k=a.get("top_k", 0) or getattr(m, "top_k", 0),
             top_p=a.get("top_p", 0.0) or getattr(m, "top_p", 0.0), g_seed=g_seed,
             rng=rng, vae=vae, ret_img=bool(a.get("ret_img", False)), cfg_on_logits=0 in insertion,
             mix_after={len(self._blocks) + c for c in insertion if c < 0},
-            cond_BD=cond_BD, cond_BD_or_gss=m.shared_ada_lin(cond_BD.float()), ca_kv=ca_kv, text_split=text_split,
-            next_x=sos.unsqueeze(1) + m.pos_start.expand(rows, 1, -1),
-            summed_codes=sos.new_zeros(B, m.word_embed.in_features, 1, H, W))
+            cond_BD=cond_BD, cond_BD_or_gss=cond_BD_or_gss, ca_kv=ca_kv, text_split=text_split,
+            next_x=sos.unsqueeze(1).expand(rows, 1, -1) + m.pos_start.expand(rows, 1, -1), summed_codes=0)
         for b in self._blocks:
             b.sa.kv_caching(True)
         return st
@@ -267,18 +271,28 @@ class InfinityAdapter(Adapter):
         tau, cfg = st.tau_list[si], st.cfg_list[si]
         if st.branch != "both":  # one branch: its own logits
             return m.get_logits(x, st.cond_BD).mul(1 / tau)
-        if st.use_cfg and st.cfg_on_logits:
+        if st.use_cfg and cfg != 1 and st.cfg_on_logits:  # as upstream: both halves only where cfg != 1
             logits = m.get_logits(x, st.cond_BD).mul(1 / tau)
             return cfg * logits[:B] + (1 - cfg) * logits[B:]
         return m.get_logits(x[:B], st.cond_BD[:B]).mul(1 / tau)
+
+    def _summed_codes(self, st: _InfinityCall) -> torch.Tensor:
+        """The codes summed so far ``(B, d, 1, H, W)`` (zeros before the first scale's)."""
+        if isinstance(st.summed_codes, torch.Tensor):
+            return st.summed_codes
+        _, H, W = st.schedule[-1]
+        return torch.zeros(st.B, self.model.word_embed.in_features, 1, H, W, device=self.device())
 
     def _next_input(self, st: _InfinityCall, si: int) -> None:
         K = len(st.schedule)
         if si >= K - 1:
             return
         _, nh, nw = st.schedule[si + 1]
-        nxt = F.interpolate(st.summed_codes, size=(1, nh, nw), mode=st.vae.quantizer.z_interplote_up).squeeze(-3)
-        x = self.model.word_embed(nxt.reshape(st.B, nxt.shape[1], -1).transpose(1, 2))
+        m = self.model
+        nxt = F.interpolate(self._summed_codes(st), size=(1, nh, nw), mode=st.vae.quantizer.z_interplote_up).squeeze(-3)
+        nxt = nxt.reshape(*nxt.shape[:2], -1).permute(0, 2, 1)  # (B, h*w, d), upstream's ops and so its strides
+        norm0 = getattr(m, "norm0_ve", None)
+        x = m.word_embed(nxt if norm0 is None else norm0(nxt))
         st.next_x = x.repeat(2, 1, 1) if (st.use_cfg and st.branch == "both") else x
 
     def predict(self, st: _InfinityCall, si: int, x: torch.Tensor) -> torch.Tensor:
@@ -288,10 +302,14 @@ class InfinityAdapter(Adapter):
         idx_Bld = self._sample(logits, rng=st.rng, top_k=st.top_k, top_p=st.top_p, num_samples=1)[:, :, 0]
         codes = st.vae.quantizer.lfq.indices_to_codes(idx_Bld.reshape(B, h, w, -1).unsqueeze(1), label_type="bit_label")
         _, H, W = st.schedule[-1]
+        # `+=` from the int 0, as upstream: the sum takes the first codes' dtype and memory layout
+        # (channels-last: the quantizer returns a permuted view), then adds in place. The layout
+        # sets the strides of the next word_embed input, and a CPU bf16 linear adds its bias in
+        # another order for a transposed input than for a contiguous one.
         if si != len(st.schedule) - 1:
-            st.summed_codes = st.summed_codes + F.interpolate(codes, size=(1, H, W), mode=st.vae.quantizer.z_interplote_up)
+            st.summed_codes += F.interpolate(codes, size=(1, H, W), mode=st.vae.quantizer.z_interplote_up)
         else:
-            st.summed_codes = st.summed_codes + codes
+            st.summed_codes += codes
         self._next_input(st, si)
         return idx_Bld.reshape(B, h * w, -1)
 
@@ -299,7 +317,7 @@ class InfinityAdapter(Adapter):
         self._next_input(st, si)
 
     def decode_partial(self, st: _InfinityCall) -> torch.Tensor:
-        return (st.vae.decode(st.summed_codes.squeeze(-3)) + 1) / 2
+        return (st.vae.decode(self._summed_codes(st).squeeze(-3)) + 1) / 2
 
     def branch_logits(self, st: _InfinityCall, x: torch.Tensor):
         if not st.use_cfg:
@@ -319,7 +337,7 @@ class InfinityAdapter(Adapter):
     def finish(self, st: _InfinityCall):
         img = []
         if st.ret_img:
-            img = st.vae.decode(st.summed_codes.squeeze(-3))
+            img = st.vae.decode(self._summed_codes(st).squeeze(-3))
             img = (img + 1) / 2
             img = img.permute(0, 2, 3, 1).mul_(255).to(torch.uint8).flip(dims=(3,))
         return [], [], img

@@ -10,6 +10,13 @@ class -- ``block_chunks[i].module``, ``unregistered_blocks``, blocks with ``.sa`
 ``(ret, idx_Bl_list, img)`` return -- so stagevar's Infinity adapter runs the same code paths
 here as on the published model. Unlike upstream it needs no flash-attn: attention over the
 packed text runs through PyTorch SDPA with a padding mask.
+
+It follows upstream's dtypes and memory layouts too, so that a run under ``torch.autocast``
+exercises the adapter as the published model does: the AdaLN condition and the head run with
+CUDA autocast off (CPU autocast stays on, as upstream leaves it), the condition is cast to fp32,
+the norms before attention and MLP see fp32, RoPE is applied in fp32 and left in fp32, text
+attention computes in bf16 (flash-attn has no fp32 kernel), codes are the channels-last view
+upstream's quantizer returns and the code sum takes their layout.
 """
 from __future__ import annotations
 
@@ -85,18 +92,22 @@ def apply_rotary_emb(q: torch.Tensor, k: torch.Tensor, scale_schedule: Schedule,
                      scale_ind: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rotate ``(B, H, L, hd)`` queries and keys by the RoPE of scale ``scale_ind``'s positions.
 
-    The table rows used start at the number of tokens of the earlier scales.
+    The table rows used start at the number of tokens of the earlier scales. Both come back in
+    the promoted dtype (fp32 with the fp32 tables), whatever ``q`` and ``k`` were: upstream does
+    not cast them back, so its KV cache holds fp32 keys under autocast.
     """
     start = sum(h * w for _, h, w in scale_schedule[:scale_ind])
     L = q.shape[2]
     grid = rope2d_freqs_grid[str(tuple(tuple(int(v) for v in s) for s in scale_schedule))]
-    f = grid[..., start:start + L, :].to(q.device)
-    cos, sin = f[0], f[1]  # (1, B or 1, 1, L, hd/2), broadcast over the (q, k) stack
-    qk = torch.stack((q, k)).float()
-    qk2 = qk.reshape(*qk.shape[:-1], -1, 2)
-    x0, x1 = qk2[..., 0], qk2[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
-    return out[0].to(q.dtype), out[1].to(k.dtype)
+    qk = torch.stack((q, k))
+    # as upstream: autocast off, fp32 tables, and the result left in the promoted dtype (fp32)
+    with torch.autocast(q.device.type if q.device.type != "mps" else "cpu", enabled=False):
+        f = grid[..., start:start + L, :].to(q.device)
+        cos, sin = f[0], f[1]  # (1, B or 1, 1, L, hd/2), broadcast over the (q, k) stack
+        qk2 = qk.reshape(*qk.shape[:-1], -1, 2)
+        x0, x1 = qk2[..., 0], qk2[..., 1]
+        out = torch.stack([cos * x0 - sin * x1, sin * x0 + cos * x1], dim=-1).flatten(-2)
+    return out[0], out[1]
 
 
 def pad_packed(kv_compact: torch.Tensor, cu_seqlens_k: torch.Tensor, max_seqlen_k: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -140,8 +151,9 @@ class SelfAttention(nn.Module):
         B, L, C = x.shape
         qkv = F.linear(x, self.mat_qkv.weight, torch.cat((self.q_bias, self.zero_k_bias, self.v_bias)))
         q, k, v = qkv.view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q = F.normalize(q, dim=-1).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp())
-        k = F.normalize(k, dim=-1)
+        q = F.normalize(q, dim=-1, eps=1e-12).mul(self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()).contiguous()
+        k = F.normalize(k, dim=-1, eps=1e-12).contiguous()
+        v = v.contiguous()
         if rope2d_freqs_grid is not None:
             q, k = apply_rotary_emb(q, k, scale_schedule, rope2d_freqs_grid, scale_ind)
         if self.caching:
@@ -175,7 +187,11 @@ class CrossAttention(nn.Module):
         kv, mask = pad_packed(kv.view(-1, 2, self.num_heads, self.head_dim), cu_seqlens_k, max_seqlen_k)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # B H Lk hd
         q = self.mat_q(q_BLC).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :])
+        if q.dtype == torch.float32:  # upstream's flash-attn call has no fp32 kernel: bf16 in, fp32 out
+            out = F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
+                                                 attn_mask=mask[:, None, None, :]).float()
+        else:
+            out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask[:, None, None, :])
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
 
@@ -209,11 +225,12 @@ class CrossAttnBlock(nn.Module):
 
     def forward(self, x, cond_BD, ca_kv, attn_bias_or_two_vector=None, attn_fn=None, scale_schedule=None,
                 rope2d_freqs_grid=None, scale_ind=0):
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + cond_BD).unbind(2)
-        h = self.ln_wo_grad(x).mul(scale1.add(1)).add_(shift1)
+        with torch.autocast("cuda", enabled=False):
+            gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + cond_BD).unbind(2)
+        h = self.ln_wo_grad(x.float()).mul(scale1.add(1)).add_(shift1)
         x = x + self.sa(h, attn_bias_or_two_vector, attn_fn, scale_schedule, rope2d_freqs_grid, scale_ind).mul_(gamma1)
-        x = x + self.ca(self.ca_norm(x), ca_kv).mul_(self.ca_gamma)
-        x = x + self.ffn(self.ln_wo_grad(x).mul(scale2.add(1)).add_(shift2)).mul(gamma2)
+        x = x + self.ca(self.ca_norm(x), ca_kv).float().mul_(self.ca_gamma)
+        x = x + self.ffn(self.ln_wo_grad(x.float()).mul(scale2.add(1)).add_(shift2)).mul(gamma2)
         return x
 
 
@@ -231,7 +248,8 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x):
-        return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype) * self.weight
+        x32 = x.float()  # computed in fp32, returned in the input's dtype (as upstream's FastRMSNorm)
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True).add_(self.eps)) * self.weight).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,11 +262,12 @@ class BSQ(nn.Module):
         self.codebook_dim = codebook_dim
 
     def indices_to_codes(self, indices: torch.Tensor, label_type: str = "bit_label") -> torch.Tensor:
-        """``(B, t, h, w, d)`` bits in {0, 1} -> codes ``(B, d, t, h, w)``."""
+        """``(B, t, h, w, d)`` bits in {0, 1} -> fp32 codes ``(B, d, t, h, w)``, a channels-last view
+        (upstream's quantizer returns that layout, and everything summed from it keeps it)."""
         if label_type != "bit_label":
             raise NotImplementedError("the reference BSQ decodes bit labels only")
         s = self.codebook_dim ** -0.5
-        return (indices.float() * 2 * s - s).permute(0, 4, 1, 2, 3).contiguous()
+        return (indices.float() * 2 * s - s).permute(0, 4, 1, 2, 3)
 
 
 class MultiScaleBSQ(nn.Module):
@@ -301,6 +320,7 @@ class Infinity(nn.Module):
         self.cfg_uncond = nn.Parameter(torch.randn(text_maxlen, Ct5) * 0.5)
         self.pos_start = nn.Parameter(torch.randn(1, 1, self.C) * 0.02)
         self.lvl_embed = nn.Embedding(15, self.C)
+        self.norm0_ve = nn.Identity()  # upstream's nm0=False
         self.word_embed = nn.Linear(codebook_dim, self.C)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(self.D, 6 * self.C))
         blocks = [CrossAttnBlock(self.C, self.D, num_heads, mlp_ratio) for _ in range(depth)]
@@ -318,17 +338,30 @@ class Infinity(nn.Module):
         self.rope2d_freqs_grid = {k: v.to(device) for k, v in self.rope2d_freqs_grid.items()}
         return out
 
-    def init_weights(self, gate: float = 1.0, seed: int = 0) -> "Infinity":
-        """Variance-preserving random weights with residual gates ~``gate`` (a random stand-in for a trained model)."""
+    def init_weights(self, gate: float = 1.0, seed: int = 0, bias_std: float = 0.0) -> "Infinity":
+        """Variance-preserving random weights with residual gates ~``gate`` (a random stand-in for a trained model).
+
+        ``bias_std > 0`` gives the linear and attention biases random values, as a trained model
+        has; some kernels add a bias in a different order depending on the input's memory layout,
+        which zero biases hide.
+        """
         g = torch.Generator().manual_seed(seed)
+
+        def bias(t: torch.Tensor) -> None:
+            t.data.copy_(torch.randn(t.shape, generator=g) * bias_std if bias_std > 0 else torch.zeros_like(t))
+
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 std = m.in_features ** -0.5
                 m.weight.data.copy_(torch.randn(m.weight.shape, generator=g).clamp_(-2, 2) * std)
                 if m.bias is not None:
-                    m.bias.data.zero_()
+                    bias(m.bias)
             elif isinstance(m, nn.Embedding):
                 m.weight.data.copy_(torch.randn(m.weight.shape, generator=g) * 0.1)
+            elif isinstance(m, (SelfAttention, CrossAttention)):
+                bias(m.v_bias)
+                if isinstance(m, SelfAttention):
+                    bias(m.q_bias)
         for b in self.unregistered_blocks:
             b.sa.proj.weight.data.div_(math.sqrt(2 * self.depth))
             b.ffn.fc2.weight.data.div_(math.sqrt(2 * self.depth))
@@ -343,7 +376,8 @@ class Infinity(nn.Module):
         return feature
 
     def get_logits(self, h: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h.float(), cond_BD.float()))
+        with torch.autocast("cuda", enabled=False):  # as upstream: CUDA autocast off (CPU autocast is not)
+            return self.head(self.head_nm(h.float(), cond_BD.float()))
 
     def _text_condition(self, label_B_or_BLT: TextCond, negative_label_B_or_BLT: Optional[TextCond], cfg: bool):
         kv_compact, lens, cu_seqlens_k, max_seqlen_k = label_B_or_BLT
@@ -382,13 +416,14 @@ class Infinity(nn.Module):
                 self.rng = torch.Generator(device=self.pos_start.device)
             self.rng.manual_seed(g_seed)
             rng = self.rng
-        use_cfg = any(abs(c - 1) > 1e-12 for c in cfg_list[:K])
+        use_cfg = any(c != 1 for c in cfg_list)  # upstream: the whole list, exactly 1
         bs = 2 * B if use_cfg else B
         sos, cond_BD, ca_kv = self._text_condition(label_B_or_BLT, negative_label_B_or_BLT, use_cfg)
         last_stage = sos.unsqueeze(1) + self.pos_start.expand(bs, 1, -1)
-        cond_BD_or_gss = self.shared_ada_lin(cond_BD.float())
+        with torch.autocast("cuda", enabled=False):
+            cond_BD_or_gss = self.shared_ada_lin(cond_BD.float()).float().contiguous()
         _, H, W = scale_schedule[-1]
-        summed_codes = sos.new_zeros(B, self.codebook_dim, 1, H, W)
+        summed_codes = 0  # the first codes' sum takes their dtype and memory layout
         mix_after = {self.depth + c for c in cfg_insertion_layer if c < 0}
         for b in self.unregistered_blocks:
             b.sa.kv_caching(True)
@@ -408,7 +443,7 @@ class Infinity(nn.Module):
                             last_stage = cfg * last_stage[:B] + (1 - cfg) * last_stage[B:]
                             last_stage = torch.cat((last_stage, last_stage), 0)
                         layer += 1
-                if use_cfg and 0 in cfg_insertion_layer:
+                if use_cfg and cfg != 1 and 0 in cfg_insertion_layer:
                     logits_BlV = self.get_logits(last_stage, cond_BD).mul(1 / tau)
                     logits_BlV = cfg * logits_BlV[:B] + (1 - cfg) * logits_BlV[B:]
                 else:
@@ -419,13 +454,14 @@ class Infinity(nn.Module):
                 idx_Bld = idx_Bld.reshape(B, h, w, -1).unsqueeze(1)
                 codes = vae.quantizer.lfq.indices_to_codes(idx_Bld, label_type="bit_label")
                 if si != K - 1:
-                    summed_codes = summed_codes + F.interpolate(codes, size=(1, H, W), mode=vae.quantizer.z_interplote_up)
+                    summed_codes += F.interpolate(codes, size=(1, H, W), mode=vae.quantizer.z_interplote_up)
                     _, nh, nw = scale_schedule[si + 1]
                     nxt = F.interpolate(summed_codes, size=(1, nh, nw), mode=vae.quantizer.z_interplote_up).squeeze(-3)
-                    last_stage = self.word_embed(nxt.reshape(B, self.codebook_dim, -1).transpose(1, 2))
+                    nxt = nxt.reshape(*nxt.shape[:2], -1).permute(0, 2, 1)  # (B, h*w, d), contiguous here
+                    last_stage = self.word_embed(self.norm0_ve(nxt))
                     last_stage = last_stage.repeat(bs // B, 1, 1)
                 else:
-                    summed_codes = summed_codes + codes
+                    summed_codes += codes
         finally:
             for b in self.unregistered_blocks:
                 b.sa.kv_caching(False)
