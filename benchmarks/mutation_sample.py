@@ -1,0 +1,148 @@
+"""Sampled mutation testing of the model-facing modules (TESTING.md).
+
+``mutmut run`` at the repository root mutates the three pure modules fully (pyproject's
+``[tool.mutmut]``). The engine, executors and adapters make ~1500 mutants whose tests run whole
+(tiny) generations, too many to check one by one on a CPU; this script checks a fixed random
+sample of them with mutmut itself:
+
+1. copy ``stagevar/``, ``tests/`` and a pyproject into a work directory (default
+   ``mutants-sample/``, git-ignored), from the working tree or, with ``--ref``, from a git
+   commit;
+2. in that directory, let mutmut write every mutant of ``--modules`` (its own generator);
+3. draw ``--n`` mutant names with ``random.Random(--seed)`` from the sorted list;
+4. ``mutmut run NAME ...`` on those names only, each mutant against the tests of ``--tests``
+   that execute the mutated function (mutmut's per-function test selection), ``pytest -x``;
+5. print killed / total and the timeouts per module, and ``mutmut show`` of every survivor.
+
+Run it from the repository root, with ``OMP_NUM_THREADS=1``::
+
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/mutation_sample.py --n 150 --seed 0
+
+A rerun on the same work directory reuses mutmut's cached test timings; ``--fresh`` deletes it first.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODULES = ["stagevar/engine.py", "stagevar/executors.py", "stagevar/adapters/var.py", "stagevar/adapters/infinity.py"]
+TESTS = ["tests/test_engine_var.py", "tests/test_executors.py", "tests/test_reliability.py", "tests/test_adapter_suite.py",
+         "tests/test_infinity.py", "tests/test_syncfree.py", "tests/test_mutants_engine.py",
+         "tests/test_mutants_var.py", "tests/test_mutants_infinity.py"]
+
+PYPROJECT = """\
+[tool.pytest.ini_options]
+testpaths = ["tests"]
+markers = ["cuda: needs a CUDA device (skipped without one)", "slow: seconds rather than milliseconds"]
+
+[tool.mutmut]
+source_paths = ["stagevar"]
+only_mutate = {modules}
+pytest_add_cli_args = ["-p", "no:cacheprovider", "--hypothesis-seed=0"]
+pytest_add_cli_args_test_selection = {tests}
+"""
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", -24: "timeout",
+          24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+def prepare(work: Path, ref: str | None, modules: list, tests: list) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    for sub in ("stagevar", "tests"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+    if ref is None:
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(ROOT / "stagevar", work / "stagevar", ignore=ignore)
+        shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+    else:
+        blob = subprocess.run(["git", "archive", "--format=tar", ref, "stagevar", "tests"], cwd=ROOT,
+                              check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(work)
+    tests = [t for t in tests if (work / t).exists()]
+    (work / "pyproject.toml").write_text(PYPROJECT.format(modules=json.dumps(modules), tests=json.dumps(tests)))
+
+
+def generate(work: Path) -> list:
+    """Let mutmut write the mutants (its generator, in-process) and return every mutant name."""
+    code = ("from mutmut.__main__ import create_mutants\n"
+            "from mutmut.utils.file_utils import copy_src_dir, copy_also_copy_files, setup_source_paths\n"
+            "import os\nos.makedirs('mutants', exist_ok=True)\n"
+            "copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(1)\n")
+    subprocess.run([sys.executable, "-c", code], cwd=work, check=True)
+    return sorted(n for meta in (work / "mutants" / "stagevar").rglob("*.meta")
+                  for n in json.loads(meta.read_text())["exit_code_by_key"])
+
+
+def results(work: Path) -> dict:
+    out = {}
+    for meta in (work / "mutants" / "stagevar").rglob("*.meta"):
+        out.update(json.loads(meta.read_text())["exit_code_by_key"])
+    return out
+
+
+def module_of(name: str) -> str:
+    return name.split(".x_")[0].split(".x\u01c1")[0]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=150, help="mutants to check (at most 200)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=str(ROOT / "mutants-sample"))
+    ap.add_argument("--ref", default=None, help="copy stagevar/ and tests/ from this git commit, not the working tree")
+    ap.add_argument("--fresh", action="store_true", help="delete the work directory first")
+    ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds for the whole mutmut run")
+    ap.add_argument("--names", nargs="*", help="check these mutant names instead of a sample")
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    prepare(work, args.ref, MODULES, TESTS)
+    every = generate(work)
+    if args.names:
+        sample = args.names
+    else:
+        sample = sorted(random.Random(args.seed).sample(every, min(args.n, 200, len(every))))
+    print(f"{len(every)} mutants of {len(MODULES)} modules; checking {len(sample)} (seed {args.seed})", flush=True)
+    (work / "sample.txt").write_text("\n".join(sample) + "\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    mutmut = shutil.which("mutmut") or "mutmut"
+    try:
+        subprocess.run(["timeout", str(args.timeout), mutmut, "run", "--max-children", str(args.max_children), *sample],
+                       cwd=work, env=env, stdout=subprocess.DEVNULL)
+    finally:
+        res = results(work)
+        per = defaultdict(Counter)
+        survivors = []
+        for name in sample:
+            status = STATUS.get(res.get(name), "suspicious")
+            per[module_of(name)][status] += 1
+            if status in ("survived", "no tests", "suspicious"):
+                survivors.append((name, status))
+        print("\nmodule                      killed / total   timeout  survived  no-tests  other")
+        for mod in sorted(per):
+            c = per[mod]
+            total = sum(c.values())
+            other = total - c["killed"] - c["timeout"] - c["survived"] - c["no tests"]
+            print(f"{mod:28s} {c['killed']:6d} / {total:<6d}   {c['timeout']:7d}  {c['survived']:8d}  {c['no tests']:8d}  {other:5d}")
+        for name, status in survivors:
+            shown = subprocess.run([mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
+            print(f"\n### {status}: {name}\n{shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
