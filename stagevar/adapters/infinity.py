@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import helpers as _own_helpers
+from .. import sampling as _own_helpers
 from .base import Adapter, select_rows
 
 _SAMPLER = "sample_with_top_k_top_p_also_inplace_modifying_logits_"
@@ -86,6 +86,10 @@ class InfinityAdapter(Adapter):
 
     def blocks(self) -> List[nn.Module]:
         return self._blocks
+
+    def helpers(self):
+        """The sampler this adapter calls: the model module's own, else ours (part of a CUDA-graph key)."""
+        return (self._sample,)
 
     def default_schedule(self):
         return None  # chosen per call
