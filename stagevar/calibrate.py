@@ -24,47 +24,10 @@ import torch.nn.functional as F
 from .adapters import adapter_for
 from .config import ConfigError, StageVARConfig
 from .engine import Engine, Observer
+from .metrics import feature_distance, lowfreq_features, psnr, ssim
 from .presets import preset
 
 ALPHAS = (0.90, 0.95, 0.96, 0.97, 0.98, 0.99, 0.999)
-
-
-# --------------------------------------------------------------------------------------------
-# image metrics
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of ``(B, 3, H, W)`` images in [0, 1] (capped at 100 for identical images)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).clamp_max(100.0)
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
-    """Per-image SSIM of ``(B, 3, H, W)`` images in [0, 1] (uniform window, mean over channels)."""
-    a, b = a.float(), b.float()
-    window = max(1, min(window, a.shape[-1], a.shape[-2]))
-    pool = lambda t: F.avg_pool2d(t, window, stride=1)  # noqa: E731
-    mu_a, mu_b = pool(a), pool(b)
-    var_a = pool(a * a) - mu_a ** 2
-    var_b = pool(b * b) - mu_b ** 2
-    cov = pool(a * b) - mu_a * mu_b
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return s.flatten(1).mean(1)
-
-
-def lowfreq_features(img: torch.Tensor) -> torch.Tensor:
-    """Default feature function: the image area-downsampled to 8x8 (colour and coarse layout).
-
-    Needs no weights; it measures where colours sit in the picture, not learned semantics. Pass
-    a CLIP or DINO image embedding as ``feature_fn`` to measure semantics.
-    """
-    return F.adaptive_avg_pool2d(img.float(), 8).flatten(1)
-
-
-def feature_distance(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
-    """1 - cosine similarity of centred feature vectors, per row."""
-    fa = fa.float() - fa.float().mean(1, keepdim=True)
-    fb = fb.float() - fb.float().mean(1, keepdim=True)
-    return 1 - F.cosine_similarity(fa, fb, dim=1, eps=1e-8)
 
 
 # --------------------------------------------------------------------------------------------

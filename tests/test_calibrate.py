@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import stagevar
-from stagevar.calibrate import Calibration, calibrate, energy_ranks, psnr, ssim
+from stagevar.calibrate import Calibration, calibrate, energy_ranks
 from stagevar.models import reference_var
 
 
@@ -17,13 +17,6 @@ def test_energy_ranks_of_planted_low_rank_matrices():
     full = energy_ranks(torch.randn(30, 40, generator=g), [0.999999])
     assert full[0] >= 28
     assert energy_ranks(torch.ones(5, 4), [0.9]) == [1]
-
-
-def test_image_metrics():
-    a = torch.rand(2, 3, 16, 16)
-    assert torch.all(psnr(a, a) == 100) and torch.allclose(ssim(a, a), torch.ones(2))
-    b = (a + 0.1).clamp(0, 1)
-    assert torch.all(psnr(a, b) < 30) and torch.all(ssim(a, b) < 1)
 
 
 def test_calibration_report_shapes_and_ranges(small, tmp_path):
