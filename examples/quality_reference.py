@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from stagevar.bench import resolve_methods  # noqa: E402
-from stagevar.cli import machine_name  # noqa: E402
+from stagevar.methods import resolve_methods  # noqa: E402
 from stagevar.models import load_pretrained  # noqa: E402
 from stagevar.models.pretrained import BUNDLED_CLASSIFIERS  # noqa: E402
 from stagevar.quality import evaluate, format_rows, load_classifier, save_classifier, train_classifier  # noqa: E402
+from stagevar.timing import machine_name  # noqa: E402
 
 CLF_PATH = BUNDLED_CLASSIFIERS["stagevar-tiny-var"]
 

@@ -1,352 +1,251 @@
 """Side-by-side measurement: the unpatched call and accelerated methods, interleaved in one run.
 
-``interleaved`` times calls round-robin; ``run`` measures named methods (presets, cfg-only,
-lowrank-only, skip-last-N, uncond-last-N, cond-last-N, fastvar, JSON configs) for time, FLOPs,
-memory and fidelity.
+:func:`interleaved` times methods under executors (eager, CUDA graphs) on the runner of
+:mod:`stagevar.methods`; :func:`run` adds, per method, the FLOP model, peak memory and fidelity
+to the unpatched call (PSNR, SSIM, token agreement per scale), and writes the figures.
 """
 from __future__ import annotations
 
 import statistics
-import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import warnings
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from . import api
-from .config import ConfigError, StageVARConfig
-from .engine import Observer
+from .adapters import adapter_for
+from .engine import Engine, Observer
+from .executors import outputs_equal
+from .methods import METHODS_HELP, Method, arms_for, resolve_methods, run_interleaved
+from .metrics import psnr, ssim, token_agreement
+from .presets import preset
+from .timing import PeakMemory, machine_name
+
+__all__ = ["interleaved", "format_timing", "run", "format_report", "save_grid", "METHODS_HELP"]
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def _clone(out: Any) -> Any:
+    """A copy of a generation output that later calls cannot overwrite (graph pools are reused)."""
+    if isinstance(out, torch.Tensor):
+        return out.detach().clone()
+    if isinstance(out, (list, tuple)):
+        return type(out)(_clone(o) for o in out)
+    return out
 
 
-def _timed(call: Callable[[], Any]) -> float:
-    """Seconds one call takes: CUDA events after a synchronisation on a GPU, the wall clock otherwise."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t = time.perf_counter()
-    call()
-    return time.perf_counter() - t
+def _med(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="stagevar bench", unit="call")
+def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
+    return None if num is None or not den else num / den
 
 
-class DecodeTimer:
-    """Wraps ``getattr(obj, attr)`` on the instance and records how long its last call took, so the
-    transformer loop can be told apart from the decode (end-to-end minus decode)."""
+def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeats: int, warmup: int = 1,
+                executions: Sequence[str] = ("eager",), progress: bool = False) -> List[Dict[str, Any]]:
+    """Time the generation call under each method and executor, interleaved round by round.
 
-    def __init__(self, obj: Any, attr: str):
-        self.obj, self.attr = obj, attr
-        self.inner = getattr(obj, attr)
-        self.last = 0.0
-        setattr(obj, attr, self)
+    Args:
+        model: a supported model, unpatched (unpatched again on return or error).
+        call_kwargs: the generation call's arguments; the same (seed included) for every call.
+        methods: ``[(label, config or None)]``; None is the unpatched call, run once, eagerly (added
+            first if missing). The ``none`` preset is added if missing: each executor's rows are
+            also compared with ``none`` under that executor.
+        repeats: timed rounds (every arm once per round, in order).
+        warmup: untimed calls per arm first; at least two where graphs may run (the first call of
+            a shape runs eager, the second captures), so that timed calls replay.
+        executions: ``"eager"``, ``"graphs"``, ``"auto"`` (see :func:`stagevar.accelerate`).
 
-    def __call__(self, *args, **kwargs):
-        _sync()
-        t = time.perf_counter()
-        out = self.inner(*args, **kwargs)
-        _sync()
-        self.last = time.perf_counter() - t
-        return out
-
-    def remove(self) -> None:
-        try:
-            delattr(self.obj, self.attr)
-        except AttributeError:
-            setattr(self.obj, self.attr, self.inner)
-
-
-Method = Tuple[str, Optional[StageVARConfig]]
-
-
-def interleaved(model: Any, call: Callable[[], Any], methods: Sequence[Method], repeats: int,
-                timer: DecodeTimer, warmup: int = 1, progress: bool = False) -> List[Dict[str, float]]:
-    """Time ``call()`` under each method (None = the unpatched model), round-robin.
-
-    Every round runs every method once, in the given order; the first ``warmup`` rounds are not
-    recorded. Returns one row per method with medians and ranges (ms) and speedups against the
-    first method's medians.
+    Returns:
+        One row per method x executor: medians and ranges in ms of the wall time (``e2e_*``) and
+        the loop (wall minus decode), host time, device time, host/wall, capture ms, pool MiB, which
+        executor ran (and its notes), ``exact`` (graphs: ``torch.equal`` to the same method's eager
+        output for the same seed), and ratios against the unpatched call (``e2e_speedup``,
+        ``loop_speedup``, ``device_speedup``) and against ``none`` under the same executor
+        (``none_wall_ratio``, ``none_device_ratio``).
     """
-    if repeats < 1:
-        raise ValueError("repeats must be at least 1")
-    times: Dict[str, Dict[str, List[float]]] = {name: {"e2e": [], "loop": []} for name, _ in methods}
-    bar = _progress_bar((warmup + repeats) * len(methods), progress)
-    for rnd in range(warmup + repeats):
-        for name, cfg in methods:
-            if cfg is None:
-                api.restore(model)
-            else:
-                api.accelerate(model, cfg)
-            e2e = _timed(call)
-            if rnd >= warmup:
-                times[name]["e2e"].append(e2e)
-                times[name]["loop"].append(e2e - timer.last)
-            if bar is not None:
-                bar.set_postfix_str(f"round {rnd + 1} {name}: {e2e * 1e3:.0f} ms")
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    api.restore(model)
-    base_name = methods[0][0]
-    base = {k: statistics.median(v) for k, v in times[base_name].items()}
+    methods = list(methods)
+    if not any(cfg is None for _, cfg in methods):
+        methods.insert(0, ("baseline", None))
+    none = preset("none")
+    if not any(cfg == none for _, cfg in methods):
+        at = next(i for i, (_, cfg) in enumerate(methods) if cfg is None) + 1
+        methods.insert(at, ("none", none))
+    arms = arms_for(methods, executions)
+    last: Dict[int, Any] = {}
+
+    def keep(rec, out):
+        if rec.batch == 0:
+            last[rec.arm] = _clone(out)
+
+    result = run_interleaved(model, arms, [call_kwargs], rounds=repeats, warmup=warmup, on_call=keep,
+                             progress=progress, desc="stagevar bench")
+    exact = _exactness(model, arms, last, call_kwargs)
     rows = []
-    for name, _ in methods:
-        t = times[name]
-        med = {k: statistics.median(v) for k, v in t.items()}
-        rows.append(dict(method=name, loop_ms=med["loop"] * 1e3, loop_min_ms=min(t["loop"]) * 1e3,
-                         loop_max_ms=max(t["loop"]) * 1e3, e2e_ms=med["e2e"] * 1e3,
-                         loop_speedup=base["loop"] / med["loop"], e2e_speedup=base["e2e"] / med["e2e"]))
+    for i, arm in enumerate(arms):
+        recs = result.of(i)
+        wall = [r.wall_s for r in recs]
+        loop = [r.loop_s for r in recs]
+        reps = [r.report for r in recs if r.report is not None]
+        host = [r.report.host_s if r.report is not None else r.host_s for r in recs]
+        device = [r.report.total_s if r.report is not None else r.wall_s for r in recs]
+        ran = sorted({r.executor for r in reps}) or ["eager"]
+        notes = sorted({r.note for r in reps if r.note})
+        graphs = [r for r in reps if r.executor == "graphs"]
+        rows.append(dict(
+            method=arm.label, execution=arm.execution, ran=ran, notes=notes,
+            fell_back=arm.execution == "graphs" and len(graphs) < len(recs),
+            calls=len(recs), eager_calls=len(recs) - len(graphs),
+            e2e_ms=_med(wall) * 1e3, e2e_min_ms=min(wall) * 1e3, e2e_max_ms=max(wall) * 1e3,
+            loop_ms=_med(loop) * 1e3, loop_min_ms=min(loop) * 1e3, loop_max_ms=max(loop) * 1e3,
+            host_ms=_med(host) * 1e3, device_ms=_med(device) * 1e3, host_wall=_med(host) / _med(wall),
+            capture_ms=max(r.capture_s for r in graphs) * 1e3 if graphs else None,
+            pool_mib=max(r.pool_bytes for r in graphs) / 2 ** 20 if graphs else None,
+            exact=exact.get(i)))
+    base = next(r for r, a in zip(rows, arms) if a.config is None)
+    nones = {a.execution: r for r, a in zip(rows, arms) if a.config == none}
+    for row, arm in zip(rows, arms):
+        ref = nones.get(arm.execution, nones.get("eager"))
+        row.update(e2e_speedup=base["e2e_ms"] / row["e2e_ms"], loop_speedup=base["loop_ms"] / row["loop_ms"],
+                   device_speedup=base["device_ms"] / row["device_ms"],
+                   none_wall_ratio=_ratio(ref and ref["e2e_ms"], row["e2e_ms"]),
+                   none_device_ratio=_ratio(ref and ref["device_ms"], row["device_ms"]))
     return rows
 
 
-def format_table(title: str, rows: Sequence[Dict[str, float]]) -> str:
-    lines = [title, f"{'method':<36} {'loop ms (median, min-max)':>28} {'e2e ms':>9} {'loop x':>7} {'e2e x':>7}"]
+def _exactness(model: Any, arms: Sequence[Any], last: Dict[int, Any], call_kwargs: dict) -> Dict[int, bool]:
+    """Per non-eager arm: is its last output bit-equal to the same method's eager output?"""
+    out: Dict[int, bool] = {}
+    eager = {a.label: i for i, a in enumerate(arms) if a.execution == "eager"}
+    adapter = adapter_for(model)
+    for i, arm in enumerate(arms):
+        if arm.execution == "eager" or i not in last:
+            continue
+        if arm.label in eager and eager[arm.label] in last:
+            ref = last[eager[arm.label]]
+        else:
+            with api.accelerated(model, arm.given, execution="eager"), torch.no_grad():
+                ref = getattr(model, adapter.entry_point)(**call_kwargs)
+        out[i] = outputs_equal(last[i], ref)
+    return out
+
+
+def format_timing(title: str, rows: Sequence[Dict[str, Any]]) -> str:
+    """The per method x executor timing table of :func:`interleaved`'s rows."""
+    def ms(v: Optional[float]) -> str:
+        return "-" if v is None else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+    def x(*vs: Optional[float]) -> str:
+        return "|".join("-" if v is None else f"{v:.2f}x" for v in vs)
+
+    lines = [title, f"{'method':<30} {'exec':<6} {'wall ms (min-max)':>22} {'loop ms':>8} {'host ms':>8} "
+                    f"{'dev ms':>8} {'host/wall':>9} {'capt ms':>8} {'pool MiB':>8} {'exact':>5}  "
+                    f"{'vs baseline wall|dev|loop':>25}  {'vs none wall|dev':>16}"]
     for r in rows:
-        rng = f"{r['loop_ms']:.0f} ({r['loop_min_ms']:.0f}-{r['loop_max_ms']:.0f})"
-        lines.append(f"{r['method']:<36} {rng:>28} {r['e2e_ms']:>9.0f} {r['loop_speedup']:>6.2f}x {r['e2e_speedup']:>6.2f}x")
+        rng = f"{ms(r['e2e_ms'])} ({ms(r['e2e_min_ms'])}-{ms(r['e2e_max_ms'])})"
+        exact = "-" if r["exact"] is None else "yes" if r["exact"] else "NO"
+        pool = "-" if r["pool_mib"] is None else f"{r['pool_mib']:.1f}"
+        lines.append(f"{r['method'][:30]:<30} {r['execution']:<6} {rng:>22} {ms(r['loop_ms']):>8} "
+                     f"{ms(r['host_ms']):>8} {ms(r['device_ms']):>8} {r['host_wall']:>9.2f} {ms(r['capture_ms']):>8} "
+                     f"{pool:>8} {exact:>5}  {x(r['e2e_speedup'], r['device_speedup'], r['loop_speedup']):>25}  "
+                     f"{x(r['none_wall_ratio'], r['none_device_ratio']):>16}")
+    lines.append("wall: to the end of the call's device work (CUDA events around it on a GPU, the clock on a CPU); "
+                 "loop: wall minus decode; host: call entry to return, nothing synchronised inside; dev: the "
+                 "report's per-scale times plus decode (unpatched call: its wall time); ratios: medians against "
+                 "the unpatched call and against 'none' under the same executor; exact: torch.equal to the same "
+                 "method's eager output, same seed")
+    for r in rows:
+        if r["execution"] != "eager" and (r["fell_back"] or r["ran"] != ["graphs"]):
+            lines.append(f"{r['method']} [{r['execution']}]: ran eager in {r['eager_calls']} of {r['calls']} timed "
+                         f"calls: {'; '.join(r['notes']) or 'no note'}")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
-# methods as plans on the same engine
-METHODS_HELP = ("baseline (the unpatched call), any preset name, cfg-only, lowrank-only, skip-last-N, "
-                "uncond-last-N, cond-last-N, fastvar, or a path to a StageVARConfig JSON file")
-
-
-def _last_n(name: str, prefix: str) -> int:
-    try:
-        n = int(name[len(prefix):])
-        assert n >= 1
-    except (ValueError, AssertionError):
-        raise ConfigError(f"method {name!r}: write {prefix}N with N >= 1, e.g. {prefix}2") from None
-    return n
-
-
-def fastvar_config(depth: int) -> StageVARConfig:
-    """FastVAR-style cached token pruning as a plan: at the last two scales, in the middle blocks
-    (from ``round(0.1 * depth)`` to ``round(0.85 * depth)``), keep the 60% / 50% of tokens farthest
-    from the token-map mean and fill the others from the previous scale's output, upsampled.
-    Both CFG branches run; nothing is skipped (skipping is its own method)."""
-    lo, hi = round(0.1 * depth), round(0.85 * depth)
-
-    def per_block(keep: float):
-        return [keep if lo <= j < hi else 1.0 for j in range(depth)]
-
-    return StageVARConfig(refine_start=-2, branch="both", rank_ratios={-2: per_block(0.6), -1: per_block(0.5)},
-                          unit_blocks=1, projection="sample", selection="mean_distance", name="fastvar")
-
-
-def resolve_methods(names: Sequence[str], default_preset: str, depth: int) -> List[Method]:
-    """Method names -> ``(label, config or None)``; errors name the accepted methods."""
-    from .presets import preset, presets
-
-    out: List[Method] = []
-    default = preset(default_preset)
-    for name in names:
-        if name == "baseline":
-            out.append(("baseline", None))
-        elif name in presets():
-            out.append((name, preset(name)))
-        elif name == "cfg-only":
-            out.append((name, default.replace(rank_ratio=None, rank_ratios={}, rank_table={}, alpha=None, name=name)))
-        elif name == "lowrank-only":
-            out.append((name, default.replace(branch="both", name=name)))
-        elif name.startswith("skip-last-"):
-            n = _last_n(name, "skip-last-")
-            out.append((name, StageVARConfig(refine_start=None, skip=tuple(range(-n, 0)), name=name)))
-        elif name.startswith(("uncond-last-", "cond-last-")):  # one CFG branch on the last N scales, full rank
-            branch = name.split("-", 1)[0]
-            n = _last_n(name, f"{branch}-last-")
-            out.append((name, StageVARConfig(refine_start=-n, branch=branch, name=name)))
-        elif name == "fastvar":
-            out.append((name, fastvar_config(depth)))
-        elif name.endswith(".json"):
-            try:
-                cfg = StageVARConfig.load(name)
-            except FileNotFoundError:
-                raise ConfigError(f"method {name!r}: no such config file") from None
-            out.append((cfg.name if cfg.name != "custom" else name, cfg))
-        else:
-            raise ConfigError(f"unknown method {name!r}; methods: {METHODS_HELP}")
-    labels = [m[0] for m in out]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"methods repeat a name: {labels}")
-    if not out or out[0][1] is not None:
-        out.insert(0, ("baseline", None))  # ratios and fidelity are against the unpatched call
-    return out
-
-
 class _Recorder(Observer):
     """Keeps the sampled ids per scale."""
 
     def __init__(self):
-        self.tokens = {}
+        self.tokens: Dict[int, torch.Tensor] = {}
 
     def sampled(self, si, ids):
         self.tokens[si] = ids.detach().cpu()
 
 
-class _PeakHeap:
-    """Peak increase of this process's live heap while the block runs (CPU), sampled every 1 ms.
-
-    Live bytes come from glibc's ``mallinfo2`` (in-use arena plus mmapped blocks), which, unlike
-    the resident set, falls when tensors are freed; where it is unavailable, the resident set size
-    is sampled instead (``kind`` says which)."""
-
-    def __init__(self):
-        import ctypes
-
-        self.kind = "cpu_peak_rss_increase_MiB"
-        self._read = self._rss
-        try:
-            class _MI2(ctypes.Structure):
-                _fields_ = [(n, ctypes.c_size_t) for n in
-                            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallinfo2.restype = _MI2
-            self._libc = libc
-            self._read = self._heap
-            self.kind = "cpu_peak_heap_increase_MiB"
-        except (OSError, AttributeError):
-            pass
-
-    def _heap(self) -> int:
-        m = self._libc.mallinfo2()
-        return m.uordblks + m.hblkhd
-
-    @staticmethod
-    def _rss() -> int:
-        import os
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError):
-            return 0
-
-    def __enter__(self):
-        import threading
-
-        self.base = self.peak = self._read()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._poll, daemon=True)
-        self._t.start()
-        return self
-
-    def _poll(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, self._read())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self._read())
-
-
-def _inspect(model, adapter, cfg: StageVARConfig, call_kwargs: dict, device: torch.device):
-    """One observed call under ``cfg``: sampled ids per scale, the image, the report, peak memory."""
-    from .engine import Engine
-
+def _inspect(adapter: Any, cfg, call_kwargs: dict, device: torch.device):
+    """One observed (eager) call under ``cfg``: sampled ids per scale, the image, the report, peak memory."""
     eng = Engine(adapter, cfg)
     rec = _Recorder()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    with PeakMemory(device) as mem:
         out = eng.observe(rec, **call_kwargs)
-        torch.cuda.synchronize(device)
-        mem = dict(kind="cuda_max_allocated_MiB", value=torch.cuda.max_memory_allocated(device) / 2 ** 20)
-    else:
-        with _PeakHeap() as m:
-            out = eng.observe(rec, **call_kwargs)
-        mem = dict(kind=m.kind, value=(m.peak - m.base) / 2 ** 20)
-    return rec.tokens, adapter.images_of(out), eng.last_report, mem
+    return rec.tokens, adapter.images_of(out), eng.last_report, dict(kind=mem.kind, value=mem.mib)
 
 
-def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 3, warmup: int = 1,
-        out_dir: Optional[str] = None, progress: bool = False, title: str = "") -> dict:
+def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5, warmup: int = 1,
+        out_dir: Optional[str] = None, progress: bool = False, title: str = "",
+        executions: Sequence[str] = ("eager",)) -> dict:
     """Measure ``methods`` on ``model`` side by side and return (and optionally write) a report.
 
     Args:
         model: a supported model (VAR or Infinity interface), unpatched.
         methods: names, see :data:`METHODS_HELP`; ``baseline`` is added first if missing.
         call_kwargs: the generation call's arguments (same seeds for every method).
-        repeats, warmup: timed interleaved rounds, and untimed rounds before them.
+        repeats, warmup: timed interleaved rounds, and untimed calls per arm before them.
         out_dir: where to write ``bench.json``, ``images.png`` and (with matplotlib) the charts.
+        executions: the executors every method is timed under (see :func:`interleaved`).
 
-    Per method: transformer-loop and end-to-end time (median, min-max) and speedups against the
-    baseline of the same run; per-scale time and FLOP model from stagevar's report (the baseline's
-    from the ``"none"`` preset, which is bit-identical to the unpatched call); peak memory (CUDA
-    max allocated, or the CPU process's peak live-heap increase sampled during the call); fidelity to
-    the baseline images of the same seed (PSNR, SSIM) and per-scale token agreement.
+    ``report["timing"]``: :func:`interleaved`'s rows (every method x executor, and ``none``).
+    ``report["methods"]``, per method asked for: loop and end-to-end time (median, min-max) and
+    speedups against the baseline of the same run (under the first executor given); per-scale
+    time and FLOP model from stagevar's report (the baseline's from the ``"none"`` preset, which is
+    bit-identical to the unpatched call); peak memory (CUDA max allocated, or the CPU process's
+    peak live-heap increase); fidelity to the baseline images of the same seed (PSNR, SSIM) and
+    per-scale token agreement. The model is unpatched on return and on error.
     """
-    from .adapters import adapter_for
-    from .calibrate import psnr, ssim
-    from .presets import preset
-
     if api.is_accelerated(model):
         raise ValueError("stagevar.bench.run needs the unpatched model: call stagevar.restore(model) first")
     adapter = adapter_for(model)
     ms = resolve_methods(methods, adapter.default_preset, len(adapter.blocks()))
-    obj, attr = adapter.decoder(call_kwargs)
-    timer = DecodeTimer(obj, attr)
     device = adapter.device()
-    try:
-        rows = interleaved(model, lambda: model.autoregressive_infer_cfg(**call_kwargs), ms, repeats, timer,
-                           warmup=warmup, progress=progress)
-    finally:
-        timer.remove()
-    import warnings
-
+    timing = interleaved(model, call_kwargs, ms, repeats, warmup=warmup, executions=executions, progress=progress)
+    first = list(dict.fromkeys(executions))[0]
+    by_label = {}
+    for row in timing:
+        if row["execution"] == first or row["method"] not in by_label:
+            by_label[row["method"]] = row
     results, images = [], []
     base_tokens = base_img = base_flops = None
-    for (label, cfg), row in zip(ms, rows):
+    for label, cfg in ms:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokens, img, rep, mem = _inspect(model, adapter, cfg or preset("none"), call_kwargs, device)
+            tokens, img, rep, mem = _inspect(adapter, cfg or preset("none"), call_kwargs, device)
         images.append((label, img))
         if cfg is None:
             base_tokens, base_img, base_flops = tokens, img, rep.gflops
-        agree = {}
-        for si, ids in tokens.items():
-            ref = base_tokens.get(si)
-            agree[si] = None if ref is None or ref.shape != ids.shape else float((ids == ref).float().mean())
-        for si in base_tokens:
-            agree.setdefault(si, None)  # skipped scales
+        t = by_label[label]
         results.append(dict(
-            row, config=None if cfg is None else cfg.to_dict(), skipping=rep.skipping,
+            method=label, execution=t["execution"],
+            **{k: t[k] for k in ("loop_ms", "loop_min_ms", "loop_max_ms", "e2e_ms", "loop_speedup", "e2e_speedup")},
+            config=None if cfg is None else cfg.to_dict(), skipping=rep.skipping,
             per_scale=[dict(index=s.index, hw=list(s.hw), mode=s.mode, rows=s.rows, tokens=list(s.tokens),
                             ms=s.time_s * 1e3, gflops=s.gflops) for s in rep.scales],
             gflops=rep.gflops, flop_ratio=base_flops / rep.gflops if rep.gflops else None, memory=mem,
             psnr=float(psnr(img, base_img).mean()), ssim=float(ssim(img, base_img).mean()),
-            token_agreement={str(k): v for k, v in sorted(agree.items())}))
-    from .cli import machine_name
-
+            token_agreement={str(k): v for k, v in token_agreement(tokens, base_tokens).items()}))
     report = dict(title=title, device=machine_name(device), repeats=repeats, warmup=warmup,
-                  call={k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))}, methods=results)
+                  executions=list(dict.fromkeys(executions)),
+                  call={k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
+                  methods=results, timing=timing)
     if out_dir:
         _write(report, out_dir, images)
     return report
 
 
 def format_report(report: dict) -> str:
-    """The terminal table of :func:`run`'s report."""
+    """The terminal tables of :func:`run`'s report: per method, then per method x executor."""
+    ex = report["methods"][0]["execution"] if report["methods"] else "eager"
     lines = [report["title"] or "stagevar bench", f"on {report['device']}, {report['repeats']} interleaved rounds "
-             f"after {report['warmup']} warm-up"]
+             f"after {report['warmup']} warm-up call(s) per arm; loop/e2e times under the {ex} executor"]
     lines.append(f"{'method':<26} {'loop ms (min-max)':>22} {'e2e ms':>9} {'loop x':>7} {'e2e x':>7} {'FLOP x':>7} "
                  f"{'mem MiB':>8} {'PSNR':>6} {'SSIM':>6} {'tok agr':>8}")
     for m in report["methods"]:
@@ -358,14 +257,24 @@ def format_report(report: dict) -> str:
                      f"{m['psnr']:>6.1f} {m['ssim']:>6.3f} {('-' if last is None else f'{last:.3f}'):>8}")
     lines.append("tok agr: token agreement with the baseline at the last scale run; PSNR 100 = identical; "
                  f"mem: {report['methods'][0]['memory']['kind']}")
+    if report.get("timing"):
+        lines.append("")
+        lines.append(format_timing(f"per method x executor ({', '.join(report['executions'])})", report["timing"]))
     return "\n".join(lines)
+
+
+def save_grid(rows: List[torch.Tensor], path: str) -> None:
+    """Save image rows (each ``(B, 3, H, W)`` in [0, 1]) as one PNG, one row per tensor."""
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(r.float().clamp(0, 1).cpu()), dim=2) for r in rows], dim=1)
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    Image.fromarray(arr).save(path)
 
 
 def _write(report: dict, out_dir: str, images) -> None:
     import json
     import os
-
-    from .cli import save_grid
 
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "bench.json"), "w") as f:

@@ -1,37 +1,22 @@
-"""Command line: ``stagevar demo | bench | plan | calibrate`` (also ``python -m stagevar ...``)."""
+"""Command line: ``stagevar demo | bench | plan | calibrate`` (also ``python -m stagevar ...``).
+
+It parses and prints; the measuring lives in the tools (:mod:`stagevar.methods`,
+:mod:`stagevar.bench`, :mod:`stagevar.calibrate`), and nothing in the package imports this module.
+"""
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
-import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
-from . import api
-from .bench import METHODS_HELP
 from .config import StageVARConfig
+from .executors import EXECUTIONS, GraphsUnavailableError
+from .methods import METHODS_HELP, MODEL_DEFAULT, Arm, check_executions, run_interleaved
 from .presets import preset, presets
-
-
-def machine_name(device=None) -> str:
-    """The device in words, for printed figures (``device``: where the model runs; default the
-    first CUDA device when there is one)."""
-    device = torch.device(device) if device is not None else None
-    if device is None and torch.cuda.is_available() or device is not None and device.type == "cuda":
-        return f"CUDA {torch.cuda.get_device_name(device)}"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-
-
-def save_grid(rows: List[torch.Tensor], path: str) -> None:
-    """Save image rows (each ``(B, 3, H, W)`` in [0, 1]) as one PNG, one row per tensor."""
-    from PIL import Image
-
-    grid = torch.cat([torch.cat(list(r.float().clamp(0, 1).cpu()), dim=2) for r in rows], dim=1)
-    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    Image.fromarray(arr).save(path)
+from .timing import machine_name
 
 
 def _load_config(arg: Optional[str]) -> Optional[StageVARConfig]:
@@ -46,25 +31,15 @@ PROMPTS = ["a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl o
            "an astronaut riding a horse"]
 
 
-def _cli_model(args, var_shape: str, infinity_shape: str):
-    """``(description, model, generation kwargs without conditions, encode or None)`` for ``--model``."""
-    from .models import load_pretrained, reference_infinity, reference_var
+def _cli_model(args, default_shapes: Dict[str, str]):
+    """``(description, model, generation kwargs without conditions, encode or None)`` for ``--model``,
+    built by the registry of reference models; ``default_shapes``: per model, when ``--shape`` is not given."""
+    from .models import MODEL_BUILDERS, build_reference
 
-    sampling = dict(g_seed=getattr(args, "seed", 0), top_k=args.top_k, top_p=args.top_p)
-    device = torch.device(args.device)
-    if args.model == "pretrained":
-        var = load_pretrained("stagevar-tiny-var", device=device)
-        return "trained VAR 'stagevar-tiny-var'", var, dict(sampling, cfg=args.cfg), None
-    if args.model == "var":
-        shape = args.shape or var_shape
-        var = reference_var(shape, device=device)
-        return f"reference VAR '{shape}' (random weights)", var, dict(sampling, cfg=args.cfg), None
-    shape = args.shape or infinity_shape
-    bundle = reference_infinity(shape, device=device)
-    sched = bundle.schedule(args.aspect)
-    K = len(sched)
-    kw = dict(sampling, vae=bundle.vae, scale_schedule=sched, cfg_list=[args.cfg] * K, tau_list=[1.0] * K, ret_img=True)
-    return f"reference Infinity '{shape}' ({args.aspect}, {K} scales, random weights)", bundle.model, kw, bundle.encode
+    shape = (args.shape or default_shapes[args.model]) if MODEL_BUILDERS[args.model].shapes else None
+    ref = build_reference(args.model, shape, device=torch.device(args.device), aspect=args.aspect, cfg=args.cfg)
+    kw = dict(ref.call_kwargs, g_seed=getattr(args, "seed", 0), top_k=args.top_k, top_p=args.top_p)
+    return ref.description, ref.model, kw, ref.encode
 
 
 def _default_conditions(model, B: int) -> list:
@@ -75,16 +50,15 @@ def _default_conditions(model, B: int) -> list:
 
 
 def _demo_model(args):
-    """(description, model, call) for the demo: ``call()`` returns images ``(B, 3, H, W)`` in [0, 1]."""
+    """(description, model, generation kwargs with the conditions) for the demo."""
     from .adapters import adapter_for
 
-    what, model, kw, encode = _cli_model(args, "d16", "small")
+    what, model, kw, encode = _cli_model(args, {"var": "d16", "infinity": "small"})
     args.batch = args.batch or (model.num_classes if args.model == "pretrained" else 2)
-    adapter = adapter_for(model)
-    kw.update(adapter.condition_kwargs(_default_conditions(model, args.batch), encode))
+    kw.update(adapter_for(model).condition_kwargs(_default_conditions(model, args.batch), encode))
     if args.model == "pretrained":
         what += f" (classes: {', '.join(model.class_names)})"
-    return what, model, lambda: adapter.images_of(model.autoregressive_infer_cfg(**kw))
+    return what, model, kw
 
 
 def _classifier(model):
@@ -103,48 +77,33 @@ def _classifier(model):
 
 
 def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
-    """``--config`` values, or the family's default preset (None) -- and, for the trained model,
-    also the preset calibrated for it, so the paper's recipe and the measured choice show side by side."""
+    """``--config`` values, or the model's default (None: the config it carries, else the family's
+    preset) -- and, for the trained model, also the preset calibrated for it."""
     if args.config:
         return [_load_config(c) for c in args.config]
     return [None, preset("stagevar-tiny-var")] if args.model == "pretrained" else [None]
 
 
 def _demo(args) -> int:
+    from .adapters import adapter_for
+    from .bench import save_grid
+    from .metrics import psnr, ssim
+
     torch.manual_seed(0)
-    what, model, call = _demo_model(args)
+    what, model, kw = _demo_model(args)
+    adapter = adapter_for(model)
     print(f"stagevar demo: {what}, B={args.batch}, on {machine_name(args.device)}")
     configs = _demo_configs(args, model)
+    images: Dict[int, torch.Tensor] = {}
+    reports: Dict[int, object] = {}
 
-    def run(cfg):  # cfg: False = baseline, else a config (None = default preset)
-        if cfg is False:
-            api.restore(model)
-        else:
-            api.accelerate(model, cfg)
-        t = time.perf_counter()
-        img = call()
-        if img.device.type == "cuda":
-            torch.cuda.synchronize(img.device)
-        return img, time.perf_counter() - t
+    def keep(rec, out):  # the last round's images and reports
+        images[rec.arm], reports[rec.arm] = adapter.images_of(out).float().cpu(), rec.report
 
-    for cfg in configs:  # warm-up
-        run(cfg)
-    run(False)
-    base_t: List[float] = []
-    acc_t: List[List[float]] = [[] for _ in configs]
-    acc_img: List[torch.Tensor] = [torch.empty(0)] * len(configs)
-    reports, names = [None] * len(configs), [""] * len(configs)
-    for _ in range(args.repeats):  # interleaved, same seed
-        base_img, t = run(False)
-        base_t.append(t)
-        for i, cfg in enumerate(configs):
-            acc_img[i], t = run(cfg)
-            acc_t[i].append(t)
-            reports[i], names[i] = api.report(model), api.current_config(model).name
-    api.restore(model)
-    from .calibrate import psnr, ssim
-
-    base_img, acc_img = base_img.float().cpu(), [a.float().cpu() for a in acc_img]
+    arms = [Arm("baseline", None)] + [Arm(cfg.name if cfg else "default", cfg or MODEL_DEFAULT) for cfg in configs]
+    result = run_interleaved(model, arms, [kw], rounds=args.repeats, warmup=1, on_call=keep)
+    names = [reports[i + 1].config_name for i in range(len(configs))]
+    base_img, acc_img = images[0], [images[i + 1] for i in range(len(configs))]
     clf = _classifier(model)
     target = torch.arange(base_img.shape[0]) % max(getattr(model, "num_classes", 1), 1)
 
@@ -152,11 +111,11 @@ def _demo(args) -> int:
         with torch.no_grad():
             return float((clf(img.float()).argmax(-1) == target).float().mean())
 
-    b = statistics.median(base_t)
+    b = statistics.median(r.wall_s for r in result.of(0))
     for i, name in enumerate(names):
         print(f"\n[{name}]")
-        print(reports[i])
-        a = statistics.median(acc_t[i])
+        print(reports[i + 1])
+        a = statistics.median(r.wall_s for r in result.of(i + 1))
         print(f"end-to-end median of {args.repeats}: baseline {b * 1e3:.0f} ms, accelerated {a * 1e3:.0f} ms, "
               f"speedup {b / a:.2f}x (config {name!r})")
         print(f"per-seed PSNR to baseline {psnr(acc_img[i], base_img).mean():.1f} dB, "
@@ -190,18 +149,19 @@ def _bench(args) -> int:
     from .adapters import adapter_for
     from .bench import format_report, run
 
-    what, model, kw, encode = _cli_model(args, "tiny", "tiny")
+    check_executions(args.execution, args.device)  # before building or measuring anything
+    what, model, kw, encode = _cli_model(args, {"var": "tiny", "infinity": "tiny"})
     kw.update(adapter_for(model).condition_kwargs(_default_conditions(model, args.batch), encode))
     methods = args.methods or (["baseline", "var-d16"] + (["stagevar-tiny-var"] if args.model == "pretrained" else [])
                                + ["cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
                                if args.model != "infinity" else
                                ["baseline", "infinity-2b", "infinity-2b-paper", "cfg-only", "lowrank-only", "fastvar",
                                 "skip-last-2"])
-    title = f"stagevar bench: {what}, B={args.batch}"
+    title = f"stagevar bench: {what}, B={args.batch}, executors: {', '.join(args.execution)}"
     if not args.quiet:
         print(title, flush=True)
     report = run(model, methods, kw, repeats=args.repeats, warmup=args.warmup, out_dir=args.out,
-                 progress=not args.quiet, title=title)
+                 progress=not args.quiet, title=title, executions=args.execution)
     print(format_report(report))
     if args.out:
         print(f"wrote {args.out}/bench.json, images.png (one row per method) and, with matplotlib, the charts")
@@ -211,7 +171,7 @@ def _bench(args) -> int:
 def _calibrate(args) -> int:
     from .calibrate import calibrate
 
-    what, model, gen, encode = _cli_model(args, "small", "tiny")
+    what, model, gen, encode = _cli_model(args, {"var": "small", "infinity": "tiny"})
     gen.pop("g_seed")
     gen.update(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds, encode=encode)
     if args.model == "infinity":
@@ -247,21 +207,25 @@ def _generation_args(p: argparse.ArgumentParser, top_k: int, top_p: float) -> No
     p.add_argument("--top-p", type=float, default=top_p)
 
 
+def _model_args(p: argparse.ArgumentParser, default: str, shape_help: str) -> None:
+    """``--model`` (the registry of reference models), ``--shape`` and ``--aspect``."""
+    from .models import ASPECTS, MODEL_BUILDERS
+
+    p.add_argument("--model", default=default, choices=list(MODEL_BUILDERS),
+                   help="; ".join(f"{n}: {m.summary}" for n, m in MODEL_BUILDERS.items()) + f" (default {default})")
+    p.add_argument("--shape", default=None, choices=sorted({s for m in MODEL_BUILDERS.values() for s in m.shapes}),
+                   help=shape_help)
+    p.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS), help="Infinity aspect ratio, width:height")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .models import ASPECTS, INFINITY_SHAPES, VAR_SHAPES
+    from .models import MODEL_BUILDERS, VAR_SHAPES
 
     ap = argparse.ArgumentParser(prog="stagevar", description="Stage-aware acceleration of VAR image generators")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="generate baseline and accelerated images side by side")
-    from .models.pretrained import BUNDLED
-    import os as _os
-    default_model = "pretrained" if _os.path.exists(BUNDLED["stagevar-tiny-var"]) else "var"
-    d.add_argument("--model", default=default_model, choices=["pretrained", "var", "infinity"],
-                   help=f"pretrained: the trained stagevar-tiny-var; var / infinity: random-weight reference "
-                        f"models (default {default_model})")
-    d.add_argument("--shape", default=None, choices=sorted(set(VAR_SHAPES) | set(INFINITY_SHAPES)),
-                   help="reference shape (default: d16 for var, small for infinity)")
-    d.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS), help="Infinity aspect ratio, width:height")
+    _model_args(d, "pretrained" if MODEL_BUILDERS["pretrained"].available() else "var",
+                "reference shape (default: d16 for var, small for infinity)")
     d.add_argument("--config", nargs="+", default=None,
                    help="preset names or JSON config files (default: the family preset; for the trained model "
                         "also its calibrated preset stagevar-tiny-var)")
@@ -276,22 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None)
     p.set_defaults(func=_plan)
     b = sub.add_parser("bench", help="measure methods side by side (time, FLOPs, memory, fidelity) in one run")
-    b.add_argument("--model", default="var", choices=["pretrained", "var", "infinity"])
-    b.add_argument("--shape", default=None, help="reference shape (default tiny)")
-    b.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS))
+    _model_args(b, "var", "reference shape (default tiny)")
     b.add_argument("--methods", nargs="+", default=None, help=METHODS_HELP)
+    b.add_argument("--execution", nargs="+", default=["eager"], choices=list(EXECUTIONS),
+                   help="executors to time every method under (default eager); 'graphs' needs CUDA. Each is "
+                        "compared with the unpatched call and with preset 'none' under the same executor")
     b.add_argument("--batch", type=int, default=2)
     b.add_argument("--seed", type=int, default=0)
     _generation_args(b, top_k=0, top_p=0.0)
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--rounds", "--repeats", dest="repeats", type=int, default=5,
+                   help="timed interleaved rounds, after the warm-up (default 5)")
+    b.add_argument("--warmup", type=int, default=1,
+                   help="untimed calls per method and executor first (graphs: at least 2, the eager call and the "
+                        "capture)")
     b.add_argument("--out", default="bench_out", help="folder for bench.json, images and charts ('' for none)")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=_bench)
     c = sub.add_parser("calibrate", help="measure stages and ranks of a reference model from its own generations")
-    c.add_argument("--model", default="var", choices=["pretrained", "var", "infinity"])
-    c.add_argument("--shape", default=None, help="reference shape (default: small for var, tiny for infinity)")
-    c.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS))
+    _model_args(c, "var", "reference shape (default: small for var, tiny for infinity)")
     c.add_argument("--conditions", type=int, nargs="*", default=None, help="VAR class labels (default: 0..7)")
     c.add_argument("--prompts", nargs="*", default=None, help="Infinity prompts (default: four built-in prompts)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -311,18 +277,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .models import MODEL_BUILDERS
+
     ap = build_parser()
     args = ap.parse_args(argv)
     if (getattr(args, "batch", 1) or 1) < 1:
         ap.error("--batch must be at least 1")
-    if args.command in ("demo", "calibrate") and args.model == "pretrained" and args.shape is not None:
-        ap.error("--shape applies to the random-weight reference models (--model var or infinity)")
-    if args.command in ("demo", "bench", "calibrate") and args.shape is not None and args.model != "pretrained":
-        from .models import INFINITY_SHAPES, VAR_SHAPES
-        known = VAR_SHAPES if args.model == "var" else INFINITY_SHAPES
-        if args.shape not in known:
-            ap.error(f"--shape {args.shape} is not a {args.model} shape; choose one of {sorted(known)}")
-    return args.func(args)
+    if args.command in ("demo", "bench", "calibrate") and args.shape is not None:
+        shapes = MODEL_BUILDERS[args.model].shapes
+        if not shapes and args.command != "bench":
+            with_shapes = " or ".join(n for n, m in MODEL_BUILDERS.items() if m.shapes)
+            ap.error(f"--shape applies to the random-weight reference models (--model {with_shapes})")
+        if shapes and args.shape not in shapes:
+            ap.error(f"--shape {args.shape} is not a {args.model} shape; choose one of {sorted(shapes)}")
+    try:
+        return args.func(args)
+    except GraphsUnavailableError as e:  # one line, before anything was measured
+        print(e, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,15 +15,15 @@ baseline and wrong under the method, or the reverse), as in McNemar's test.
 from __future__ import annotations
 
 import os
-import time
 from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import api
-from .calibrate import psnr, ssim
+from .adapters import adapter_for
+from .methods import Arm, run_interleaved
+from .metrics import frechet_distance, paired_change_stats, psnr, ssim
 
 
 class CropClassifier(nn.Module):
@@ -75,56 +75,31 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, steps: 
     return clf
 
 
-def frechet_distance(fa: torch.Tensor, fb: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``(N, F)`` and ``(M, F)``."""
-    fa, fb = fa.double(), fb.double()
-    mu_a, mu_b = fa.mean(0), fb.mean(0)
-    ca, cb = torch.cov(fa.t()), torch.cov(fb.t())
-
-    def sqrtm(m):
-        ev, V = torch.linalg.eigh((m + m.t()) / 2)
-        return V @ torch.diag(ev.clamp_min(0).sqrt()) @ V.t()
-
-    sa = sqrtm(ca)
-    cross = sqrtm(sa @ cb @ sa)
-    return float((mu_a - mu_b).pow(2).sum() + torch.trace(ca + cb - 2 * cross))
-
-
 def evaluate(var, classifier: CropClassifier, methods, per_class: int = 8, seed: int = 0, batch: int = 16,
              **generation_kwargs) -> List[Dict]:
     """Class consistency, FD to the baseline set, PSNR/SSIM to the baseline and time, per method.
 
-    ``methods``: ``[(label, config or None)]`` as :func:`stagevar.bench.resolve_methods` gives;
+    ``methods``: ``[(label, config or None)]`` as :func:`stagevar.methods.resolve_methods` gives;
     the first must be the baseline (None). Every method generates the same classes with the same
     seeds. Methods are interleaved batch by batch (each batch of classes is generated under every
-    method before the next), so the time ratios share the machine's conditions.
+    method before the next), so the time ratios share the machine's conditions. The model must be
+    unpatched; it is unpatched again on return and on error.
     """
     if methods[0][1] is not None:
         raise ValueError("the first method must be the unpatched baseline")
+    adapter = adapter_for(var)
     classes = [c for c in range(var.num_classes) for _ in range(per_class)]
     target = torch.tensor(classes)
+    batches = [dict(generation_kwargs, g_seed=seed + i, **adapter.condition_kwargs(classes[i:i + batch]))
+               for i in range(0, len(classes), batch)]
     images: List[List[torch.Tensor]] = [[] for _ in methods]
-    seconds = [0.0] * len(methods)
-    from .bench import _sync as sync  # a timed call must not inherit, or leave, queued device work
 
-    device = next(var.parameters()).device
-    try:
-        with torch.no_grad():
-            for i in range(0, len(classes), batch):
-                labels = torch.tensor(classes[i:i + batch], device=device)
-                for m, (_, cfg) in enumerate(methods):
-                    if cfg is None:
-                        api.restore(var)
-                    else:
-                        api.accelerate(var, cfg)
-                    sync()
-                    t = time.perf_counter()
-                    img = var.autoregressive_infer_cfg(B=len(labels), label_B=labels, g_seed=seed + i, **generation_kwargs)
-                    sync()
-                    seconds[m] += time.perf_counter() - t
-                    images[m].append(img.float().cpu())
-    finally:
-        api.restore(var)
+    def keep(rec, out):
+        images[rec.arm].append(adapter.images_of(out).float().cpu())
+
+    result = run_interleaved(var, [Arm(label, cfg) for label, cfg in methods], batches, rounds=1, warmup=0,
+                             on_call=keep)
+    seconds = [sum(r.wall_s for r in result.of(m)) for m in range(len(methods))]
     rows, base_img, base_feat, base_ok = [], None, None, None
     with torch.no_grad():
         for (label, _), parts, secs in zip(methods, images, seconds):
@@ -143,16 +118,6 @@ def evaluate(var, classifier: CropClassifier, methods, per_class: int = 8, seed:
         r["speedup"] = base["seconds"] / r["seconds"]
         r["consistency_change"] = r["class_consistency"] - base["class_consistency"]
     return rows
-
-
-def paired_change_stats(base_ok: torch.Tensor, ok: torch.Tensor) -> Dict:
-    """Samples lost (right under the baseline, wrong here) and gained, and the standard error of
-    the change in the correct fraction, ``sqrt(lost + gained - (gained - lost)^2 / n) / n``."""
-    n = len(ok)
-    lost = int((base_ok & ~ok).sum())
-    gained = int((~base_ok & ok).sum())
-    se = max(lost + gained - (gained - lost) ** 2 / n, 0.0) ** 0.5 / n
-    return dict(n=n, lost=lost, gained=gained, change_se=se)
 
 
 def load_classifier(path: str, num_classes: int) -> CropClassifier:

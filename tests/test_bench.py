@@ -5,8 +5,10 @@ import pytest
 import torch
 
 import stagevar
-from stagevar.bench import fastvar_config, format_report, resolve_methods, run
+from stagevar.bench import format_report, run
 from stagevar.cli import main
+from stagevar.engine import Engine
+from stagevar.methods import fastvar_config, resolve_methods
 from stagevar.models import reference_infinity, reference_var
 
 ALL_VAR = ["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-1", "cond-last-1"]
@@ -18,6 +20,8 @@ def _check_report(rep, labels):
     assert base["psnr"] == 100.0 and base["ssim"] == pytest.approx(1.0)
     assert all(v == 1.0 for v in base["token_agreement"].values())
     assert base["loop_speedup"] == 1.0 and base["config"] is None
+    timed = [(t["method"], t["execution"]) for t in rep["timing"]]
+    assert ("none", "eager") in timed and all((label, "eager") in timed for label in labels)
     for m in rep["methods"]:
         assert m["loop_ms"] > 0 and m["e2e_ms"] >= m["loop_ms"] * 0.5
         assert m["gflops"] > 0 and m["flop_ratio"] > 0
@@ -81,6 +85,23 @@ def test_bad_methods_and_shapes_say_what_to_change(tmp_path, capsys):
         run(var, ["baseline"], dict(B=1, label_B=1), repeats=1)
 
 
+def test_run_restores_the_model_when_a_method_raises(monkeypatch):
+    """A method failing mid-run leaves the model unpatched, its decoder unwrapped, and usable."""
+    var = reference_var("tiny")
+
+    def boom(*a, **k):
+        raise RuntimeError("unit failed")
+
+    monkeypatch.setattr(Engine, "_lowrank_unit", boom)
+    kw = dict(B=2, label_B=torch.tensor([1, 2]), g_seed=0, cfg=3.0)
+    with pytest.raises(RuntimeError, match="unit failed"):
+        run(var, ["baseline", "cfg-only", "var-d16"], kw, repeats=1, warmup=0)
+    assert not stagevar.is_accelerated(var)
+    assert "fhat_to_img" not in vars(var.vae_proxy[0])
+    monkeypatch.undo()
+    assert run(var, ["cfg-only"], kw, repeats=1, warmup=0)["methods"][1]["method"] == "cfg-only"
+
+
 def test_fastvar_plan_prunes_middle_blocks_only():
     cfg = fastvar_config(20)
     ratios = cfg.rank_ratios[-1]
@@ -93,6 +114,15 @@ def test_cli_bench_runs(tmp_path, capsys):
                  "--methods", "baseline", "var-d16"]) == 0
     out = capsys.readouterr().out
     assert "var-d16" in out and (tmp_path / "bench.json").exists()
+
+
+def test_cli_bench_graphs_on_cpu_fails_before_measuring(tmp_path, capsys, monkeypatch):
+    import stagevar.bench
+
+    monkeypatch.setattr(stagevar.bench, "run", lambda *a, **k: pytest.fail("measured before refusing"))
+    assert main(["bench", "--shape", "tiny", "--execution", "eager", "graphs", "--out", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "execution='graphs' cannot run" in err and "CUDA" in err
 
 
 def test_cli_demo_on_tiny_models(tmp_path, capsys):

@@ -1,7 +1,9 @@
 """Reference models written from scratch with upstream attribute names."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -145,7 +147,86 @@ def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = Non
     return InfinityBundle(model, vae, TextEncoder(cfg["Ct5"], seed=cfg["seed"]), cfg["max_side"])
 
 
-from .pretrained import load_pretrained, save_pretrained  # noqa: E402
+from .pretrained import BUNDLED, load_pretrained, save_pretrained  # noqa: E402
+
+
+# -- the registry of reference-model builders (the command line's --model choices) ---------------
+@dataclass(frozen=True)
+class ReferenceModel:
+    """A built reference model and how to call it.
+
+    ``call_kwargs``: the generation call's arguments other than the conditions, the seed and the
+    sampling options (Infinity: the VAE, the schedule, per-scale CFG and temperature lists);
+    ``encode``: prompts -> the model's text condition, or None for a class-conditional model.
+    """
+
+    description: str
+    model: torch.nn.Module
+    call_kwargs: dict
+    encode: Optional[Callable] = None
+
+
+@dataclass(frozen=True)
+class ModelBuilder:
+    """One entry of :data:`MODEL_BUILDERS`: ``build(shape, device, aspect, cfg)`` -> :class:`ReferenceModel`.
+
+    ``shapes``: the shapes it accepts (empty: the model has one shape); ``aspects``: the aspect
+    ratios it accepts (empty: fixed)."""
+
+    name: str
+    summary: str
+    shapes: Tuple[str, ...]
+    aspects: Tuple[str, ...]
+    build: Callable[..., ReferenceModel]
+    available: Callable[[], bool] = lambda: True
+
+
+def _build_pretrained(shape, device, aspect, cfg) -> ReferenceModel:
+    var = load_pretrained("stagevar-tiny-var", device=device)
+    return ReferenceModel("trained VAR 'stagevar-tiny-var'", var, dict(cfg=cfg))
+
+
+def _build_var(shape, device, aspect, cfg) -> ReferenceModel:
+    return ReferenceModel(f"reference VAR '{shape}' (random weights)", reference_var(shape, device=device), dict(cfg=cfg))
+
+
+def _build_infinity(shape, device, aspect, cfg) -> ReferenceModel:
+    bundle = reference_infinity(shape, device=device)
+    sched = bundle.schedule(aspect)
+    K = len(sched)
+    kw = dict(vae=bundle.vae, scale_schedule=sched, cfg_list=[cfg] * K, tau_list=[1.0] * K, ret_img=True)
+    return ReferenceModel(f"reference Infinity '{shape}' ({aspect}, {K} scales, random weights)", bundle.model, kw,
+                          bundle.encode)
+
+
+MODEL_BUILDERS: Dict[str, ModelBuilder] = {
+    "pretrained": ModelBuilder("pretrained", "the trained stagevar-tiny-var (bundled weights)", (), (),
+                               _build_pretrained, available=lambda: os.path.exists(BUNDLED["stagevar-tiny-var"])),
+    "var": ModelBuilder("var", "a reference VAR with random weights", tuple(VAR_SHAPES), (), _build_var),
+    "infinity": ModelBuilder("infinity", "a reference Infinity with random weights", tuple(INFINITY_SHAPES),
+                             tuple(ASPECTS), _build_infinity),
+}
+
+
+def build_reference(name: str, shape: Optional[str] = None, device: Optional[torch.device] = None,
+                    aspect: str = "1:1", cfg: float = 4.0) -> ReferenceModel:
+    """Build the registered reference model ``name`` (see :data:`MODEL_BUILDERS`) with guidance ``cfg``.
+
+    Raises:
+        ValueError: an unknown name, or a shape or aspect the model does not have (naming the choices).
+    """
+    if name not in MODEL_BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}")
+    b = MODEL_BUILDERS[name]
+    if b.shapes and shape not in b.shapes:
+        raise ValueError(f"shape {shape!r} is not a {name} shape; choose one of {sorted(b.shapes)}")
+    if not b.shapes and shape is not None:
+        raise ValueError(f"{name} has one shape; pass shape=None")
+    if b.aspects and aspect not in b.aspects:
+        raise ValueError(f"aspect {aspect!r} is not one of {sorted(b.aspects)}")
+    return b.build(shape, device, aspect, cfg)
+
 
 __all__ = ["load_pretrained", "save_pretrained", "VAR", "VQVAE", "reference_var", "VAR_SHAPES", "Infinity", "InfinityBundle", "reference_infinity",
-           "INFINITY_SHAPES", "infinity_schedule", "ASPECTS"]
+           "INFINITY_SHAPES", "infinity_schedule", "ASPECTS", "ReferenceModel", "ModelBuilder", "MODEL_BUILDERS",
+           "build_reference"]
