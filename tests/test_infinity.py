@@ -259,3 +259,39 @@ def test_report_counts_rows_the_call_started_with(bundle):
         generate(bundle.model, kw)
         rep = stagevar.report(bundle.model)
     assert rep.intact_rows == 2 and rep.token_rows == rep.intact_token_rows
+
+
+def test_a_block_replaced_after_accelerate_is_run(bundle):
+    """The adapter read its block list once, at accelerate time: a later replacement never ran."""
+    import copy
+
+    m = bundle.model
+    kw = call_kwargs(bundle, 2, "1:1")
+    stagevar.accelerate(m, "none")
+    before = generate(m, kw)
+    new = copy.deepcopy(m.block_chunks[0].module[0])
+    with torch.no_grad():
+        for p in new.parameters():
+            p.mul_(1.7)
+    m.block_chunks[0].module[0] = new
+    m.unregistered_blocks[0] = new
+    calls = []
+    h = new.register_forward_hook(lambda *a: calls.append(1))
+    got = generate(m, kw)
+    h.remove()
+    assert calls and not torch.equal(got, before)
+    stagevar.restore(m)
+    assert torch.equal(generate(m, kw), got)
+
+
+def test_parameters_the_loop_does_not_implement_are_refused_by_name(bundle):
+    m = bundle.model
+    kw = call_kwargs(bundle, 1, "1:1")
+    want = generate(m, kw)
+    stagevar.accelerate(m, "none")
+    assert torch.equal(generate(m, dict(kw, returns_vemb=1, inference_mode=True)), want)  # read or harmless
+    for extra, name in [(dict(sampling_per_bits=2), "sampling_per_bits=2"), (dict(temperature=0.7), "temperature=0.7"),
+                        (dict(gt_ls_Bl=[torch.zeros(1)]), "gt_ls_Bl=")]:
+        with pytest.raises(TypeError, match=f"does not implement {name}"):
+            generate(m, dict(kw, **extra))
+    assert all(b.sa.cached_k is None for b in m.unregistered_blocks)

@@ -1,4 +1,13 @@
-"""FoundationVision Infinity (``infinity/models/infinity.py``, class ``Infinity``), duck-typed on its names."""
+"""FoundationVision Infinity (``infinity/models/infinity.py``, class ``Infinity``), duck-typed on its names.
+
+Follows the loop of ``Infinity.autoregressive_infer_cfg`` in github.com/FoundationVision/Infinity
+at commit 4c27bbb (2025-11-10): packed text condition with the learned null prompt or a negative
+prompt for CFG, per-scale ``cfg_list``/``tau_list``, CFG on logits or on hidden states, 2D RoPE
+tables keyed by schedule, the bitwise head and the model's own sampler and ``rng``, codes summed
+with ``z_interplote_up``. Refuses: ``vae_type=0`` (index labels), ``apply_spatial_patchify``
+(Infinity-8B), ``gt_leak > 0`` and the parameters it does not implement (see ``consumed``), and
+CFG on hidden states together with low-rank units that keep both branches.
+"""
 from __future__ import annotations
 
 import sys
@@ -10,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import sampling as _own_helpers
-from .base import Adapter, select_rows
+from .base import Adapter, CallState, select_rows
 
 _SAMPLER = "sample_with_top_k_top_p_also_inplace_modifying_logits_"
 
@@ -30,8 +39,7 @@ class _AnyKey(dict):
 
 
 @dataclass
-class _InfinityCall:
-    B: int
+class _InfinityCall(CallState):
     use_cfg: bool
     schedule: list              # the call's full scale_schedule, as passed
     run_scales: int             # scales run (trunk_scale may stop early)
@@ -39,12 +47,10 @@ class _InfinityCall:
     tau_list: Sequence[float]
     top_k: int
     top_p: float
-    g_seed: Optional[int]
-    rng: Optional[torch.Generator]
     vae: Any
     ret_img: bool
     cfg_on_logits: bool
-    mix_after: Set[int]         # block indices after which hidden states are CFG-mixed
+    mix_after: Set[int]         # ids of the blocks after which hidden states are CFG-mixed
     cond_BD: torch.Tensor       # (rows, D)
     cond_BD_or_gss: torch.Tensor
     ca_kv: tuple                # (kv_compact, cu_seqlens_k, max_seqlen_k) of the rows kept
@@ -61,24 +67,41 @@ class InfinityAdapter(Adapter):
                 "text_proj_for_sos", "text_proj_for_ca", "shared_ada_lin", "lvl_embed", "pos_start", "word_embed",
                 "head_nm", "head", "get_logits", "add_lvl_embeding", "autoregressive_infer_cfg")
 
+    # What the loop reads; upstream's other parameters (force_gt_Bhw, cfg_sc, ratio_Bl1, gumbel, norm_cfg,
+    # cfg_exp_k, softmax_merge_topk, gt_ls_Bl, save_img_path, sampling_per_bits) are refused when given a
+    # value other than their default: stagevar does not implement them.
+    consumed = frozenset({"vae", "scale_schedule", "label_B_or_BLT", "B", "negative_label_B_or_BLT", "g_seed",
+                          "cfg_list", "tau_list", "top_k", "top_p", "cfg_insertion_layer", "vae_type", "ret_img",
+                          "trunk_scale", "gt_leak", "returns_vemb", "inference_mode"})
+
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        self._blocks: List[nn.Module] = [m for chunk in model.block_chunks for m in chunk.module]
-        for i, b in enumerate(self._blocks):
+        for i, b in enumerate(self.blocks()):
             if not hasattr(b, "sa") or not hasattr(b.sa, "kv_caching"):
                 raise TypeError(f"Infinity block {i} has no sa.kv_caching(); stagevar needs upstream's CrossAttnBlock")
         if getattr(model, "apply_spatial_patchify", 0):
             from .base import UnsupportedModelError
             raise UnsupportedModelError("stagevar does not support Infinity models built with apply_spatial_patchify yet")
-        self._index: Dict[nn.Module, int] = {b: i for i, b in enumerate(self._blocks)}  # by identity; survives deepcopy
-        self._chunk_starts: List[int] = []
-        n = 0
-        for chunk in model.block_chunks:
-            self._chunk_starts.append(n)
-            n += len(chunk.module)
-        module = sys.modules.get(type(model).__module__)
-        self._sample = getattr(module, _SAMPLER, _own_helpers.sample_with_top_k_top_p_)
         self.default_unit_blocks = len(model.block_chunks[0].module)
+
+    @property
+    def _blocks(self) -> List[nn.Module]:
+        """The blocks, read from the model at every use: a block replaced after ``accelerate`` runs."""
+        return [m for chunk in self.model.block_chunks for m in chunk.module]
+
+    @property
+    def _chunk_starts(self) -> List[int]:
+        starts, n = [], 0
+        for chunk in self.model.block_chunks:
+            starts.append(n)
+            n += len(chunk.module)
+        return starts
+
+    @property
+    def _sample(self):
+        """The model module's own sampler, else ours; looked up per use, so a replacement is used."""
+        module = sys.modules.get(type(self.model).__module__)
+        return getattr(module, _SAMPLER, _own_helpers.sample_with_top_k_top_p_)
 
     @property
     def default_preset(self) -> str:  # type: ignore[override]
@@ -162,6 +185,7 @@ class InfinityAdapter(Adapter):
     def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> _InfinityCall:
         m = self.model
         a = self.bind_call(args, kwargs)
+        blocks = self.blocks()
         sched, cond, vae = a.get("scale_schedule"), a.get("label_B_or_BLT"), a.get("vae")
         if sched is None or cond is None or vae is None:
             raise ValueError("autoregressive_infer_cfg needs vae=, scale_schedule= and label_B_or_BLT= (the packed prompts)")
@@ -194,10 +218,10 @@ class InfinityAdapter(Adapter):
             cfg_list=cfg_list, tau_list=tau_list, top_k=a.get("top_k", 0) or getattr(m, "top_k", 0),
             top_p=a.get("top_p", 0.0) or getattr(m, "top_p", 0.0), g_seed=g_seed,
             rng=rng, vae=vae, ret_img=bool(a.get("ret_img", False)), cfg_on_logits=0 in insertion,
-            mix_after={len(self._blocks) + c for c in insertion if c < 0},
+            mix_after={id(blocks[len(blocks) + c]) for c in insertion if c < 0 and len(blocks) + c >= 0},
             cond_BD=cond_BD, cond_BD_or_gss=cond_BD_or_gss, ca_kv=ca_kv, text_split=text_split,
             next_x=sos.unsqueeze(1).expand(rows, 1, -1) + m.pos_start.expand(rows, 1, -1), summed_codes=0)
-        for b in self._blocks:
+        for b in blocks:
             b.sa.kv_caching(True)
         return st
 
@@ -243,7 +267,7 @@ class InfinityAdapter(Adapter):
         grid = self.model.rope2d_freqs_grid if positions is None else self._rope_for(st, si, positions)
         x = block(x=x, cond_BD=st.cond_BD_or_gss, ca_kv=st.ca_kv, attn_bias_or_two_vector=None,
                   scale_schedule=st.schedule, rope2d_freqs_grid=grid, scale_ind=si)
-        if st.use_cfg and st.branch == "both" and st.cfg_list[si] != 1 and self._index[block] in st.mix_after:
+        if st.use_cfg and st.branch == "both" and st.cfg_list[si] != 1 and id(block) in st.mix_after:
             if positions is not None:
                 raise ValueError("cfg_insertion_layer < 0 mixes the hidden states of the two CFG halves, which a low-rank "
                                  "unit running both branches cannot do (each row keeps its own tokens); use "
