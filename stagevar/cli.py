@@ -78,10 +78,15 @@ def _classifier(model):
 
 def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
     """``--config`` values, or the model's default (None: the config it carries, else the family's
-    preset) -- and, for the trained model, also the preset calibrated for it."""
+    preset) -- for the trained model, the family's preset (the paper's recipe) and then the config
+    its checkpoint carries (calibrated for it)."""
+    from .adapters import adapter_for
+
     if args.config:
         return [_load_config(c) for c in args.config]
-    return [None, preset("stagevar-tiny-var")] if args.model == "pretrained" else [None]
+    if args.model == "pretrained" and getattr(model, "stagevar_config", None) is not None:
+        return [preset(adapter_for(model).default_preset), None]
+    return [None]
 
 
 def _demo(args) -> int:
