@@ -5,9 +5,10 @@ from typing import Any, List, Type
 
 from .base import Adapter, UnsupportedModelError
 from .infinity import InfinityAdapter
+from .star import STARAdapter
 from .var import VARAdapter
 
-ADAPTERS: List[Type[Adapter]] = [VARAdapter, InfinityAdapter]
+ADAPTERS: List[Type[Adapter]] = [VARAdapter, InfinityAdapter, STARAdapter]
 
 
 def register_adapter(cls: Type[Adapter], first: bool = False) -> Type[Adapter]:
@@ -43,4 +44,4 @@ def adapter_for(model: Any) -> Adapter:
         + "; ".join(reasons) + ". Pass the transformer itself (e.g. the VAR returned by build_vae_var, or the Infinity transformer), not a wrapper.")
 
 
-__all__ = ["Adapter", "UnsupportedModelError", "register_adapter", "VARAdapter", "InfinityAdapter", "adapter_for", "ADAPTERS"]
+__all__ = ["Adapter", "UnsupportedModelError", "register_adapter", "VARAdapter", "InfinityAdapter", "STARAdapter", "adapter_for", "ADAPTERS"]
