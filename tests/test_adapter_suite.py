@@ -46,11 +46,26 @@ def _inf_kwargs(b, B, seed, aspect="1:1"):
     return call_kwargs(b, B, aspect, seed=seed)
 
 
+def _star():
+    from stagevar.models.star import reference_star
+
+    b = reference_star("small")
+    return b.model, b
+
+
+def _star_kwargs(b, B, seed):
+    from test_star import call_kwargs
+
+    return call_kwargs(b, B, seed=seed)
+
+
 FAMILIES = [
     Family("var", _var, _var_kwargs, lambda out: out, ["var-d16", "stagevar-tiny-var"],
            no_non_square="VAR's schedule is square by construction (patch_nums)"),
     Family("infinity", _inf, _inf_kwargs, lambda out: out[2], ["infinity-2b", "infinity-2b-paper"],
            non_square=lambda b, B, seed: _inf_kwargs(b, B, seed, "16:9")),
+    Family("star", _star, _star_kwargs, lambda out: out, ["star-d30", "star-d16"],
+           no_non_square="STAR's schedule is square by construction (patch_nums, one RoPE table per square scale)"),
 ]
 
 
