@@ -53,7 +53,7 @@ def _demo_model(args):
     """(description, model, generation kwargs with the conditions) for the demo."""
     from .adapters import adapter_for
 
-    what, model, kw, encode = _cli_model(args, {"var": "d16", "infinity": "small"})
+    what, model, kw, encode = _cli_model(args, {"var": "d16", "infinity": "small", "star": "small"})
     args.batch = args.batch or (model.num_classes if args.model == "pretrained" else 2)
     kw.update(adapter_for(model).condition_kwargs(_default_conditions(model, args.batch), encode))
     if args.model == "pretrained":
@@ -155,13 +155,12 @@ def _bench(args) -> int:
     from .bench import format_report, run
 
     check_executions(args.execution, args.device)  # before building or measuring anything
-    what, model, kw, encode = _cli_model(args, {"var": "tiny", "infinity": "tiny"})
+    what, model, kw, encode = _cli_model(args, {"var": "tiny", "infinity": "tiny", "star": "tiny"})
     kw.update(adapter_for(model).condition_kwargs(_default_conditions(model, args.batch), encode))
-    methods = args.methods or (["baseline", "var-d16"] + (["stagevar-tiny-var"] if args.model == "pretrained" else [])
-                               + ["cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
-                               if args.model != "infinity" else
-                               ["baseline", "infinity-2b", "infinity-2b-paper", "cfg-only", "lowrank-only", "fastvar",
-                                "skip-last-2"])
+    family_methods = {"infinity": ["baseline", "infinity-2b", "infinity-2b-paper"], "star": ["baseline", "star-d30", "star-d16"]}
+    methods = args.methods or (family_methods.get(args.model) or (
+        ["baseline", "var-d16"] + (["stagevar-tiny-var"] if args.model == "pretrained" else []))) \
+        + ([] if args.methods else ["cfg-only", "lowrank-only", "fastvar", "skip-last-2"])
     title = f"stagevar bench: {what}, B={args.batch}, executors: {', '.join(args.execution)}"
     if not args.quiet:
         print(title, flush=True)
@@ -176,7 +175,7 @@ def _bench(args) -> int:
 def _calibrate(args) -> int:
     from .calibrate import calibrate
 
-    what, model, gen, encode = _cli_model(args, {"var": "small", "infinity": "tiny"})
+    what, model, gen, encode = _cli_model(args, {"var": "small", "infinity": "tiny", "star": "small"})
     gen.pop("g_seed")
     gen.update(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds, encode=encode)
     if args.model == "infinity":

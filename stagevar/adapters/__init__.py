@@ -40,7 +40,7 @@ def adapter_for(model: Any) -> Adapter:
             return cls(model)  # may still refuse a variant it does not support
         reasons.append(f"{cls.family}: missing {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
     raise UnsupportedModelError(
-        f"{type(model).__name__} is not a model stagevar supports (FoundationVision VAR or Infinity interface). "
+        f"{type(model).__name__} is not a model stagevar supports (FoundationVision VAR, Infinity or Davinci-XLab STAR interface). "
         + "; ".join(reasons) + ". Pass the transformer itself (e.g. the VAR returned by build_vae_var, or the Infinity transformer), not a wrapper.")
 
 

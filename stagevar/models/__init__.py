@@ -10,6 +10,7 @@ import torch
 from .infinity import ASPECTS, BSQVAE, Infinity, TextEncoder, infinity_schedule
 from .var import VAR
 from .vqvae import VQVAE
+from .star import STAR, STAR_SHAPES as _STAR_SHAPES, STARBundle, reference_star  # noqa: E402
 
 # VAR shapes: upstream ties width to depth (C = 64 * depth, heads = depth). "tiny" and "small"
 # are for tests and quick demos.
@@ -199,12 +200,23 @@ def _build_infinity(shape, device, aspect, cfg) -> ReferenceModel:
                           bundle.encode)
 
 
+def _build_star(shape, device, aspect, cfg) -> ReferenceModel:
+    from .star import reference_star
+
+    bundle = reference_star(shape, device=device)
+    K = len(bundle.model.patch_nums)
+    return ReferenceModel(f"reference STAR '{shape}' ({K} scales, random weights)", bundle.model, dict(cfg=cfg),
+                          bundle.encode)
+
+
 MODEL_BUILDERS: Dict[str, ModelBuilder] = {
     "pretrained": ModelBuilder("pretrained", "the trained stagevar-tiny-var (bundled weights)", (), (),
                                _build_pretrained, available=lambda: os.path.exists(BUNDLED["stagevar-tiny-var"])),
     "var": ModelBuilder("var", "a reference VAR with random weights", tuple(VAR_SHAPES), (), _build_var),
     "infinity": ModelBuilder("infinity", "a reference Infinity with random weights", tuple(INFINITY_SHAPES),
                              tuple(ASPECTS), _build_infinity),
+    "star": ModelBuilder("star", "a reference STAR (text-to-image) with random weights", tuple(_STAR_SHAPES), (),
+                         _build_star),
 }
 
 
