@@ -295,3 +295,14 @@ def test_parameters_the_loop_does_not_implement_are_refused_by_name(bundle):
         with pytest.raises(TypeError, match=f"does not implement {name}"):
             generate(m, dict(kw, **extra))
     assert all(b.sa.cached_k is None for b in m.unregistered_blocks)
+
+
+def test_trunk_scale_zero_under_none_returns_what_the_unpatched_call_returns(bundle):
+    """A call that runs no scale: stagevar's loop used to fail planning it. (Upstream, whose code sum
+    starts as the int 0, cannot decode it: compared here without the image.)"""
+    m = bundle.model
+    kw = call_kwargs(bundle, 2, "1:1", trunk_scale=0, ret_img=False)
+    want = m.autoregressive_infer_cfg(**kw)
+    with stagevar.accelerated(m, "none"):
+        assert m.autoregressive_infer_cfg(**kw) == want == ([], [], [])
+        assert stagevar.report(m).scales == []
