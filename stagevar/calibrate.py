@@ -14,6 +14,7 @@ Per scale ``k`` of the schedule, over the given conditions:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -155,7 +156,13 @@ class Calibration:
     @classmethod
     def load(cls, path) -> "Calibration":
         with open(path) as f:
-            return cls(**json.load(f))
+            data = json.load(f)
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            extra = sorted(set(data) - known) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path} is not a stagevar calibration (unknown keys {extra}); write one with "
+                             f"stagevar.calibrate(...).save(path) or `stagevar calibrate --out`")
+        return cls(**data)
 
     def __str__(self) -> str:
         a96 = self.alphas.index(0.96) if 0.96 in self.alphas else len(self.alphas) // 2
@@ -245,7 +252,10 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
         raise ValueError(f"pass conditions and seeds to calibrate, not {' / '.join(reserved)}")
     from . import api
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: give a positive number of conditions per generation call")
     before = api.current_config(model)
+    kept = getattr(model, api._ATTR).engine if before is not None else None  # its config, executor and last report
     if before is not None:
         api.restore(model)
     try:
@@ -305,4 +315,5 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
         )
     finally:
         if before is not None:
-            api.accelerate(model, before)
+            api.accelerate(model, before, execution="eager")
+            getattr(model, api._ATTR).engine = kept

@@ -6,6 +6,7 @@ It parses and prints; the measuring lives in the tools (:mod:`stagevar.methods`,
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from typing import Dict, List, Optional
@@ -24,6 +25,8 @@ def _load_config(arg: Optional[str]) -> Optional[StageVARConfig]:
         return None
     if arg in presets():
         return preset(arg)
+    if not os.path.exists(arg):
+        raise ValueError(f"--config {arg!r} is neither a preset ({', '.join(presets())}) nor a JSON file")
     return StageVARConfig.load(arg)
 
 
@@ -226,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import MODEL_BUILDERS, VAR_SHAPES
 
     ap = argparse.ArgumentParser(prog="stagevar", description="Stage-aware acceleration of VAR image generators")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="generate baseline and accelerated images side by side")
     _model_args(d, "pretrained" if MODEL_BUILDERS["pretrained"].available() else "var",
@@ -285,7 +289,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     ap = build_parser()
     args = ap.parse_args(argv)
-    if (getattr(args, "batch", 1) or 1) < 1:
+    if getattr(args, "batch", None) is not None and args.batch < 1:  # 0 is not "the default"
         ap.error("--batch must be at least 1")
     if args.command in ("demo", "bench", "calibrate") and args.shape is not None:
         shapes = MODEL_BUILDERS[args.model].shapes
@@ -294,11 +298,44 @@ def main(argv: Optional[List[str]] = None) -> int:
             ap.error(f"--shape applies to the random-weight reference models (--model {with_shapes})")
         if shapes and args.shape not in shapes:
             ap.error(f"--shape {args.shape} is not a {args.model} shape; choose one of {sorted(shapes)}")
+    for name, least in (("repeats", 1), ("warmup", 0)):
+        if getattr(args, name, least) < least:
+            ap.error(f"--{name} must be at least {least}")
+    if args.command == "calibrate":
+        from .calibrate import ALPHAS
+
+        if args.alpha not in ALPHAS:
+            ap.error(f"--alpha {args.alpha} is not a level calibrate measures; choose one of {list(ALPHAS)}")
+    problem = _unwritable_outputs(args)
+    if problem:
+        ap.error(problem)
     try:
         return args.func(args)
     except GraphsUnavailableError as e:  # one line, before anything was measured
         print(e, file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 -- one line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"stagevar {args.command}: error: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _unwritable_outputs(args) -> str:
+    """Check every output path before any work: folders are created, files must be writable."""
+    outs = [(getattr(args, k, None), k == "out" and args.command == "bench")
+            for k in ("out", "config_out", "plot")]
+    for path, is_dir in outs:
+        if not path:
+            continue
+        folder = path if is_dir else (os.path.dirname(os.path.abspath(path)) or ".")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            return f"cannot create the output folder {folder!r} ({e.strerror}); choose another --out"
+        if not os.access(folder, os.W_OK):
+            return f"the output folder {folder!r} is not writable; choose another output path"
+    return ""
 
 
 if __name__ == "__main__":

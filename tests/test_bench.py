@@ -23,7 +23,7 @@ def _check_report(rep, labels):
     timed = [(t["method"], t["execution"]) for t in rep["timing"]]
     assert ("none", "eager") in timed and all((label, "eager") in timed for label in labels)
     for m in rep["methods"]:
-        assert m["loop_ms"] > 0 and m["e2e_ms"] >= m["loop_ms"] * 0.5
+        assert 0 < m["loop_ms"] < m["e2e_ms"]  # the call is the loop plus its decode
         assert m["gflops"] > 0 and m["flop_ratio"] > 0
         assert m["memory"]["kind"].startswith(("cpu", "cuda"))
         assert len(m["per_scale"]) == len(base["per_scale"])

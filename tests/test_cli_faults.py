@@ -1,0 +1,64 @@
+"""Command-line faults: bad arguments and outputs are refused before any work, in one line."""
+import json
+
+import pytest
+
+import stagevar
+from stagevar import cli
+from stagevar.calibrate import Calibration, calibrate
+from stagevar.models import reference_var
+
+
+def _fails_fast(capsys, argv, *needles):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    for n in needles:
+        assert n in err, err
+
+
+def test_bad_counts_and_levels_are_refused_before_work(capsys):
+    _fails_fast(capsys, ["bench", "--warmup", "-1"], "--warmup must be at least 0")
+    _fails_fast(capsys, ["demo", "--repeats", "0"], "--repeats must be at least 1")
+    _fails_fast(capsys, ["demo", "--batch", "0"], "--batch must be at least 1")
+    _fails_fast(capsys, ["calibrate", "--alpha", "0.5"], "--alpha 0.5 is not a level calibrate measures")
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_work(capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    _fails_fast(capsys, ["bench", "--shape", "tiny", "--out", str(blocker / "sub")], "cannot create the output folder")
+    _fails_fast(capsys, ["calibrate", "--model", "var", "--shape", "tiny", "--out", str(blocker / "c.json")],
+                "cannot create the output folder")
+
+
+def test_demo_creates_the_output_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "o.png"
+    assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--repeats", "1", "--out", str(out)]) == 0
+    assert out.exists()
+
+
+def test_other_errors_are_one_line_unless_debug(capsys):
+    assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--config", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "neither a preset" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="neither a preset"):
+        cli.main(["--debug", "demo", "--model", "var", "--shape", "tiny", "--config", "nope"])
+
+
+def test_calibrate_refuses_a_zero_batch_and_keeps_the_models_report(tiny):
+    with pytest.raises(ValueError, match="batch_size=0"):
+        calibrate(tiny, [0, 1], batch_size=0)
+    stagevar.accelerate(tiny, "var-d16")
+    tiny.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0)
+    rep = stagevar.report(tiny)
+    calibrate(tiny, [0, 1], one_branch_sweep=False)
+    assert stagevar.report(tiny) is rep and stagevar.current_config(tiny).name == "var-d16"
+
+
+def test_calibration_load_names_unknown_keys(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"schedule": [], "bogus": 1}))
+    with pytest.raises(ValueError, match=r"not a stagevar calibration \(unknown keys \['bogus'\]\)"):
+        Calibration.load(path)
