@@ -243,10 +243,7 @@ class GraphExecutor:
                                          f"Use execution='auto' to fall back to eager, or fix the cause.")
 
     def call_reason(self, engine: Engine, call: Call) -> str:
-        """Why this call cannot be replayed from graphs ('' if it can)."""
-        reason = self.backend.unavailable(engine.adapter.device())
-        if reason:
-            return reason
+        """Why this call cannot be replayed from graphs ('' if it can); the device was checked by :meth:`run`."""
         if engine.adapter.g_seed(call.st) is None:
             return "unseeded call (g_seed=None): a replay cannot reproduce the global generator's draws"
         if getattr(call.st, "rng", None) is None:

@@ -258,6 +258,19 @@ def _is_default(value: Any, default: Any) -> bool:
         return False
 
 
+def kv_token_dim(attn: nn.Module) -> int:
+    """Token dim of ``attn``'s KV cache: 1 under flash-attn/xformers (BLHc), 2 under SDPA (BHLc).
+
+    Upstream picks flash only for non-fp32 tensors, so decide from the cached dtype as it does.
+    """
+    k = attn.cached_k
+    if getattr(attn, "using_xform", False):
+        return 1
+    if getattr(attn, "using_flash", False) and k is not None and k.dtype != torch.float32:
+        return 1
+    return 2
+
+
 def select_rows(t: torch.Tensor, B: int, branch: str) -> torch.Tensor:
     """Rows of one CFG branch from a ``2B``-row tensor: ``[:B]`` cond, ``[B:]`` uncond."""
     if t.shape[0] != 2 * B:

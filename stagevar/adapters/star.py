@@ -33,8 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import sampling as _own_helpers
-from .base import Adapter, CallState, UnsupportedModelError, select_rows
-from .var import _token_dim
+from .base import Adapter, CallState, UnsupportedModelError, kv_token_dim, select_rows
 
 
 @dataclass
@@ -272,5 +271,5 @@ class STARAdapter(Adapter):
         out = []
         for b in self.model.blocks:
             k = b.attn.cached_k
-            out.append(None if k is None else (k.shape[0], k.shape[_token_dim(b.attn)]))
+            out.append(None if k is None else (k.shape[0], k.shape[kv_token_dim(b.attn)]))
         return out

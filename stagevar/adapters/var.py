@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import sampling as _own_helpers
-from .base import Adapter, CallState, MemoizedCondition, select_rows
+from .base import Adapter, CallState, MemoizedCondition, kv_token_dim, select_rows
 
 
 @dataclass
@@ -34,19 +34,6 @@ class _VARCall(CallState):
     sample: Any = None             # the sampling helpers of this call
     gumbel: Any = None
     branch: str = "both"
-
-
-def _token_dim(attn: nn.Module) -> int:
-    """Token dim of ``attn``'s KV cache: 1 under flash-attn/xformers (BLHc), 2 under SDPA (BHLc).
-
-    Upstream picks flash only for non-fp32 tensors, so decide from the cached dtype as it does.
-    """
-    k = attn.cached_k
-    if getattr(attn, "using_xform", False):
-        return 1
-    if getattr(attn, "using_flash", False) and k is not None and k.dtype != torch.float32:
-        return 1
-    return 2
 
 
 class VARAdapter(Adapter):
@@ -212,5 +199,5 @@ class VARAdapter(Adapter):
         out = []
         for b in self.model.blocks:
             k = b.attn.cached_k
-            out.append(None if k is None else (k.shape[0], k.shape[_token_dim(b.attn)]))
+            out.append(None if k is None else (k.shape[0], k.shape[kv_token_dim(b.attn)]))
         return out

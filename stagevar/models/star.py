@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..sampling import gumbel_softmax_with_rng
 from ..sampling import sample_with_top_k_top_p_ as _sample_BlN
+from .var import FFN  # the same MLP as VAR's (fc1, tanh-GELU, fc2)
 from .vqvae import VQVAE
 
 # STAR's schedules: 256^2 (d16 and d30), 512^2 and 1024^2 (d30), a 16x VQVAE latent.
@@ -95,18 +96,6 @@ def prepare_attn_mask(encoder_attention_mask: Optional[torch.Tensor]) -> Optiona
 
 
 # -- blocks ---------------------------------------------------------------------------------------
-class FFN(nn.Module):
-    def __init__(self, in_features: int, hidden_features: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden_features, in_features)
-        self.fused_mlp_func = None
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class Attention(nn.Module):
     """Self-attention (RoPE, KV cache) or, with ``is_cross``, cross-attention to text (no cache).
 
