@@ -39,6 +39,11 @@ def _infinity(name: str) -> StageVARConfig:
                           rank_table={k: {0.96: v} for k, v in _INF_TABLE_096.items()}, name=name)
 
 
+def _infinity_paper(name: str) -> StageVARConfig:
+    return StageVARConfig(refine_start=-3, branch="uncond", alpha=0.96, projection="gaussian", resample_units=True,
+                          rank_table={-3: {0.96: _INF_TABLE_096[-3]}}, skip=(-2, -1), name=name)
+
+
 # The bundled trained model (stagevar.models.load_pretrained("stagevar-tiny-var"), 9 scales up to
 # 12x12): chosen from its calibration and measured quality, not from the paper. Calibration finds
 # its stages converge only at the last scale and its features there are not low rank (about 0.58 of
@@ -79,10 +84,10 @@ _PRESETS: Dict[str, StageVARConfig] = {
     "infinity-8b": _infinity("infinity-8b"),
     # The authors' released Infinity behaviour: condition dropped on the last three scales, RP+RTR
     # on the first of them, and the last two scales skipped (the image is decoded from the codes
-    # summed up to the third-to-last scale). Scale skipping is on in this preset, and it says so.
-    "infinity-2b-paper": StageVARConfig(refine_start=-3, branch="uncond", alpha=0.96, projection="gaussian",
-                                        resample_units=True, rank_table={-3: {0.96: _INF_TABLE_096[-3]}},
-                                        skip=(-2, -1), name="infinity-2b-paper"),
+    # summed up to the third-to-last scale). Scale skipping is on in these presets, and they say so.
+    "infinity-2b-paper": _infinity_paper("infinity-2b-paper"),
+    # The same released behaviour on Infinity-8B (the authors run the 8-chunk table there too).
+    "infinity-8b-paper": _infinity_paper("infinity-8b-paper"),
     "star-d30": _star("star-d30", (q * _STAR_D30_C / _STAR_1024_M for q in _STAR_D30_096_OF_MIN_MC)),
     # No table is published for STAR-d16 (star-256: C = 1024, last scale 16 x 16): the d30 table
     # resampled over depth (16 blocks), its ratios used as ratios of M -- for d16 at 256^2 and 512^2

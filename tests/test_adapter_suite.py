@@ -40,6 +40,11 @@ def _inf():
     return b.model, b
 
 
+def _inf8b():
+    b = reference_infinity("8b-tiny")  # Infinity-8B's patchified layout
+    return b.model, b
+
+
 def _inf_kwargs(b, B, seed, aspect="1:1"):
     from test_infinity import call_kwargs
 
@@ -63,6 +68,8 @@ FAMILIES = [
     Family("var", _var, _var_kwargs, lambda out: out, ["var-d16", "stagevar-tiny-var"],
            no_non_square="VAR's schedule is square by construction (patch_nums)"),
     Family("infinity", _inf, _inf_kwargs, lambda out: out[2], ["infinity-2b", "infinity-2b-paper"],
+           non_square=lambda b, B, seed: _inf_kwargs(b, B, seed, "16:9")),
+    Family("infinity-8b", _inf8b, _inf_kwargs, lambda out: out[2], ["infinity-8b", "infinity-8b-paper"],
            non_square=lambda b, B, seed: _inf_kwargs(b, B, seed, "16:9")),
     Family("star", _star, _star_kwargs, lambda out: out, ["star-d30", "star-d16"],
            no_non_square="STAR's schedule is square by construction (patch_nums, one RoPE table per square scale)"),

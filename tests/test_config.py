@@ -207,10 +207,10 @@ def test_replace_copy_and_pickle_keep_configs_frozen_and_equal():
 def test_presets():
     names = stagevar.presets()
     for n in ["none", "var-d16", "var-d20", "var-d24", "var-d30", "var-d36", "infinity-2b", "infinity-8b",
-              "infinity-2b-paper"]:
+              "infinity-2b-paper", "infinity-8b-paper"]:
         assert n in names
-    for n in names:  # never skip in a default; only the preset named after the authors' code does
-        assert (stagevar.preset(n).skip != ()) == (n == "infinity-2b-paper")
+    for n in names:  # never skip in a default; only the presets named after the authors' code do
+        assert (stagevar.preset(n).skip != ()) == n.endswith("-paper")
     with pytest.raises(ConfigError, match="unknown preset 'var-d99'; available"):
         stagevar.preset("var-d99")
     with pytest.raises(ConfigError, match="a preset name must be a string, one of: .*var-d16"):

@@ -248,9 +248,6 @@ def test_accelerate_checks_config_against_known_schedules(bundle):
     with pytest.raises(stagevar.ConfigError, match="outside this model's schedule of 7 scales"):
         stagevar.accelerate(bundle.model, StageVARConfig(refine_start=-20))
     assert not stagevar.is_accelerated(bundle.model)
-    with pytest.raises(stagevar.UnsupportedModelError, match="apply_spatial_patchify"):
-        bundle.model.apply_spatial_patchify = 1
-        stagevar.accelerate(bundle.model)
 
 
 def test_report_counts_rows_the_call_started_with(bundle):
@@ -306,3 +303,66 @@ def test_trunk_scale_zero_under_none_returns_what_the_unpatched_call_returns(bun
     with stagevar.accelerated(m, "none"):
         assert m.autoregressive_infer_cfg(**kw) == want == ([], [], [])
         assert stagevar.report(m).scales == []
+
+
+# -- Infinity-8B's layout: apply_spatial_patchify=1 ---------------------------------------------------
+def test_patchify_layout_tokens_are_2x2_patches_on_a_vae_grid_twice_as_large():
+    b8 = reference_infinity("8b-tiny")
+    m = b8.model
+    assert m.apply_spatial_patchify == 1 and m.word_embed.in_features == 4 * b8.vae.codebook_dim
+    assert m.V == 2 * m.word_embed.in_features
+    kw = call_kwargs(b8, 2)
+    img = generate(m, kw)
+    side = kw["scale_schedule"][-1][1]
+    assert img.shape == (2, 2 * side * b8.vae.upsample, 2 * side * b8.vae.upsample, 3)
+    with stagevar.accelerated(m, "none"):
+        assert torch.equal(generate(m, kw), img)
+    for name in ("infinity-8b", "infinity-8b-paper"):
+        with stagevar.accelerated(m, name):
+            out = generate(m, kw)
+        assert out.shape == img.shape and not torch.equal(out, img)
+
+
+def test_patchify_predict_unshuffles_bits_onto_the_vae_grid(monkeypatch):
+    """Token bits (4d) become a 2x2 patch of d-bit latents in upstream's order (pixel_shuffle: latent
+    (i, j) channel c is token bit 4c + 2i + j), and the codes are summed on the VAE grid."""
+    import sys
+
+    from stagevar.adapters import adapter_for
+
+    b8 = reference_infinity("8b-tiny")
+    d = b8.vae.codebook_dim
+    token_bits = torch.randint(0, 2, (4 * d,), generator=torch.Generator().manual_seed(3))
+    module = sys.modules[type(b8.model).__module__]
+    monkeypatch.setattr(module, "sample_with_top_k_top_p_also_inplace_modifying_logits_",
+                        lambda logits, **kw: token_bits.reshape(1, 4 * d, 1))
+    seen = []
+    real = b8.vae.quantizer.lfq.indices_to_codes
+    monkeypatch.setattr(b8.vae.quantizer.lfq, "indices_to_codes", lambda x, **kw: seen.append(x) or real(x, **kw))
+    ad = adapter_for(b8.model)
+    st = ad.begin((), call_kwargs(b8, 1, cfg=1.0))
+    try:
+        idx = ad.predict(st, 0, ad.scale_input(st, 0))  # scale 0: one token
+        assert idx.shape == (1, 1, 4 * d) and torch.equal(idx.reshape(-1), token_bits)
+        (latents,) = seen  # (1, 1, 2, 2, d)
+        assert latents.shape == (1, 1, 2, 2, d)
+        for i in range(2):
+            for j in range(2):
+                assert torch.equal(latents[0, 0, i, j], token_bits[torch.arange(d) * 4 + 2 * i + j])
+        _, H, W = ad._vae_grid(st, -1)
+        assert (H, W) == (2 * st.schedule[-1][1], 2 * st.schedule[-1][2])
+        assert st.summed_codes.shape == (1, d, 1, H, W)
+        assert st.next_x.shape == (1, st.schedule[1][1] * st.schedule[1][2], b8.model.C)  # back on the token grid
+    finally:
+        ad.end(st)
+
+
+@pytest.mark.parametrize("shape,patchify,want", [("tiny", 0, "infinity-2b"), ("8b-tiny", 1, "infinity-8b")])
+def test_default_preset_follows_patchify_and_width_not_depth(shape, patchify, want):
+    from stagevar.adapters import adapter_for
+
+    assert adapter_for(reference_infinity(shape).model).default_preset == want
+    deep = reference_infinity("tiny", depth=40, num_block_chunks=8)  # Infinity-8B's depth, 2B's layout
+    assert adapter_for(deep.model).default_preset == "infinity-2b"
+    deep.model.C = 3584  # Infinity-8B's width (read from the attribute upstream sets; building one is slow)
+    assert adapter_for(deep.model).default_preset == "infinity-8b"

@@ -11,7 +11,9 @@ unpatched ``autoregressive_infer_cfg``: the images with ``torch.equal`` and the 
 every scale. It prints one PASS/FAIL/SKIP line per case (the first scale whose bits differ on
 FAIL) and exits non-zero if any case fails. Cases: fp32 and CPU bf16 autocast; B=1 and B=3 (with
 a negative prompt); ``cfg_insertion_layer`` ``[0]`` and ``[-1]``; a 1:1 and a 2:1 schedule
-(upstream's 0.06M schedules); ``fused_norm`` off (the constructor's default; that block path
+(upstream's 0.06M schedules); ``apply_spatial_patchify=1`` (Infinity-8B's layout; then also the
+presets ``infinity-8b`` and ``infinity-8b-paper`` on upstream's blocks, each reproducible from
+``g_seed`` and ``restore`` exact); ``fused_norm`` off (the constructor's default; that block path
 does not pass ``scale_ind`` on to self-attention) and on; the level embedding before the first
 chunk only and before every chunk; CFG 1 at every other scale or only past the schedule; the
 published sampler (top-k 900, top-p 0.97); ``nm0=True``; blocks in bf16.
@@ -182,7 +184,8 @@ def randomise(model: nn.Module, gate: float, seed: int) -> None:
     lin.weight.data.mul_(0.1)
 
 
-def build_upstream(codebook_dim: int, fused_norm: str, lvl_only_first: int, seed: int, gate: float, nm0: bool = False):
+def build_upstream(codebook_dim: int, fused_norm: str, lvl_only_first: int, seed: int, gate: float, nm0: bool = False,
+                   patchify: int = 0):
     from infinity.models import infinity as up_inf
 
     vae = TinyVAE(codebook_dim)
@@ -192,7 +195,8 @@ def build_upstream(codebook_dim: int, fused_norm: str, lvl_only_first: int, seed
             shared_aln=True, head_aln=True, cross_attn_layer_scale=-1.0, cos_attn=True, block_chunks=2,
             customized_flash_attn=False, fused_norm=fused_norm != "off", pad_to_multiplier=128,
             add_lvl_embeding_only_first_block=lvl_only_first, use_bit_label=1, rope2d_each_sa_layer=1,
-            rope2d_normalized_by_hw=2, inference_mode=True, train_h_div_w_list=[1.0], nm0=nm0)
+            rope2d_normalized_by_hw=2, inference_mode=True, train_h_div_w_list=[1.0], nm0=nm0,
+            apply_spatial_patchify=patchify)
     if fused_norm == "eager":
         for m in model.modules():
             f = getattr(m, "fused_norm_func", None)
@@ -285,6 +289,27 @@ def compare(model, vae, kw, precision: str) -> str:
             f"(max {int(diff.max())})" if first is not None else f"FAIL images differ (max {int(diff.max())}), bits equal")
 
 
+def presets_run(model, vae, name: str, seed: int) -> str:
+    """A preset on upstream's blocks: reproducible from ``g_seed``, something accelerated, ``restore`` exact."""
+    import stagevar
+
+    kw = call_kwargs(vae, "1:1", 2, 0, "3", "plain", seed)
+    want = model.autoregressive_infer_cfg(**kw)[2]
+    try:
+        with stagevar.accelerated(model, name):
+            a = model.autoregressive_infer_cfg(**kw)[2]
+            b = model.autoregressive_infer_cfg(**kw)[2]
+            modes = [sc.mode for sc in stagevar.report(model).scales]
+        back = model.autoregressive_infer_cfg(**kw)[2]
+    except Exception as e:  # noqa: BLE001
+        return f"FAIL {type(e).__name__}: {str(e)[:200]}"
+    problems = [what for what, bad in [("not reproducible from g_seed", not torch.equal(a, b)),
+                                       ("nothing accelerated", all(mo == "intact" for mo in modes)),
+                                       ("restore not exact", not torch.equal(back, want)),
+                                       ("image shape differs", a.shape != want.shape)] if bad]
+    return ("FAIL " + "; ".join(problems)) if problems else "PASS " + ", ".join(modes[-3:])
+
+
 def cases(quick: bool, fused_norm: str):
     """``(model settings, [(precision, B, cfg_insertion_layer, schedule, cfg mode, sampler), ...])``."""
     for norm, lvl in itertools.product(["off", fused_norm], [1, 0]):
@@ -300,6 +325,10 @@ def cases(quick: bool, fused_norm: str):
     # nm0=True: a LayerNorm (norm0_ve) before word_embed
     yield dict(fused_norm="off", lvl_only_first=1, nm0=True), [(p, B, 0, "2:1", "3", "plain")
                                                                 for p in ["fp32", "bf16-autocast"] for B in [1, 3]]
+    # apply_spatial_patchify=1, as every public Infinity-8B checkpoint is built: tokens are 2x2 patches
+    yield dict(fused_norm="off", lvl_only_first=1, patchify=1), [
+        (p, B, ins, sched, "3", sampler) for p in ["fp32", "bf16-autocast"] for B in [1, 3] for ins in [0, -1]
+        for sched in SCHEDULES for sampler in (["plain", "published"] if (B, ins) == (1, 0) else ["plain"])]
     # upstream's default bf16=1 (tools/run_infinity.py): the blocks cast to bfloat16
     yield dict(fused_norm=fused_norm, lvl_only_first=1, bf16_blocks=True), [("bf16-autocast", 1, 0, "1:1", "3", "plain")]
 
@@ -339,6 +368,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{word:4s}  {label:42s} {precision:13s} B={B} cfg_insertion_layer=[{insertion:2d}] {sched} "
                   f"cfg={cfg_mode:11s} sampler={sampler:9s}" + ("" if word == "PASS" else f"  -- {verdict[5:]}"),
                   flush=True)
+        if settings.get("patchify"):
+            for name in ("infinity-8b", "infinity-8b-paper"):
+                verdict = presets_run(model, vae, name, args.seed)
+                word = verdict.split()[0]
+                counts[word] += 1
+                print(f"{word:4s}  {label:42s} preset {name} on upstream's blocks, B=2 1:1  -- {verdict[5:]}", flush=True)
     print(f"{sum(counts.values())} cases: {counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP "
           f"({time.perf_counter() - t0:.0f} s)")
     return 1 if counts["FAIL"] else 0

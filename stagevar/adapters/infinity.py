@@ -4,8 +4,11 @@ Follows the loop of ``Infinity.autoregressive_infer_cfg`` in github.com/Foundati
 at commit 4c27bbb (2025-11-10): packed text condition with the learned null prompt or a negative
 prompt for CFG, per-scale ``cfg_list``/``tau_list``, CFG on logits or on hidden states, 2D RoPE
 tables keyed by schedule, the bitwise head and the model's own sampler and ``rng``, codes summed
-with ``z_interplote_up``. Refuses: ``vae_type=0`` (index labels), ``apply_spatial_patchify``
-(Infinity-8B), ``gt_leak > 0`` and the parameters it does not implement (see ``consumed``), and
+with ``z_interplote_up``, and ``apply_spatial_patchify=1`` (every public Infinity-8B checkpoint:
+each token is a 2x2 patch of latents with 4x the code channels; the codes are summed on the
+VAE's grid, twice the token grid, sampled bits are ``pixel_shuffle``d to it and the next input is
+interpolated there then ``pixel_unshuffle``d; RoPE, level embedding and low-rank restoration stay
+on the token grid). Refuses: ``vae_type=0`` (index labels), ``gt_leak > 0`` and the parameters it does not implement (see ``consumed``), and
 CFG on hidden states together with low-rank units that keep both branches.
 """
 from __future__ import annotations
@@ -56,7 +59,8 @@ class _InfinityCall(CallState):
     ca_kv: tuple                # (kv_compact, cu_seqlens_k, max_seqlen_k) of the rows kept
     text_split: dict            # branch -> (first packed text row, end row, longest text): host ints
     next_x: torch.Tensor        # (rows, M, C)
-    summed_codes: Any           # (B, d, 1, H, W); the int 0 until the first codes, as upstream (see predict)
+    summed_codes: Any           # (B, d, 1, H, W) on the VAE grid; the int 0 until the first codes, as upstream
+    patchify: bool = False      # apply_spatial_patchify: the VAE grid is twice the token grid
     branch: str = "both"
     rope: Optional[tuple] = field(default=None)  # (positions, table) of the current low-rank unit
 
@@ -79,9 +83,6 @@ class InfinityAdapter(Adapter):
         for i, b in enumerate(self.blocks()):
             if not hasattr(b, "sa") or not hasattr(b.sa, "kv_caching"):
                 raise TypeError(f"Infinity block {i} has no sa.kv_caching(); stagevar needs upstream's CrossAttnBlock")
-        if getattr(model, "apply_spatial_patchify", 0):
-            from .base import UnsupportedModelError
-            raise UnsupportedModelError("stagevar does not support Infinity models built with apply_spatial_patchify yet")
         self.default_unit_blocks = len(model.block_chunks[0].module)
 
     @property
@@ -105,7 +106,11 @@ class InfinityAdapter(Adapter):
 
     @property
     def default_preset(self) -> str:  # type: ignore[override]
-        return "infinity-8b" if len(self._blocks) >= 40 else "infinity-2b"
+        """``infinity-8b`` for a patchified model (every public 8B checkpoint) or one at least as wide
+        as Infinity-8B (C = 3584); ``infinity-2b`` otherwise. Block count does not decide."""
+        m = self.model
+        wide = int(getattr(m, "C", m.pos_start.shape[-1])) >= 3584
+        return "infinity-8b" if getattr(m, "apply_spatial_patchify", 0) or wide else "infinity-2b"
 
     def blocks(self) -> List[nn.Module]:
         return self._blocks
@@ -220,7 +225,8 @@ class InfinityAdapter(Adapter):
             rng=rng, vae=vae, ret_img=bool(a.get("ret_img", False)), cfg_on_logits=0 in insertion,
             mix_after={id(blocks[len(blocks) + c]) for c in insertion if c < 0 and len(blocks) + c >= 0},
             cond_BD=cond_BD, cond_BD_or_gss=cond_BD_or_gss, ca_kv=ca_kv, text_split=text_split,
-            next_x=sos.unsqueeze(1).expand(rows, 1, -1) + m.pos_start.expand(rows, 1, -1), summed_codes=0)
+            next_x=sos.unsqueeze(1).expand(rows, 1, -1) + m.pos_start.expand(rows, 1, -1), summed_codes=0,
+            patchify=bool(getattr(m, "apply_spatial_patchify", 0)))
         for b in blocks:
             b.sa.kv_caching(True)
         return st
@@ -304,20 +310,28 @@ class InfinityAdapter(Adapter):
             return cfg * logits[:B] + (1 - cfg) * logits[B:]
         return m.get_logits(x[:B], st.cond_BD[:B]).mul(1 / tau)
 
+    @staticmethod
+    def _vae_grid(st: _InfinityCall, si: int) -> Tuple[int, int, int]:
+        """Scale ``si``'s ``(1, h, w)`` on the VAE's grid: twice the token grid under patchify."""
+        t, h, w = st.schedule[si]
+        return (t, 2 * h, 2 * w) if st.patchify else (t, h, w)
+
     def _summed_codes(self, st: _InfinityCall) -> torch.Tensor:
-        """The codes summed so far ``(B, d, 1, H, W)`` (zeros before the first scale's)."""
+        """The codes summed so far ``(B, d, 1, H, W)`` on the VAE grid (zeros before the first scale's)."""
         if isinstance(st.summed_codes, torch.Tensor):
             return st.summed_codes
-        _, H, W = st.schedule[-1]
-        return torch.zeros(st.B, self.model.word_embed.in_features, 1, H, W, device=self.device())
+        d = self.model.word_embed.in_features // (4 if st.patchify else 1)
+        return torch.zeros(st.B, d, *self._vae_grid(st, -1), device=self.device())
 
     def _next_input(self, st: _InfinityCall, si: int) -> None:
         K = len(st.schedule)
         if si >= K - 1:
             return
-        _, nh, nw = st.schedule[si + 1]
         m = self.model
-        nxt = F.interpolate(self._summed_codes(st), size=(1, nh, nw), mode=st.vae.quantizer.z_interplote_up).squeeze(-3)
+        nxt = F.interpolate(self._summed_codes(st), size=self._vae_grid(st, si + 1),
+                            mode=st.vae.quantizer.z_interplote_up).squeeze(-3)  # (B, d, h, w) on the VAE grid
+        if st.patchify:
+            nxt = F.pixel_unshuffle(nxt, 2)  # (B, 4d, h, w) on the token grid
         nxt = nxt.reshape(*nxt.shape[:2], -1).permute(0, 2, 1)  # (B, h*w, d), upstream's ops and so its strides
         norm0 = getattr(m, "norm0_ve", None)
         x = m.word_embed(nxt if norm0 is None else norm0(nxt))
@@ -328,14 +342,17 @@ class InfinityAdapter(Adapter):
         _, h, w = st.schedule[si]
         logits = self._logits(st, si, x).reshape(B, -1, 2)
         idx_Bld = self._sample(logits, rng=st.rng, top_k=st.top_k, top_p=st.top_p, num_samples=1)[:, :, 0]
-        codes = st.vae.quantizer.lfq.indices_to_codes(idx_Bld.reshape(B, h, w, -1).unsqueeze(1), label_type="bit_label")
-        _, H, W = st.schedule[-1]
+        bits_Bhwd = idx_Bld.reshape(B, h, w, -1)
+        if st.patchify:  # each token's 4d bits are a 2x2 patch of d-bit latents: (B, 2h, 2w, d)
+            bits_Bhwd = F.pixel_shuffle(bits_Bhwd.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        codes = st.vae.quantizer.lfq.indices_to_codes(bits_Bhwd.unsqueeze(1), label_type="bit_label")
+        final = self._vae_grid(st, -1)
         # `+=` from the int 0, as upstream: the sum takes the first codes' dtype and memory layout
         # (channels-last: the quantizer returns a permuted view), then adds in place. The layout
         # sets the strides of the next word_embed input, and a CPU bf16 linear adds its bias in
         # another order for a transposed input than for a contiguous one.
         if si != len(st.schedule) - 1:
-            st.summed_codes += F.interpolate(codes, size=(1, H, W), mode=st.vae.quantizer.z_interplote_up)
+            st.summed_codes += F.interpolate(codes, size=final, mode=st.vae.quantizer.z_interplote_up)
         else:
             st.summed_codes += codes
         self._next_input(st, si)

@@ -84,9 +84,18 @@ INFINITY_SHAPES: Dict[str, dict] = {
                   vae_ch=16, vae_up=3),
     "2b": dict(Ct5=2048, depth=32, embed_dim=2048, num_heads=16, num_block_chunks=8, codebook_dim=32, max_side=64),
     "2b-cpu": dict(Ct5=2048, depth=8, embed_dim=2048, num_heads=16, num_block_chunks=8, codebook_dim=32, max_side=64),
+    # Infinity-8B as published: patchified (a token is a 2x2 patch of 14-bit latents, 56 bits), a VAE
+    # grid twice the token grid with 8x upsampling, C = 3584 in 40 blocks; "8b-cpu" keeps the width
+    # and the layout with 4 blocks (one per chunk); "8b-tiny" is the layout at test size.
+    "8b": dict(Ct5=2048, depth=40, embed_dim=3584, num_heads=28, num_block_chunks=8, codebook_dim=14, max_side=64,
+               vae_up=3, apply_spatial_patchify=1),
+    "8b-cpu": dict(Ct5=2048, depth=4, embed_dim=3584, num_heads=28, num_block_chunks=4, codebook_dim=14, max_side=64,
+                   vae_up=3, apply_spatial_patchify=1),
+    "8b-tiny": dict(Ct5=32, depth=4, embed_dim=64, num_heads=4, num_block_chunks=2, codebook_dim=6, max_side=16,
+                    vae_ch=16, vae_up=1, apply_spatial_patchify=1),
 }
 _INF_DEFAULTS = dict(mlp_ratio=4.0, vae_ch=32, vae_up=4, gate=1.0, seed=0, add_lvl_embeding_only_first_block=1,
-                     text_maxlen=64)
+                     text_maxlen=64, apply_spatial_patchify=0)
 
 
 class InfinityBundle:
@@ -128,7 +137,7 @@ def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = Non
         shape: one of :data:`INFINITY_SHAPES`.
         **overrides: any shape field (``Ct5``, ``depth``, ``embed_dim``, ``num_heads``,
             ``num_block_chunks``, ``codebook_dim``, ``max_side``, ``vae_ch``, ``vae_up``, ``mlp_ratio``,
-            ``add_lvl_embeding_only_first_block``, ``text_maxlen``), ``gate`` and ``seed``.
+            ``add_lvl_embeding_only_first_block``, ``text_maxlen``, ``apply_spatial_patchify``), ``gate`` and ``seed``.
     """
     cfg = _shape_config(INFINITY_SHAPES, _INF_DEFAULTS, shape, overrides, "Infinity")
     schedules = [infinity_schedule(a, cfg["max_side"]) for a in ASPECTS]
@@ -137,7 +146,8 @@ def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = Non
         model = Infinity(Ct5=cfg["Ct5"], depth=cfg["depth"], embed_dim=cfg["embed_dim"], num_heads=cfg["num_heads"],
                          mlp_ratio=cfg["mlp_ratio"], codebook_dim=cfg["codebook_dim"],
                          num_block_chunks=cfg["num_block_chunks"], text_maxlen=cfg["text_maxlen"], schedules=schedules,
-                         add_lvl_embeding_only_first_block=cfg["add_lvl_embeding_only_first_block"])
+                         add_lvl_embeding_only_first_block=cfg["add_lvl_embeding_only_first_block"],
+                         apply_spatial_patchify=cfg["apply_spatial_patchify"])
         model.init_weights(gate=cfg["gate"], seed=cfg["seed"])
         vae = BSQVAE(codebook_dim=cfg["codebook_dim"], ch=cfg["vae_ch"], num_up=cfg["vae_up"])
     model.eval()

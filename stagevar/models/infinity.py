@@ -302,15 +302,20 @@ class Infinity(nn.Module):
 
     def __init__(self, Ct5: int = 64, depth: int = 8, embed_dim: int = 256, num_heads: int = 4, mlp_ratio: float = 4.0,
                  codebook_dim: int = 32, num_block_chunks: int = 2, text_maxlen: int = 64,
-                 schedules: Sequence[Schedule] = (), add_lvl_embeding_only_first_block: int = 1):
+                 schedules: Sequence[Schedule] = (), add_lvl_embeding_only_first_block: int = 1,
+                 apply_spatial_patchify: int = 0):
         super().__init__()
         assert depth % num_block_chunks == 0, "depth must be a multiple of num_block_chunks"
         self.C = self.D = embed_dim
         self.Ct5, self.depth, self.num_heads = Ct5, depth, num_heads
-        self.codebook_dim = codebook_dim
-        self.V = 2 * codebook_dim  # two logits per bit
+        # As upstream: with apply_spatial_patchify (Infinity-8B) a token is a 2x2 patch of the VAE's
+        # d-bit latents, so the transformer reads and predicts 4d bits per token. The argument
+        # codebook_dim is the VAE's d; the attribute, as upstream's, is the token's (d_vae).
+        self.apply_spatial_patchify = int(apply_spatial_patchify)
+        self.d_vae = codebook_dim * (4 if self.apply_spatial_patchify else 1)
+        self.codebook_dim = self.d_vae
+        self.V = 2 * self.d_vae  # two logits per bit
         self.use_bit_label = 1
-        self.apply_spatial_patchify = 0
         self.add_lvl_embeding_only_first_block = add_lvl_embeding_only_first_block
         self.rng = torch.Generator(device="cpu")
 
@@ -321,7 +326,7 @@ class Infinity(nn.Module):
         self.pos_start = nn.Parameter(torch.randn(1, 1, self.C) * 0.02)
         self.lvl_embed = nn.Embedding(15, self.C)
         self.norm0_ve = nn.Identity()  # upstream's nm0=False
-        self.word_embed = nn.Linear(codebook_dim, self.C)
+        self.word_embed = nn.Linear(self.d_vae, self.C)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(self.D, 6 * self.C))
         blocks = [CrossAttnBlock(self.C, self.D, num_heads, mlp_ratio) for _ in range(depth)]
         per = depth // num_block_chunks
@@ -422,7 +427,8 @@ class Infinity(nn.Module):
         last_stage = sos.unsqueeze(1) + self.pos_start.expand(bs, 1, -1)
         with torch.autocast("cuda", enabled=False):
             cond_BD_or_gss = self.shared_ada_lin(cond_BD.float()).float().contiguous()
-        _, H, W = scale_schedule[-1]
+        # the VAE's grid: twice the token grid under patchify
+        vae_schedule = [(t, 2 * h, 2 * w) if self.apply_spatial_patchify else (t, h, w) for t, h, w in scale_schedule]
         summed_codes = 0  # the first codes' sum takes their dtype and memory layout
         mix_after = {self.depth + c for c in cfg_insertion_layer if c < 0}
         for b in self.unregistered_blocks:
@@ -451,12 +457,16 @@ class Infinity(nn.Module):
                 logits_BlV = logits_BlV.reshape(B, -1, 2)
                 idx_Bld = sample_with_top_k_top_p_also_inplace_modifying_logits_(
                     logits_BlV, rng=rng, top_k=top_k, top_p=top_p, num_samples=1)[:, :, 0]
-                idx_Bld = idx_Bld.reshape(B, h, w, -1).unsqueeze(1)
-                codes = vae.quantizer.lfq.indices_to_codes(idx_Bld, label_type="bit_label")
+                idx_Bld = idx_Bld.reshape(B, h, w, -1)
+                if self.apply_spatial_patchify:  # (B, h, w, 4d) -> (B, 2h, 2w, d)
+                    idx_Bld = F.pixel_shuffle(idx_Bld.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+                codes = vae.quantizer.lfq.indices_to_codes(idx_Bld.unsqueeze(1), label_type="bit_label")
                 if si != K - 1:
-                    summed_codes += F.interpolate(codes, size=(1, H, W), mode=vae.quantizer.z_interplote_up)
-                    _, nh, nw = scale_schedule[si + 1]
-                    nxt = F.interpolate(summed_codes, size=(1, nh, nw), mode=vae.quantizer.z_interplote_up).squeeze(-3)
+                    summed_codes += F.interpolate(codes, size=vae_schedule[-1], mode=vae.quantizer.z_interplote_up)
+                    nxt = F.interpolate(summed_codes, size=vae_schedule[si + 1],
+                                        mode=vae.quantizer.z_interplote_up).squeeze(-3)
+                    if self.apply_spatial_patchify:  # (B, d, 2h, 2w) -> (B, 4d, h, w)
+                        nxt = F.pixel_unshuffle(nxt, 2)
                     nxt = nxt.reshape(*nxt.shape[:2], -1).permute(0, 2, 1)  # (B, h*w, d), contiguous here
                     last_stage = self.word_embed(self.norm0_ve(nxt))
                     last_stage = last_stage.repeat(bs // B, 1, 1)

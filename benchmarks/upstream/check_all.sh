@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# stagevar's adapters against the upstream model code, on a CPU (not part of CI):
+#   bash benchmarks/upstream/check_all.sh /path/to/FoundationVision/Infinity /path/to/Davinci-XLab/STAR-T2I
+# Infinity: "none" bit-identical to upstream's own call (fp32 and bf16 autocast, B=1/3, both CFG
+# insertion points, two aspect ratios, the 2B layout and apply_spatial_patchify=1 as Infinity-8B is
+# built), and the 8B presets on upstream's blocks. STAR: the same for STAR-T2I, its presets and the
+# masked sampler's refusal. Checked at FoundationVision/Infinity 4c27bbb and Davinci-XLab/STAR-T2I
+# 4ae4492 (git clone each; git checkout that commit). Each prints one line per case; the exit status is non-zero on any FAIL.
+set -euo pipefail
+if [ $# -ne 2 ]; then
+  echo "usage: $0 INFINITY_CHECKOUT STAR_CHECKOUT" >&2
+  exit 2
+fi
+here="$(cd "$(dirname "$0")" && pwd)"
+python="${PYTHON:-python}"
+status=0
+echo "== FoundationVision/Infinity ($1)"
+"$python" "$here/infinity_autocast.py" --upstream "$1" || status=1
+echo "== Davinci-XLab/STAR-T2I ($2)"
+"$python" "$here/star_suite.py" --upstream "$2" || status=1
+exit $status
