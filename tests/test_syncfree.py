@@ -81,11 +81,12 @@ def test_var_scales_are_sync_free(watched, config):
     assert watched == []
 
 
+@pytest.mark.parametrize("shape", ["tiny", "8b-tiny"])  # the 2B layout and Infinity-8B's patchified one
 @pytest.mark.parametrize("config", _family_presets(("infinity-",)) + _EXTRA, ids=str)
-def test_infinity_scales_are_sync_free(watched, config):
+def test_infinity_scales_are_sync_free(watched, config, shape):
     from test_infinity import call_kwargs
 
-    bundle = reference_infinity("tiny")
+    bundle = reference_infinity(shape)
     stagevar.accelerate(bundle.model, config)
     bundle.model.autoregressive_infer_cfg(**call_kwargs(bundle, 2, "16:9", negative=True, top_k=3))
     bundle.model.autoregressive_infer_cfg(**call_kwargs(bundle, 1, "1:1"))
