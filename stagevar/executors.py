@@ -24,11 +24,11 @@ import collections
 import copy
 import dataclasses
 import time
-import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from ._warnings import warn_at_caller
 from .engine import Call, Engine, Timeline, projection_seed
 
 EXECUTIONS = ("auto", "eager", "graphs")
@@ -299,8 +299,8 @@ class GraphExecutor:
     def _fail(self, key: tuple, entry: _Entry, why: str) -> None:
         entry.failed = why
         entry.graphs = entry.call = entry.static = entry.rng = entry.pool = None
-        warnings.warn(f"stagevar: CUDA graphs disabled for this call shape, which runs eagerly from now on: {why}",
-                      GraphFallbackWarning, stacklevel=4)
+        warn_at_caller(f"stagevar: CUDA graphs disabled for this call shape, which runs eagerly from now on: {why}",
+                       GraphFallbackWarning)
         self.backend.release()
 
     def _capture(self, engine: Engine, entry: _Entry, key: tuple, call: Call, args: tuple, kwargs: dict,

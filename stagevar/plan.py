@@ -1,10 +1,10 @@
 """A config resolved against one model's scale schedule: one entry per scale."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from ._warnings import warn_at_caller
 from .config import ConfigError, StageVARConfig, normalise_index, rank_from_ratio, ratios_for_units
 
 
@@ -73,8 +73,8 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], nu
     n = len(schedule)
     if n == 0:  # the call runs no scale (e.g. Infinity's trunk_scale=0): nothing to plan or accelerate
         if warn and config.name != "none":
-            warnings.warn(f"config {config.name!r}: this call runs no scale at all; nothing is accelerated",
-                          NoAccelerationWarning, stacklevel=3)
+            warn_at_caller(f"config {config.name!r}: this call runs no scale at all; nothing is accelerated",
+                           NoAccelerationWarning)
         return []
     start = n if config.refine_start is None else normalise_index(config.refine_start, n, "refine_start")
     if start == 0:
@@ -124,12 +124,12 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], nu
             what = (f"scales {full} run the low-rank path at full rank (r = M) through the {config.projection} "
                     f"projection, which mixes tokens: the output differs from the intact model's without "
                     f"computing less; the others run intact")
-        warnings.warn(
+        warn_at_caller(
             f"config {config.name!r} accelerates no scale of this {n}-scale schedule and computes no less than the "
             f"intact model (refine_start={config.refine_start}, branch={config.branch!r}, no rank below M, no skip): "
             f"{what}. "
             f"Set branch='uncond' or a rank_ratio < 1 to accelerate.",
-            NoAccelerationWarning, stacklevel=3)
+            NoAccelerationWarning)
     return plans
 
 

@@ -254,3 +254,20 @@ def test_cache_condition_computes_each_modulation_once_per_condition(small, cach
     K = len(small.patch_nums)
     # cached: once for the 2B rows, once after the cut to one branch; uncached: once per scale
     assert counts == [2 if cache_condition else K] * len(small.blocks)
+
+
+def test_warnings_point_at_the_users_line():
+    """Whether raised by accelerate or inside a generation call, a stagevar warning names the caller's file."""
+    from stagevar.models import reference_infinity, reference_var
+
+    from test_infinity import call_kwargs
+
+    cfg = StageVARConfig(refine_start=-2, branch="both", name="accelerates-nothing")
+    with pytest.warns(stagevar.NoAccelerationWarning) as rec:
+        stagevar.accelerate(reference_var("tiny"), cfg)
+    assert [w.filename for w in rec] == [__file__]
+    b = reference_infinity("tiny")
+    stagevar.accelerate(b.model, "infinity-2b")
+    with pytest.warns(stagevar.NoAccelerationWarning, match="runs no scale") as rec:
+        b.model.autoregressive_infer_cfg(**call_kwargs(b, 1, trunk_scale=0))
+    assert [w.filename for w in rec] == [__file__]
