@@ -178,6 +178,7 @@ def _bench(args) -> int:
 def _calibrate(args) -> int:
     from .calibrate import calibrate
 
+    source = _checkpoint_for_write_into(args)  # refused before any work
     what, model, gen, encode = _cli_model(args, {"var": "small", "infinity": "tiny", "star": "small"})
     gen.pop("g_seed")
     gen.update(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds, encode=encode)
@@ -202,7 +203,51 @@ def _calibrate(args) -> int:
     if args.plot:
         cal.plot(args.plot)
         print(f"wrote {args.plot}")
+    if args.write_into:
+        from .models.pretrained import write_config_into
+
+        write_config_into(source, cfg, out=args.write_into)
+        print(f"wrote {args.write_into} (the calibrated model's checkpoint, carrying the recommended config)")
     return 0
+
+
+def _checkpoint_for_write_into(args) -> Optional[str]:
+    """The file the calibrated model was loaded from, whose tensors and metadata ``--write-into`` writes
+    with the recommended config (None without the flag). An existing ``--write-into`` must hold the same
+    tensors: only its config changes.
+
+    Raises:
+        ValueError: the model was not loaded from a checkpoint, or ``--write-into`` is a file with other
+            weights (it is not overwritten).
+    """
+    if not args.write_into:
+        return None
+    from .models.pretrained import BUNDLED
+
+    if args.model != "pretrained":
+        raise ValueError(f"--write-into stores the config in the checkpoint of the calibrated model, and --model "
+                         f"{args.model} has random weights and no checkpoint; use --model pretrained, or save the "
+                         f"config alone with --config-out")
+    source = BUNDLED["stagevar-tiny-var"]
+    if os.path.isdir(args.write_into):
+        raise ValueError(f"--write-into {args.write_into} is a folder; give the checkpoint file's path (.safetensors)")
+    if os.path.exists(args.write_into) and not _same_tensors(source, args.write_into):
+        raise ValueError(f"--write-into {args.write_into} exists and holds other weights than the calibrated model "
+                         f"({source}); it is left as it is. Give a new path, or a copy of that checkpoint")
+    return source
+
+
+def _same_tensors(a: str, b: str) -> bool:
+    """Whether two safetensors files hold the same tensors (names, dtypes and values)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(a, framework="pt") as fa, safe_open(b, framework="pt") as fb:
+            if set(fa.keys()) != set(fb.keys()):
+                return False
+            return all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+    except (SafetensorError, OSError):
+        return False
 
 
 def _generate(args) -> int:
@@ -359,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="calibration.json")
     c.add_argument("--config-out", default=None, help="also save the recommended config as JSON")
     c.add_argument("--plot", default=None, help="PNG of the per-scale curves (needs matplotlib)")
+    c.add_argument("--write-into", default=None, metavar="CKPT",
+                   help="also write the calibrated model's checkpoint to CKPT (.safetensors) with the recommended "
+                        "config in its metadata, so load_pretrained(CKPT) carries it and accelerate(model) uses it. "
+                        "CKPT is a new path, or a checkpoint with the same weights, whose config is replaced; the "
+                        "file is written to a temporary name and renamed, so it is never half-written. Needs a "
+                        "model loaded from a checkpoint (--model pretrained)")
     c.set_defaults(func=_calibrate)
     g = sub.add_parser("generate", help="write images for classes or prompts under one config, in resumable batches "
                                         "(under torchrun, spread over the ranks)",
@@ -435,7 +486,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _unwritable_outputs(args) -> str:
     """Check every output path before any work: folders are created, files must be writable."""
     outs = [(getattr(args, k, None), k == "out" and args.command in ("bench", "generate"))
-            for k in ("out", "config_out", "plot")]
+            for k in ("out", "config_out", "plot", "write_into")]
     for path, is_dir in outs:
         if not path:
             continue
