@@ -1,4 +1,4 @@
-"""Command line: ``stagevar demo | bench | plan | calibrate`` (also ``python -m stagevar ...``).
+"""Command line: ``stagevar demo | bench | plan | calibrate | generate`` (also ``python -m stagevar ...``).
 
 It parses and prints; the measuring lives in the tools (:mod:`stagevar.methods`,
 :mod:`stagevar.bench`, :mod:`stagevar.calibrate`), and nothing in the package imports this module.
@@ -9,7 +9,7 @@ import argparse
 import os
 import statistics
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -178,6 +178,7 @@ def _bench(args) -> int:
 def _calibrate(args) -> int:
     from .calibrate import calibrate
 
+    source = _checkpoint_for_write_into(args)  # refused before any work
     what, model, gen, encode = _cli_model(args, {"var": "small", "infinity": "tiny", "star": "small"})
     gen.pop("g_seed")
     gen.update(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds, encode=encode)
@@ -202,7 +203,130 @@ def _calibrate(args) -> int:
     if args.plot:
         cal.plot(args.plot)
         print(f"wrote {args.plot}")
+    if args.write_into:
+        from .models.pretrained import write_config_into
+
+        write_config_into(source, cfg, out=args.write_into)
+        print(f"wrote {args.write_into} (the calibrated model's checkpoint, carrying the recommended config)")
     return 0
+
+
+def _checkpoint_for_write_into(args) -> Optional[str]:
+    """The file the calibrated model was loaded from, whose tensors and metadata ``--write-into`` writes
+    with the recommended config (None without the flag). An existing ``--write-into`` must hold the same
+    tensors: only its config changes.
+
+    Raises:
+        ValueError: the model was not loaded from a checkpoint, or ``--write-into`` is a file with other
+            weights (it is not overwritten).
+    """
+    if not args.write_into:
+        return None
+    from .models.pretrained import BUNDLED
+
+    if args.model != "pretrained":
+        raise ValueError(f"--write-into stores the config in the checkpoint of the calibrated model, and --model "
+                         f"{args.model} has random weights and no checkpoint; use --model pretrained, or save the "
+                         f"config alone with --config-out")
+    source = BUNDLED["stagevar-tiny-var"]
+    if os.path.isdir(args.write_into):
+        raise ValueError(f"--write-into {args.write_into} is a folder; give the checkpoint file's path (.safetensors)")
+    if os.path.exists(args.write_into) and not _same_tensors(source, args.write_into):
+        raise ValueError(f"--write-into {args.write_into} exists and holds other weights than the calibrated model "
+                         f"({source}); it is left as it is. Give a new path, or a copy of that checkpoint")
+    return source
+
+
+def _same_tensors(a: str, b: str) -> bool:
+    """Whether two safetensors files hold the same tensors (names, dtypes and values)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(a, framework="pt") as fa, safe_open(b, framework="pt") as fb:
+            if set(fa.keys()) != set(fb.keys()):
+                return False
+            return all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+    except (SafetensorError, OSError):
+        return False
+
+
+def _generate(args) -> int:
+    from .generate import generate
+
+    rank, world = _join_ranks(args)
+    try:
+        what, model, kw, encode = _cli_model(args, {"var": "d16", "infinity": "small", "star": "small"})
+        kw.pop("g_seed")
+        items = _generate_items(args, model)
+        result = generate(model, items, args.out, batch=args.batch, seed=args.seed,
+                          config=MODEL_DEFAULT if args.config is None else args.config, call_kwargs=kw,
+                          per_item=args.per_item, encode=encode, description=what, rank=rank, world=world,
+                          execution=args.execution, progress=not args.quiet)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if rank == 0:
+        n = len(items) * args.per_item
+        batches = -(-n // args.batch)
+        print(f"stagevar generate: {what}: {n} images in {batches} batches of up to {args.batch} "
+              f"({len(result.skipped)} already written, {batches - len(result.skipped)} run over {world} rank(s)) "
+              f"in {args.out}; manifest {result.manifest}")
+    return 0
+
+
+def _join_ranks(args) -> Tuple[int, int]:
+    """``(rank, world)``: under torchrun (``WORLD_SIZE`` > 1) the process group is initialised from
+    its environment (nccl on CUDA, each rank on the GPU ``LOCAL_RANK``; gloo on a CPU); else ``(0, 1)``."""
+    from datetime import timedelta
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    cuda = args.device.startswith("cuda")
+    if args.device == "cuda":
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if cuda:
+        torch.cuda.set_device(torch.device(args.device))
+    # a rank waits at the final barrier for the slowest one: one batch of a large model can take minutes
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=6))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _generate_items(args, model) -> list:
+    """``--classes``, ``--prompts`` or ``--prompts-file`` (default: every class, or the built-in prompts)."""
+    classes = hasattr(model, "num_classes")
+    if args.classes is not None and not classes:
+        raise ValueError(f"--model {args.model} takes prompts, not class labels: give --prompts or --prompts-file")
+    if (args.prompts is not None or args.prompts_file is not None) and classes:
+        raise ValueError(f"--model {args.model} takes class labels, not prompts: give --classes")
+    if args.prompts_file is not None:
+        return _read_prompts(args.prompts_file)
+    if args.classes is not None or args.prompts is not None:
+        return list(args.classes if args.classes is not None else args.prompts)
+    return list(range(model.num_classes)) if classes else list(PROMPTS)
+
+
+def _read_prompts(path: str) -> List[str]:
+    """One prompt per non-empty line; a ``.jsonl`` file (GenEval's metadata) one JSON object with a
+    ``"prompt"`` per line."""
+    import json
+
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not path.endswith(".jsonl"):
+        return lines
+    prompts = []
+    for i, line in enumerate(lines):
+        try:
+            prompts.append(str(json.loads(line)["prompt"]))
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path}: line {i + 1} is not a JSON object with a 'prompt' (a .jsonl prompts file holds "
+                             f"one per line; for plain text, one prompt per line, use another extension)") from None
+    return prompts
 
 
 def _generation_args(p: argparse.ArgumentParser, top_k: int, top_p: float) -> None:
@@ -280,7 +404,45 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="calibration.json")
     c.add_argument("--config-out", default=None, help="also save the recommended config as JSON")
     c.add_argument("--plot", default=None, help="PNG of the per-scale curves (needs matplotlib)")
+    c.add_argument("--write-into", default=None, metavar="CKPT",
+                   help="also write the calibrated model's checkpoint to CKPT (.safetensors) with the recommended "
+                        "config in its metadata, so load_pretrained(CKPT) carries it and accelerate(model) uses it. "
+                        "CKPT is a new path, or a checkpoint with the same weights, whose config is replaced; the "
+                        "file is written to a temporary name and renamed, so it is never half-written. Needs a "
+                        "model loaded from a checkpoint (--model pretrained)")
     c.set_defaults(func=_calibrate)
+    g = sub.add_parser("generate", help="write images for classes or prompts under one config, in resumable batches "
+                                        "(under torchrun, spread over the ranks)",
+                       description="Write --per-item images per class or prompt into --out, B = --batch at a time. "
+                                   "Batch k (samples kB..kB+B-1, each item repeated --per-item times in turn) is "
+                                   "seeded with g_seed = seed * 1000003 + k, so the same --batch gives the same files "
+                                   "for any number of ranks. --out/manifest.json records the run; running again "
+                                   "resumes (written batches are skipped) and a different --batch, --seed, config, "
+                                   "model or items is refused. Under torchrun --nproc-per-node N the pending "
+                                   "batches are shared over the N ranks.")
+    _model_args(g, "pretrained" if MODEL_BUILDERS["pretrained"].available() else "var",
+                "reference shape (default: d16 for var, small for infinity and star)")
+    items = g.add_mutually_exclusive_group()
+    items.add_argument("--classes", type=int, nargs="+", default=None,
+                       help="class labels (class-conditional models; default: every class)")
+    items.add_argument("--prompts", nargs="+", default=None, help="prompts (text-to-image models; default: four "
+                                                                  "built-in prompts)")
+    items.add_argument("--prompts-file", default=None,
+                       help="prompts, one per line; a .jsonl file: a JSON object with a 'prompt' per line (GenEval)")
+    g.add_argument("--per-item", type=int, default=1, help="images per class or prompt (default 1)")
+    g.add_argument("--batch", type=int, default=16, help="images per generation call, B (default 16); part of what "
+                                                          "an image depends on")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--config", default=None,
+                   help=f"{METHODS_HELP} (default: the model's own: the config its checkpoint carries, else its "
+                        f"family's preset)")
+    g.add_argument("--execution", default="auto", choices=list(EXECUTIONS),
+                   help="how accelerated scales are launched (default auto: CUDA graphs where they reproduce the "
+                        "eager call exactly, eager otherwise)")
+    _generation_args(g, top_k=900, top_p=0.95)
+    g.add_argument("--out", default="stagevar_images", help="folder for the PNGs and manifest.json")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_generate)
     return ap
 
 
@@ -291,16 +453,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if getattr(args, "batch", None) is not None and args.batch < 1:  # 0 is not "the default"
         ap.error("--batch must be at least 1")
-    if args.command in ("demo", "bench", "calibrate") and args.shape is not None:
+    if args.command in ("demo", "bench", "calibrate", "generate") and args.shape is not None:
         shapes = MODEL_BUILDERS[args.model].shapes
         if not shapes and args.command != "bench":
             with_shapes = " or ".join(n for n, m in MODEL_BUILDERS.items() if m.shapes)
             ap.error(f"--shape applies to the random-weight reference models (--model {with_shapes})")
         if shapes and args.shape not in shapes:
             ap.error(f"--shape {args.shape} is not a {args.model} shape; choose one of {sorted(shapes)}")
-    for name, least in (("repeats", 1), ("warmup", 0)):
+    for name, least in (("repeats", 1), ("warmup", 0), ("per_item", 1)):
         if getattr(args, name, least) < least:
-            ap.error(f"--{name} must be at least {least}")
+            ap.error(f"--{name.replace('_', '-')} must be at least {least}")
     if args.command == "calibrate":
         from .calibrate import ALPHAS
 
@@ -323,8 +485,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _unwritable_outputs(args) -> str:
     """Check every output path before any work: folders are created, files must be writable."""
-    outs = [(getattr(args, k, None), k == "out" and args.command == "bench")
-            for k in ("out", "config_out", "plot")]
+    outs = [(getattr(args, k, None), k == "out" and args.command in ("bench", "generate"))
+            for k in ("out", "config_out", "plot", "write_into")]
     for path, is_dir in outs:
         if not path:
             continue
