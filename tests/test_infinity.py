@@ -250,6 +250,21 @@ def test_accelerate_checks_config_against_known_schedules(bundle):
     assert not stagevar.is_accelerated(bundle.model)
 
 
+@pytest.mark.parametrize("fused_norm", [True, False])
+def test_full_rank_units_get_the_rope_each_block_path_reads(fused_norm):
+    """Upstream's block without fused norms never passes scale_ind to self-attention (its RoPE rows
+    start at 0 at every scale); the representatives' table must hold what either path reads, so
+    full-rank 'sample' units reproduce the intact call -- on scales where the two regions of the
+    table overlap (start < r) and where they do not."""
+    b = reference_infinity("tiny", fused_norm=fused_norm)
+    kw = call_kwargs(b, 2)
+    want = generate(b.model, kw)
+    cfg = StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, projection="sample", name="t")
+    with pytest.warns(stagevar.NoAccelerationWarning), stagevar.accelerated(b.model, cfg):
+        got = generate(b.model, kw)
+    assert (got.int() - want.int()).abs().max() <= 1
+
+
 def test_report_counts_rows_the_call_started_with(bundle):
     kw = call_kwargs(bundle, 2, cfg=1.0)  # no CFG: B rows throughout
     with stagevar.accelerated(bundle.model, "none"):

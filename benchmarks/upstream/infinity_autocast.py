@@ -310,6 +310,23 @@ def presets_run(model, vae, name: str, seed: int) -> str:
     return ("FAIL " + "; ".join(problems)) if problems else "PASS " + ", ".join(modes[-3:])
 
 
+def full_rank_run(model, vae, seed: int) -> str:
+    """Full-rank ``sample`` units (every token its own representative) on upstream's blocks reproduce
+    upstream's call up to float rounding: the RoPE of the representatives is the one each block
+    would apply to those tokens."""
+    import stagevar
+
+    kw = call_kwargs(vae, "1:1", 2, 0, "3", "plain", seed)
+    want = model.autoregressive_infer_cfg(**kw)[2]
+    cfg = stagevar.StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, projection="sample", name="full-rank")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stagevar.NoAccelerationWarning)
+        with stagevar.accelerated(model, cfg):
+            got = model.autoregressive_infer_cfg(**kw)[2]
+    diff = int((got.int() - want.int()).abs().max())
+    return "PASS" if diff <= 1 else f"FAIL images differ by up to {diff} (of 255)"
+
+
 def cases(quick: bool, fused_norm: str):
     """``(model settings, [(precision, B, cfg_insertion_layer, schedule, cfg mode, sampler), ...])``."""
     for norm, lvl in itertools.product(["off", fused_norm], [1, 0]):
@@ -368,6 +385,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{word:4s}  {label:42s} {precision:13s} B={B} cfg_insertion_layer=[{insertion:2d}] {sched} "
                   f"cfg={cfg_mode:11s} sampler={sampler:9s}" + ("" if word == "PASS" else f"  -- {verdict[5:]}"),
                   flush=True)
+        if not bf16_blocks:
+            verdict = full_rank_run(model, vae, args.seed)
+            word = verdict.split()[0]
+            counts[word] += 1
+            print(f"{word:4s}  {label:42s} full-rank 'sample' units == upstream (max 1/255), B=2 1:1"
+                  + ("" if word == "PASS" else f"  -- {verdict[5:]}"), flush=True)
         if settings.get("patchify"):
             for name in ("infinity-8b", "infinity-8b-paper"):
                 verdict = presets_run(model, vae, name, args.seed)

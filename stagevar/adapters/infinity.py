@@ -246,7 +246,14 @@ class InfinityAdapter(Adapter):
         return x
 
     def _rope_for(self, st: _InfinityCall, si: int, positions: torch.Tensor) -> _AnyKey:
-        """A RoPE table whose rows at this scale's offset are those of ``positions`` ``(rows, r)``."""
+        """A RoPE table whose rows at this scale's offset are those of ``positions`` ``(rows, r)``.
+
+        Upstream's ``CrossAttnBlock`` (4c27bbb) forwards ``scale_ind`` to self-attention only on its
+        fused-norm path; without it (``fused_norm_func is None``) the attention reads the table from
+        row 0 at every scale, so token ``j`` of a scale gets row ``j``. The table holds what each
+        path reads: rows ``start + p`` at ``start`` and rows ``p`` at 0 -- both where they do not
+        overlap, else the one this model's blocks read.
+        """
         if st.rope is not None and st.rope[0] is positions:
             return st.rope[1]
         table = self.model.rope2d_freqs_grid
@@ -260,11 +267,19 @@ class InfinityAdapter(Adapter):
                                f"tokens, F) with a broadcast batch axis at dim -4")
         start = sum(int(h) * int(w) for _, h, w in st.schedule[:si])
         rows, r = positions.shape
-        flat = (positions + start).reshape(-1).to(grid.device)
-        sel = grid.index_select(-2, flat).unflatten(-2, (rows, r))  # (..., 1, H, rows, r, F)
-        sel = sel.movedim(-3, -5).squeeze(-4)                         # (..., rows, H, r, F)
-        full = sel.new_zeros(*sel.shape[:-2], start + r, sel.shape[-1])
-        full[..., start:, :] = sel
+
+        def rows_at(offset: int) -> torch.Tensor:  # (..., rows, H, r, F): the table rows offset + positions
+            flat = (positions + offset).reshape(-1).to(grid.device)
+            sel = grid.index_select(-2, flat).unflatten(-2, (rows, r))  # (..., 1, H, rows, r, F)
+            return sel.movedim(-3, -5).squeeze(-4)
+
+        scaled = rows_at(start)
+        full = scaled.new_zeros(*scaled.shape[:-2], start + r, scaled.shape[-1])
+        from_zero = any(getattr(b, "fused_norm_func", True) is None for b in self._blocks)
+        if start >= r or not from_zero:
+            full[..., start:, :] = scaled
+        if start >= r or from_zero:
+            full[..., :r, :] = rows_at(0)
         st.rope = (positions, _AnyKey(full))
         return st.rope[1]
 

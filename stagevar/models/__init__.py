@@ -95,7 +95,7 @@ INFINITY_SHAPES: Dict[str, dict] = {
                     vae_ch=16, vae_up=1, apply_spatial_patchify=1),
 }
 _INF_DEFAULTS = dict(mlp_ratio=4.0, vae_ch=32, vae_up=4, gate=1.0, seed=0, add_lvl_embeding_only_first_block=1,
-                     text_maxlen=64, apply_spatial_patchify=0)
+                     text_maxlen=64, apply_spatial_patchify=0, fused_norm=True)
 
 
 class InfinityBundle:
@@ -137,7 +137,9 @@ def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = Non
         shape: one of :data:`INFINITY_SHAPES`.
         **overrides: any shape field (``Ct5``, ``depth``, ``embed_dim``, ``num_heads``,
             ``num_block_chunks``, ``codebook_dim``, ``max_side``, ``vae_ch``, ``vae_up``, ``mlp_ratio``,
-            ``add_lvl_embeding_only_first_block``, ``text_maxlen``, ``apply_spatial_patchify``), ``gate`` and ``seed``.
+            ``add_lvl_embeding_only_first_block``, ``text_maxlen``, ``apply_spatial_patchify``,
+            ``fused_norm`` -- False gives upstream's block without fused norms, whose self-attention
+            ignores ``scale_ind``), ``gate`` and ``seed``.
     """
     cfg = _shape_config(INFINITY_SHAPES, _INF_DEFAULTS, shape, overrides, "Infinity")
     schedules = [infinity_schedule(a, cfg["max_side"]) for a in ASPECTS]
@@ -147,7 +149,7 @@ def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = Non
                          mlp_ratio=cfg["mlp_ratio"], codebook_dim=cfg["codebook_dim"],
                          num_block_chunks=cfg["num_block_chunks"], text_maxlen=cfg["text_maxlen"], schedules=schedules,
                          add_lvl_embeding_only_first_block=cfg["add_lvl_embeding_only_first_block"],
-                         apply_spatial_patchify=cfg["apply_spatial_patchify"])
+                         apply_spatial_patchify=cfg["apply_spatial_patchify"], fused_norm=cfg["fused_norm"])
         model.init_weights(gate=cfg["gate"], seed=cfg["seed"])
         vae = BSQVAE(codebook_dim=cfg["codebook_dim"], ch=cfg["vae_ch"], num_up=cfg["vae_up"])
     model.eval()

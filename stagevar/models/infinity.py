@@ -211,9 +211,16 @@ class TextAttentivePool(nn.Module):
 class CrossAttnBlock(nn.Module):
     """Self-attention (RoPE, KV cache) + cross-attention to text + FFN, AdaLN-modulated by ``ada_gss + cond``."""
 
-    def __init__(self, embed_dim: int, kv_dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6):
+    def __init__(self, embed_dim: int, kv_dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
+                 fused_norm: bool = True):
         super().__init__()
         self.C = embed_dim
+        # Upstream's block forwards scale_ind to self-attention only on its fused-norm path; without
+        # it (fused_norm_func None) the attention reads the RoPE table from row 0 at every scale.
+        # fused_norm=False reproduces that path (the norms themselves are the same computation).
+        self.fused_norm = fused_norm
+        if not fused_norm:
+            self.fused_norm_func = None
         self.sa = SelfAttention(embed_dim, num_heads)
         self.ca = CrossAttention(embed_dim, kv_dim, num_heads)
         self.ffn = FFN(embed_dim, max(256, round(embed_dim * mlp_ratio / 256) * 256))
@@ -228,7 +235,8 @@ class CrossAttnBlock(nn.Module):
         with torch.autocast("cuda", enabled=False):
             gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + cond_BD).unbind(2)
         h = self.ln_wo_grad(x.float()).mul(scale1.add(1)).add_(shift1)
-        x = x + self.sa(h, attn_bias_or_two_vector, attn_fn, scale_schedule, rope2d_freqs_grid, scale_ind).mul_(gamma1)
+        x = x + self.sa(h, attn_bias_or_two_vector, attn_fn, scale_schedule, rope2d_freqs_grid,
+                        scale_ind if self.fused_norm else 0).mul_(gamma1)
         x = x + self.ca(self.ca_norm(x), ca_kv).float().mul_(self.ca_gamma)
         x = x + self.ffn(self.ln_wo_grad(x.float()).mul(scale2.add(1)).add_(shift2)).mul(gamma2)
         return x
@@ -303,7 +311,7 @@ class Infinity(nn.Module):
     def __init__(self, Ct5: int = 64, depth: int = 8, embed_dim: int = 256, num_heads: int = 4, mlp_ratio: float = 4.0,
                  codebook_dim: int = 32, num_block_chunks: int = 2, text_maxlen: int = 64,
                  schedules: Sequence[Schedule] = (), add_lvl_embeding_only_first_block: int = 1,
-                 apply_spatial_patchify: int = 0):
+                 apply_spatial_patchify: int = 0, fused_norm: bool = True):
         super().__init__()
         assert depth % num_block_chunks == 0, "depth must be a multiple of num_block_chunks"
         self.C = self.D = embed_dim
@@ -328,7 +336,7 @@ class Infinity(nn.Module):
         self.norm0_ve = nn.Identity()  # upstream's nm0=False
         self.word_embed = nn.Linear(self.d_vae, self.C)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(self.D, 6 * self.C))
-        blocks = [CrossAttnBlock(self.C, self.D, num_heads, mlp_ratio) for _ in range(depth)]
+        blocks = [CrossAttnBlock(self.C, self.D, num_heads, mlp_ratio, fused_norm=fused_norm) for _ in range(depth)]
         per = depth // num_block_chunks
         self.num_block_chunks = num_block_chunks
         self.block_chunks = nn.ModuleList([MultipleLayers(blocks[i * per:(i + 1) * per]) for i in range(num_block_chunks)])
