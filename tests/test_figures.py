@@ -154,3 +154,17 @@ def test_demo_writes_a_labelled_figure(tmp_path, capsys):
     # two rows (baseline, var-d16) of two 48-pixel images, upscaled 3x: the bare grid would be 96 x 96
     assert a.shape[0] > 2 * 144 and a.shape[1] > 2 * 144
     assert _dark(a[:, :100]) > 200  # row labels on the left
+
+
+def test_quality_reference_replots_saved_rows(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "pareto.png"
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the example puts examples/ on it
+    monkeypatch.setattr(sys, "argv", ["quality_reference.py", "--from-json",
+                                      str(root / "benchmarks" / "quality_reference_64.json"), "--chart", str(out)])
+    runpy.run_path(str(root / "examples" / "quality_reference.py"), run_name="__main__")
+    assert capsys.readouterr().out == f"wrote {out}\n" and Image.open(out).size[0] > 400
