@@ -1,7 +1,9 @@
 """Quality and speed of each method on the trained reference VAR (stagevar-tiny-var).
 
     python examples/quality_reference.py                  # 8 samples per class, 12 classes
-    python examples/quality_reference.py --per-class 16 --json quality.json
+    python examples/quality_reference.py --per-class 16 --json quality.json --chart pareto.png
+    python examples/quality_reference.py --from-json benchmarks/quality_reference_64.json \
+        --chart benchmarks/quality_reference_pareto.png    # re-plot saved rows, generate nothing
 
 Trains (or loads) an independent classifier on crops of the same photographs, then generates the
 same classes with the same seeds under every method and prints class consistency (the fraction
@@ -9,7 +11,8 @@ of samples the classifier assigns to the class asked for), its change against th
 Fréchet distance to the baseline samples in the classifier's feature space, PSNR/SSIM to the
 baseline sample of the same seed, and the wall time of the whole set (methods interleaved batch
 by batch). The change carries a paired standard error (samples lost / gained against the baseline).
-Needs scikit-image to train the classifier the first time.
+``--chart`` plots speedup against the class-consistency change (+-1 SE), the Pareto front marked
+(needs matplotlib). Needs scikit-image to train the classifier the first time.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from stagevar.figures import pareto_chart  # noqa: E402
 from stagevar.methods import resolve_methods  # noqa: E402
 from stagevar.models import load_pretrained  # noqa: E402
 from stagevar.models.pretrained import BUNDLED_CLASSIFIERS  # noqa: E402
@@ -46,6 +50,16 @@ def classifier(var, seed: int):
     return clf, acc
 
 
+def chart(rows, title: str, path: str) -> None:
+    """Speedup against the class-consistency change in percentage points, +-1 paired SE bars."""
+    points = [(r["method"], r["speedup"], 100 * r["consistency_change"], 100 * r["change_se"]) for r in rows]
+    if pareto_chart(points, path, xlabel="end-to-end speedup against the unpatched model (x)",
+                    ylabel="class-consistency change against the baseline (percentage points)", title=title):
+        print(f"wrote {path}")
+    else:
+        print(f"--chart {path}: not written, it needs matplotlib (pip install matplotlib)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-class", type=int, default=8)
@@ -56,7 +70,17 @@ def main():
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--chart", default=None, help="PNG of speedup against the consistency change (needs matplotlib)")
+    ap.add_argument("--from-json", default=None,
+                    help="rows saved by --json: draw --chart from them instead of generating")
     args = ap.parse_args()
+    if args.from_json:
+        if not args.chart:
+            ap.error("--from-json only re-plots: give --chart PATH")
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        chart(saved["rows"], saved["title"], args.chart)
+        return
     torch.manual_seed(args.seed)
     var = load_pretrained("stagevar-tiny-var")
     clf, acc = classifier(var, args.seed)
@@ -70,6 +94,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(title=title, classifier_heldout_accuracy=acc, rows=rows), f, indent=1)
+    if args.chart:
+        chart(rows, title, args.chart)
 
 
 if __name__ == "__main__":

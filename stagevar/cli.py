@@ -94,13 +94,14 @@ def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
 
 def _demo(args) -> int:
     from .adapters import adapter_for
-    from .bench import save_grid
+    from .figures import condition_labels, image_grid_figure
     from .metrics import psnr, ssim
 
     torch.manual_seed(0)
     what, model, kw = _demo_model(args)
     adapter = adapter_for(model)
-    print(f"stagevar demo: {what}, B={args.batch}, on {machine_name(args.device)}")
+    machine = machine_name(args.device)
+    print(f"stagevar demo: {what}, B={args.batch}, on {machine}")
     configs = _demo_configs(args, model)
     images: Dict[int, torch.Tensor] = {}
     reports: Dict[int, object] = {}
@@ -120,22 +121,38 @@ def _demo(args) -> int:
             return float((clf(img.float()).argmax(-1) == target).float().mean())
 
     b = statistics.median(r.wall_s for r in result.of(0))
+    cb = consistency(base_img) if clf is not None else None
+    labels = [f"baseline (unpatched)\n{b * 1e3:.0f} ms per call" + ("" if cb is None else f"\nclass cons. {cb:.2f}")]
     for i, name in enumerate(names):
         print(f"\n[{name}]")
         print(reports[i + 1])
         a = statistics.median(r.wall_s for r in result.of(i + 1))
         print(f"end-to-end median of {args.repeats}: baseline {b * 1e3:.0f} ms, accelerated {a * 1e3:.0f} ms, "
               f"speedup {b / a:.2f}x (config {name!r})")
-        print(f"per-seed PSNR to baseline {psnr(acc_img[i], base_img).mean():.1f} dB, "
-              f"SSIM {ssim(acc_img[i], base_img).mean():.3f}")
+        p, s = float(psnr(acc_img[i], base_img).mean()), float(ssim(acc_img[i], base_img).mean())
+        print(f"per-seed PSNR to baseline {p:.1f} dB, SSIM {s:.3f}")
+        pace = f"{b / a:.2f}x faster" if a <= b else f"{a / b:.2f}x slower"
+        labels.append(f"{name}  {pace}\nPSNR {p:.1f} dB, SSIM {s:.2f}")
         if clf is not None:
-            cb, ca = consistency(base_img), consistency(acc_img[i])
+            ca = consistency(acc_img[i])
             print(f"class consistency (independent classifier): baseline {cb:.3f}, accelerated {ca:.3f} "
                   f"({ca - cb:+.3f}); one sample per class here, see BENCHMARKS.md for the full evaluation")
-    if args.model != "pretrained":
+            labels[-1] += f"\nclass cons. {ca:.2f} ({ca - cb:+.2f})"
+    random = args.model != "pretrained"
+    if random:
         print("(random weights: these differences say nothing about quality)")
-    save_grid([base_img] + acc_img, args.out)
-    print(f"\nwrote {args.out} (top row: baseline; then one row per config: {', '.join(names)})")
+    conditions = _default_conditions(model, args.batch)
+    note = (f"Rows: the unpatched model, then one per config, same seeds. Speedup: end-to-end median of "
+            f"{args.repeats} call(s) against the unpatched model. PSNR, SSIM: to the baseline image of the same "
+            f"seed (mean over the row).")
+    if clf is not None:
+        note += (" Class cons.: the share of the row the bundled independent classifier assigns to the class "
+                 "asked for (one image per class: a rough sign; see BENCHMARKS.md for the full evaluation).")
+    backend = image_grid_figure(  # the title leaves the class list to the column labels
+        [base_img] + acc_img, labels, condition_labels(conditions, getattr(model, "class_names", None)), args.out,
+        title=f"stagevar demo: {what.split(' (classes:')[0]}, B={args.batch}, seed {args.seed}, on {machine}",
+        note=note + (" Random weights: these differences say nothing about quality." if random else ""))
+    print(f"\nwrote {args.out} with {backend} (top row: baseline; then one row per config: {', '.join(names)})")
     return 0
 
 

