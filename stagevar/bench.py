@@ -228,8 +228,7 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
             method=label, execution=t["execution"],
             **{k: t[k] for k in ("loop_ms", "loop_min_ms", "loop_max_ms", "e2e_ms", "loop_speedup", "e2e_speedup")},
             config=None if cfg is None else cfg.to_dict(), skipping=rep.skipping,
-            per_scale=[dict(index=s.index, hw=list(s.hw), mode=s.mode, rows=s.rows, tokens=list(s.tokens),
-                            ms=s.time_s * 1e3, gflops=s.gflops) for s in rep.scales],
+            per_scale=rep.to_dict()["scales"],  # the report's own serialisation (time_s, like every report)
             gflops=rep.gflops, flop_ratio=base_flops / rep.gflops if rep.gflops else None, memory=mem,
             psnr=float(psnr(img, base_img).mean()), ssim=float(ssim(img, base_img).mean()),
             token_agreement={str(k): v for k, v in token_agreement(tokens, base_tokens).items()}))
@@ -292,7 +291,7 @@ def _write(report: dict, out_dir: str, images) -> None:
     bottom = [0.0] * len(ms)
     cmap = plt.get_cmap("viridis")
     for si in range(n_scales):
-        h = [m["per_scale"][si]["ms"] if si < len(m["per_scale"]) else 0.0 for m in ms]
+        h = [m["per_scale"][si]["time_s"] * 1e3 if si < len(m["per_scale"]) else 0.0 for m in ms]
         ax.bar(range(len(ms)), h, bottom=bottom, color=cmap(si / max(1, n_scales - 1)), label=f"scale {si}")
         bottom = [b + x for b, x in zip(bottom, h)]
     ax.set_xticks(range(len(ms)), [m["method"] for m in ms], rotation=30, ha="right", fontsize=8)
