@@ -4,10 +4,13 @@
     python examples/benchmark_infinity.py --aspect 16:9 --rounds 1
     python examples/benchmark_infinity.py --aspect 1:1 16:9           # one model build, both schedules
     python examples/benchmark_infinity.py --shape tiny --rounds 3      # seconds, for a quick look
+    python examples/benchmark_infinity.py --shape 8b-cpu --aspect 1:1 16:9 --configs infinity-8b infinity-8b-paper
     python examples/benchmark_infinity.py --shape 2b --bf16 --execution eager graphs   # on a GPU
 
 The "2b-cpu" shape has Infinity-2B's width (C = 2048, 16 heads, 2048-d text) with 8 blocks
-(one per chunk) so that a 13-scale 1024^2 generation fits a CPU's time. Per round every method
+(one per chunk) so that a 13-scale 1024^2 generation fits a CPU's time; "8b-cpu" has
+Infinity-8B's width and layout (C = 3584, 28 heads, patchified tokens on a VAE grid twice the
+token grid) with 4 blocks. Per round every method
 runs once under every executor with the same prompt and seed (unpatched first), after the
 warm-up calls (for CUDA graphs: the first call runs eager, the second captures; neither is
 timed); the loop time is end-to-end minus the VAE decode. Preset ``none`` is added as the
@@ -37,6 +40,9 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=None,
                     help="timed interleaved rounds (default: 5 on CUDA, 2 on a CPU)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed calls per method and executor first (graphs: at least 2, the eager call and the "
+                         "capture)")
     ap.add_argument("--execution", nargs="+", default=["eager"], choices=list(EXECUTIONS),
                     help="executors to time every method under (graphs: CUDA only)")
     ap.add_argument("--configs", nargs="+", default=["infinity-2b", "infinity-2b-paper"])
@@ -70,7 +76,8 @@ def run_aspect(bundle, aspect: str, args) -> dict:
     autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
     try:
         with torch.inference_mode(), autocast:
-            rows = interleaved(m, kw, methods, args.rounds, executions=args.execution, progress=True)
+            rows = interleaved(m, kw, methods, args.rounds, warmup=args.warmup, executions=args.execution,
+                               progress=True)
             stagevar.accelerate(m, methods[1][1])
             m.autoregressive_infer_cfg(**kw)
             print(stagevar.report(m))
@@ -78,7 +85,7 @@ def run_aspect(bundle, aspect: str, args) -> dict:
         stagevar.restore(m)
     _, H, W = sched[-1]
     title = (f"Infinity-{args.shape} reference (random weights), {aspect} schedule of {K} scales to {H}x{W} tokens, "
-             f"B={args.batch}{', bf16' if args.bf16 else ''}, {args.rounds} interleaved rounds after the warm-up, "
+             f"B={args.batch}{', bf16' if args.bf16 else ''}, {args.rounds} interleaved rounds after {args.warmup} warm-up call(s), "
              f"on {machine_name(args.device)}")
     print("\n" + format_timing(title, rows), flush=True)
     return dict(title=title, executions=args.execution, rows=rows)

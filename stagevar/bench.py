@@ -95,6 +95,7 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
         graphs = [r for r in reps if r.executor == "graphs"]
         rows.append(dict(
             method=arm.label, execution=arm.execution, ran=ran, notes=notes,
+            skipping=any(r.skipping for r in reps),
             fell_back=arm.execution == "graphs" and len(graphs) < len(recs),
             calls=len(recs), eager_calls=len(recs) - len(graphs),
             e2e_ms=_med(wall) * 1e3, e2e_min_ms=min(wall) * 1e3, e2e_max_ms=max(wall) * 1e3,
@@ -131,6 +132,9 @@ def _exactness(model: Any, arms: Sequence[Any], last: Dict[int, Any], call_kwarg
     return out
 
 
+_SKIP_MARK = " [scale skipping ON]"  # some scales are not computed at all (as the report's header says)
+
+
 def format_timing(title: str, rows: Sequence[Dict[str, Any]]) -> str:
     """The per method x executor timing table of :func:`interleaved`'s rows."""
     def ms(v: Optional[float]) -> str:
@@ -139,17 +143,22 @@ def format_timing(title: str, rows: Sequence[Dict[str, Any]]) -> str:
     def x(*vs: Optional[float]) -> str:
         return "|".join("-" if v is None else f"{v:.2f}x" for v in vs)
 
-    lines = [title, f"{'method':<30} {'exec':<6} {'wall ms (min-max)':>22} {'loop ms':>8} {'host ms':>8} "
+    labels = [r["method"] + (_SKIP_MARK if r.get("skipping") else "") for r in rows]
+    w = max([30] + [len(label) for label in labels])
+    lines = [title, f"{'method':<{w}} {'exec':<6} {'wall ms (min-max)':>22} {'loop ms':>8} {'host ms':>8} "
                     f"{'dev ms':>8} {'host/wall':>9} {'capt ms':>8} {'pool MiB':>8} {'exact':>5}  "
                     f"{'vs baseline wall|dev|loop':>25}  {'vs none wall|dev':>16}"]
-    for r in rows:
+    for r, label in zip(rows, labels):
         rng = f"{ms(r['e2e_ms'])} ({ms(r['e2e_min_ms'])}-{ms(r['e2e_max_ms'])})"
         exact = "-" if r["exact"] is None else "yes" if r["exact"] else "NO"
         pool = "-" if r["pool_mib"] is None else f"{r['pool_mib']:.1f}"
-        lines.append(f"{r['method'][:30]:<30} {r['execution']:<6} {rng:>22} {ms(r['loop_ms']):>8} "
+        lines.append(f"{label:<{w}} {r['execution']:<6} {rng:>22} {ms(r['loop_ms']):>8} "
                      f"{ms(r['host_ms']):>8} {ms(r['device_ms']):>8} {r['host_wall']:>9.2f} {ms(r['capture_ms']):>8} "
                      f"{pool:>8} {exact:>5}  {x(r['e2e_speedup'], r['device_speedup'], r['loop_speedup']):>25}  "
                      f"{x(r['none_wall_ratio'], r['none_device_ratio']):>16}")
+    if any(r.get("skipping") for r in rows):
+        lines.append("[scale skipping ON]: some scales are not computed at all (the image is decoded from the codes "
+                     "summed before them)")
     lines.append("wall: to the end of the call's device work (CUDA events around it on a GPU, the clock on a CPU); "
                  "loop: wall minus decode; host: call entry to return, nothing synchronised inside; dev: the "
                  "report's per-scale times plus decode (unpatched call: its wall time); ratios: medians against "
@@ -246,13 +255,15 @@ def format_report(report: dict) -> str:
     ex = report["methods"][0]["execution"] if report["methods"] else "eager"
     lines = [report["title"] or "stagevar bench", f"on {report['device']}, {report['repeats']} interleaved rounds "
              f"after {report['warmup']} warm-up call(s) per arm; loop/e2e times under the {ex} executor"]
-    lines.append(f"{'method':<26} {'loop ms (min-max)':>22} {'e2e ms':>9} {'loop x':>7} {'e2e x':>7} {'FLOP x':>7} "
+    labels = [m["method"] + (_SKIP_MARK if m["skipping"] else "") for m in report["methods"]]
+    w = max([26] + [len(label) for label in labels])
+    lines.append(f"{'method':<{w}} {'loop ms (min-max)':>22} {'e2e ms':>9} {'loop x':>7} {'e2e x':>7} {'FLOP x':>7} "
                  f"{'mem MiB':>8} {'PSNR':>6} {'SSIM':>6} {'tok agr':>8}")
-    for m in report["methods"]:
+    for m, label in zip(report["methods"], labels):
         rng = f"{m['loop_ms']:.0f} ({m['loop_min_ms']:.0f}-{m['loop_max_ms']:.0f})"
         last = next((v for v in reversed(list(m["token_agreement"].values())) if v is not None), None)
         fx = "-" if m["flop_ratio"] is None else f"{m['flop_ratio']:.2f}x"
-        lines.append(f"{m['method'] + (' [skip]' if m['skipping'] else ''):<26} {rng:>22} {m['e2e_ms']:>9.0f} "
+        lines.append(f"{label:<{w}} {rng:>22} {m['e2e_ms']:>9.0f} "
                      f"{m['loop_speedup']:>6.2f}x {m['e2e_speedup']:>6.2f}x {fx:>7} {m['memory']['value']:>8.1f} "
                      f"{m['psnr']:>6.1f} {m['ssim']:>6.3f} {('-' if last is None else f'{last:.3f}'):>8}")
     lines.append("tok agr: token agreement with the baseline at the last scale run; PSNR 100 = identical; "

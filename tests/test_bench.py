@@ -63,6 +63,10 @@ def test_infinity_report_and_user_config_round_trip(tmp_path):
     _check_report(rep, ["baseline", "infinity-2b", "infinity-2b-paper", "mine"])
     assert stagevar.StageVARConfig.from_dict(rep["methods"][3]["config"]) == cfg
     assert rep["methods"][2]["skipping"]
+    # scale skipping is named where each table prints the method, and only there
+    timing_lines = {t.split()[0]: t for t in format_report(rep).splitlines() if t.startswith(("infinity-2b", "mine"))}
+    assert all(("[scale skipping ON]" in line) == (name == "infinity-2b-paper") for name, line in timing_lines.items())
+    assert sum("infinity-2b-paper [scale skipping ON]" in line for line in format_report(rep).splitlines()) == 2
 
 
 def test_bad_methods_and_shapes_say_what_to_change(tmp_path, capsys):
