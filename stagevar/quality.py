@@ -17,6 +17,7 @@ reverse), as in McNemar's test. PSNR-type figures carry the standard error over 
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -133,9 +134,9 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
         One dict per method. Semantic / layout view: ``semantic_consistency`` with its paired
         ``semantic_consistency_change`` / ``semantic_change_se`` / ``semantic_lost`` /
         ``semantic_gained``, ``semantic_fd_to_baseline`` (in its features) and ``lowfreq_psnr``
-        (``_se``: over samples). Texture / fidelity
-        view: ``class_consistency``, ``consistency_change``, ``change_se``, ``lost``, ``gained``,
-        ``fd_to_baseline``, ``feature_distance`` (mean 1 - cosine to the same seed's baseline
+        (``_se``: over samples). Texture / fidelity view: ``class_consistency``,
+        ``consistency_change``, ``change_se``, ``lost``, ``gained``, ``fd_to_baseline``,
+        ``feature_distance`` (mean 1 - cosine to the same seed's baseline
         features), ``psnr`` and ``ssim`` (each with ``_se``). Also ``method``, ``n``, ``seconds``,
         ``speedup``, ``lowpass_factor``. Identical images score PSNR 100.
 
@@ -151,7 +152,7 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
             raise ValueError("pass conditions (e.g. prompts, with encode=) for a model that is not class-conditional")
         conditions = [c for c in range(model.num_classes) for _ in range(per_class)]
     conditions = list(conditions)
-    if targets is None and all(isinstance(c, int) for c in conditions):
+    if targets is None and all(isinstance(c, numbers.Integral) for c in conditions):
         targets = conditions
     target = None if targets is None else torch.as_tensor(list(targets))
     if target is not None and len(target) != len(conditions):

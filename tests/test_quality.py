@@ -100,6 +100,8 @@ def test_evaluate_prompts_with_a_feature_function_and_no_classifier():
     clf = CropClassifier(2).eval()
     rows = evaluate(ref.model, methods, prompts, classifier=clf, targets=[0, 1, 0], encode=ref.encode, **ref.call_kwargs)
     assert rows[0]["class_consistency"] is not None and rows[1]["semantic_consistency"] is None
+    rows = evaluate(ref.model, methods, prompts, classifier=clf, encode=ref.encode, **ref.call_kwargs)
+    assert rows[1]["class_consistency"] is None and rows[1]["fd_to_baseline"] > 0  # prompts are no targets
     with pytest.raises(ValueError, match="conditions"):
         evaluate(ref.model, methods, feature_fn=feature_fn, encode=ref.encode)
     with pytest.raises(ValueError, match="targets"):
