@@ -1,9 +1,10 @@
-"""Image and sample-set metrics the tools share: PSNR, SSIM, feature distances, Fréchet
-distance, token agreement and paired change statistics. Tensors in, numbers out; no model here.
+"""Image and sample-set metrics the tools share: PSNR (full band and low band), SSIM, low-pass
+filtering, feature distances, Fréchet distance, token agreement, paired change statistics and
+per-sample means with their standard error. Tensors in, numbers out; no model here.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,36 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
     c1, c2 = 0.01 ** 2, 0.03 ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(1)
+
+
+def downsample(img: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, H // factor, W // factor)``: the mean of each ``factor x factor`` block."""
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    return img.float() if factor == 1 else F.avg_pool2d(img.float(), factor)
+
+
+def lowpass(img: torch.Tensor, factor: int) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, H, W)``: the image block-averaged by ``factor`` and resized back
+    (bilinear), so it keeps colours and coarse layout and drops detail finer than ``factor`` pixels."""
+    if factor == 1:
+        return img.float()
+    return F.interpolate(downsample(img, factor), size=img.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def lowfreq_psnr(a: torch.Tensor, b: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """Per-image PSNR in dB of the low band: :func:`psnr` of ``lowpass(a)`` against ``lowpass(b)``.
+
+    ``a``, ``b``: ``(B, 3, H, W)`` in [0, 1]; capped at 100 like :func:`psnr`. Blurring an image
+    lowers its full-band PSNR and leaves this one nearly unchanged."""
+    return psnr(lowpass(a, factor), lowpass(b, factor))
+
+
+def mean_se(values: torch.Tensor) -> Tuple[float, float]:
+    """``(mean, standard error of the mean)`` of ``(n,)`` per-sample values (SE 0 for one sample)."""
+    v = values.double().flatten()
+    se = float(v.std(unbiased=True) / len(v) ** 0.5) if len(v) > 1 else 0.0
+    return float(v.mean()), se
 
 
 def lowfreq_features(img: torch.Tensor) -> torch.Tensor:
@@ -92,5 +123,5 @@ def paired_change_stats(base_ok: torch.Tensor, ok: torch.Tensor) -> Dict:
     return dict(n=n, lost=lost, gained=gained, change_se=se)
 
 
-__all__ = ["psnr", "ssim", "lowfreq_features", "feature_distance", "frechet_distance", "token_agreement",
+__all__ = ["psnr", "ssim", "downsample", "lowpass", "lowfreq_psnr", "mean_se", "lowfreq_features", "feature_distance", "frechet_distance", "token_agreement",
            "paired_change_stats"]

@@ -167,4 +167,6 @@ def test_quality_reference_replots_saved_rows(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["quality_reference.py", "--from-json",
                                       str(root / "benchmarks" / "quality_reference_64.json"), "--chart", str(out)])
     runpy.run_path(str(root / "examples" / "quality_reference.py"), run_name="__main__")
-    assert capsys.readouterr().out == f"wrote {out}\n" and Image.open(out).size[0] > 400
+    semantic = tmp_path / "pareto_semantic.png"
+    assert capsys.readouterr().out == f"wrote {out}\nwrote {semantic}\n"
+    assert Image.open(out).size[0] > 400 and Image.open(semantic).size[0] > 400

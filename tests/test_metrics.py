@@ -1,8 +1,10 @@
 """stagevar.metrics: image metrics, feature and Fréchet distances, token agreement, paired changes."""
 import torch
 
-from stagevar.metrics import (feature_distance, frechet_distance, lowfreq_features, paired_change_stats, psnr, ssim,
-                              token_agreement)
+import torch.nn.functional as F
+
+from stagevar.metrics import (downsample, feature_distance, frechet_distance, lowfreq_features, lowfreq_psnr, lowpass,
+                              mean_se, paired_change_stats, psnr, ssim, token_agreement)
 
 
 def test_image_metrics():
@@ -13,6 +15,43 @@ def test_image_metrics():
     # a uniform 0.1 offset: MSE 0.01 -> 20 dB exactly
     flat = torch.full((1, 3, 8, 8), 0.4)
     assert abs(float(psnr(flat, flat + 0.1)) - 20.0) < 1e-4
+
+
+def _smooth_with_detail(g: torch.Generator) -> torch.Tensor:
+    """``(4, 3, 48, 48)``: a smooth picture (6x6 noise, upsampled) plus fine noise."""
+    smooth = F.interpolate(torch.rand(4, 3, 6, 6, generator=g), size=(48, 48), mode="bilinear", align_corners=False)
+    return 0.8 * smooth + 0.2 * torch.rand(4, 3, 48, 48, generator=g)
+
+
+def test_lowpass_keeps_the_mean_and_drops_detail():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, 48, 48, generator=g)
+    assert downsample(img, 6).shape == (2, 3, 8, 8) and lowpass(img, 6).shape == img.shape
+    assert torch.equal(lowpass(img, 1), img)
+    flat = torch.full((1, 3, 12, 12), 0.3)
+    assert torch.allclose(lowpass(flat, 4), flat)
+    checker = ((torch.arange(48)[:, None] + torch.arange(48)[None]) % 2).float().expand(1, 3, 48, 48)
+    assert torch.allclose(lowpass(checker, 6), torch.full_like(checker, 0.5))  # finest detail -> its mean
+    assert torch.allclose(downsample(img, 4).mean((2, 3)), img.mean((2, 3)), atol=1e-6)
+
+
+def test_lowfreq_psnr_ignores_blur_that_full_band_psnr_sees():
+    g = torch.Generator().manual_seed(0)
+    a = _smooth_with_detail(g)
+    assert torch.all(lowfreq_psnr(a, a, 6) == 100)
+    blurred = F.conv2d(F.pad(a, (1, 1, 1, 1), mode="replicate"), torch.ones(3, 1, 3, 3) / 9, groups=3)
+    full, low = psnr(a, blurred), lowfreq_psnr(a, blurred, 6)
+    assert torch.all(full < 30) and torch.all(low > 40)
+    # moving the layout is a low-band change: both fall
+    moved = a.roll(12, -1)
+    assert torch.all(lowfreq_psnr(a, moved, 6) < 20) and torch.all(psnr(a, moved) < 20)
+
+
+def test_mean_se():
+    mean, se = mean_se(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and abs(se - (5 / 3) ** 0.5 / 2) < 1e-12  # sample std / sqrt(n)
+    assert mean_se(torch.tensor([7.0])) == (7.0, 0.0)
+    assert mean_se(torch.full((5,), 3.0)) == (3.0, 0.0)
 
 
 def test_feature_distance_ignores_offset_and_scale():
