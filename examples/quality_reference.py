@@ -38,7 +38,7 @@ from stagevar.figures import pareto_chart  # noqa: E402
 from stagevar.methods import resolve_methods  # noqa: E402
 from stagevar.metrics import lowpass  # noqa: E402
 from stagevar.models import load_pretrained  # noqa: E402
-from stagevar.models.pretrained import BUNDLED_CLASSIFIERS  # noqa: E402
+from stagevar.models.pretrained import BUNDLED_CLASSIFIERS, BUNDLED_SEMANTIC_CLASSIFIERS  # noqa: E402
 from stagevar.quality import evaluate, format_rows, load_classifier, save_classifier, train_classifier  # noqa: E402
 from stagevar.timing import machine_name  # noqa: E402
 
@@ -46,7 +46,7 @@ CLF_PATH = BUNDLED_CLASSIFIERS["stagevar-tiny-var"]
 # The semantic judge sees 8x8 block means of the 48x48 samples (downsample 6): on held-out real
 # crops it keeps its accuracy under blur and JPEG, which the full-resolution judge applied to
 # low-passed images does not (BENCHMARKS.md, "validating the judges").
-SEMANTIC_PATH = os.path.join(os.path.dirname(CLF_PATH), "stagevar-tiny-var-semantic-classifier.safetensors")
+SEMANTIC_PATH = BUNDLED_SEMANTIC_CLASSIFIERS["stagevar-tiny-var"]
 SEMANTIC_DOWNSAMPLE = 6
 VALIDATION_SEED = 777  # held-out crops: neither classifier trained on this generator's crops
 

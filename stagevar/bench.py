@@ -20,6 +20,7 @@ from .figures import grid_array, pareto_chart, write_png
 from .methods import METHODS_HELP, Method, arms_for, resolve_methods, run_interleaved
 from .metrics import psnr, ssim, token_agreement
 from .presets import preset
+from .quality import consistency
 from .timing import PeakMemory, machine_name
 
 __all__ = ["interleaved", "format_timing", "run", "format_report", "save_grid", "METHODS_HELP"]
@@ -193,7 +194,8 @@ def _inspect(adapter: Any, cfg, call_kwargs: dict, device: torch.device):
 
 def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5, warmup: int = 1,
         out_dir: Optional[str] = None, progress: bool = False, title: str = "",
-        executions: Sequence[str] = ("eager",)) -> dict:
+        executions: Sequence[str] = ("eager",), judges: Optional[Dict[str, Any]] = None,
+        targets: Optional[torch.Tensor] = None) -> dict:
     """Measure ``methods`` on ``model`` side by side and return (and optionally write) a report.
 
     Args:
@@ -203,6 +205,9 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
         repeats, warmup: timed interleaved rounds, and untimed calls per arm before them.
         out_dir: where to write ``bench.json``, ``images.png`` and (with matplotlib) the charts.
         executions: the executors every method is timed under (see :func:`interleaved`).
+        judges, targets: ``{view: classifier}`` (e.g. :func:`stagevar.quality.bundled_judges`) and the
+            class asked for per image ``(B,)``: each method's class consistency per view, and its
+            change against the baseline (B images: a rough sign, not an evaluation).
 
     ``report["timing"]``: :func:`interleaved`'s rows (every method x executor, and ``none``).
     ``report["methods"]``, per method asked for: loop and end-to-end time (median, min-max) and
@@ -240,7 +245,10 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
             per_scale=rep.to_dict()["scales"],  # the report's own serialisation (time_s, like every report)
             gflops=rep.gflops, flop_ratio=base_flops / rep.gflops if rep.gflops else None, memory=mem,
             psnr=float(psnr(img, base_img).mean()), ssim=float(ssim(img, base_img).mean()),
-            token_agreement={str(k): v for k, v in token_agreement(tokens, base_tokens).items()}))
+            token_agreement={str(k): v for k, v in token_agreement(tokens, base_tokens).items()},
+            consistency={view: consistency(clf, img, targets) for view, clf in (judges or {}).items()}))
+    for r in results:
+        r["consistency_change"] = {v: c - results[0]["consistency"][v] for v, c in r["consistency"].items()}
     report = dict(title=title, device=machine_name(device), repeats=repeats, warmup=warmup,
                   executions=list(dict.fromkeys(executions)),
                   call={k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, bool))},
@@ -257,17 +265,23 @@ def format_report(report: dict) -> str:
              f"after {report['warmup']} warm-up call(s) per arm; loop/e2e times under the {ex} executor"]
     labels = [m["method"] + (_SKIP_MARK if m["skipping"] else "") for m in report["methods"]]
     w = max([26] + [len(label) for label in labels])
+    views = list(report["methods"][0]["consistency"]) if report["methods"] else []
     lines.append(f"{'method':<{w}} {'loop ms (min-max)':>22} {'e2e ms':>9} {'loop x':>7} {'e2e x':>7} {'FLOP x':>7} "
-                 f"{'mem MiB':>8} {'PSNR':>6} {'SSIM':>6} {'tok agr':>8}")
+                 f"{'mem MiB':>8} {'PSNR':>6} {'SSIM':>6} {'tok agr':>8}" + "".join(f" {v[:8] + ' cons.':>20}" for v in views))
     for m, label in zip(report["methods"], labels):
         rng = f"{m['loop_ms']:.0f} ({m['loop_min_ms']:.0f}-{m['loop_max_ms']:.0f})"
         last = next((v for v in reversed(list(m["token_agreement"].values())) if v is not None), None)
         fx = "-" if m["flop_ratio"] is None else f"{m['flop_ratio']:.2f}x"
         lines.append(f"{label:<{w}} {rng:>22} {m['e2e_ms']:>9.0f} "
                      f"{m['loop_speedup']:>6.2f}x {m['e2e_speedup']:>6.2f}x {fx:>7} {m['memory']['value']:>8.1f} "
-                     f"{m['psnr']:>6.1f} {m['ssim']:>6.3f} {('-' if last is None else f'{last:.3f}'):>8}")
+                     f"{m['psnr']:>6.1f} {m['ssim']:>6.3f} {('-' if last is None else f'{last:.3f}'):>8}"
+                     + "".join(f" {m['consistency'][v]:>11.3f} ({m['consistency_change'][v]:+.3f})" for v in views))
     lines.append("tok agr: token agreement with the baseline at the last scale run; PSNR 100 = identical; "
                  f"mem: {report['methods'][0]['memory']['kind']}")
+    if views:
+        lines.append("cons.: the share of the batch an independent classifier assigns to the class asked for "
+                     "(semantic: it sees only block means -- class, colours, layout; texture: the full image), and "
+                     "its change against the baseline; one batch: a rough sign, see BENCHMARKS.md")
     if report.get("timing"):
         lines.append("")
         lines.append(format_timing(f"per method x executor ({', '.join(report['executions'])})", report["timing"]))

@@ -64,21 +64,6 @@ def _demo_model(args):
     return what, model, kw
 
 
-def _classifier(model):
-    """The independent classifier shipped with a trained model, or None."""
-    import os
-
-    from .models.pretrained import BUNDLED_CLASSIFIERS
-
-    names = getattr(model, "class_names", None)
-    path = BUNDLED_CLASSIFIERS["stagevar-tiny-var"]
-    if not names or not os.path.exists(path):
-        return None
-    from .quality import load_classifier
-
-    return load_classifier(path, len(names))
-
-
 def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
     """``--config`` values, or the model's default (None: the config it carries, else the family's
     preset) -- for the trained model, the family's preset (the paper's recipe) and then the config
@@ -96,6 +81,7 @@ def _demo(args) -> int:
     from .adapters import adapter_for
     from .figures import condition_labels, image_grid_figure
     from .metrics import psnr, ssim
+    from .quality import bundled_judges, consistency
 
     torch.manual_seed(0)
     what, model, kw = _demo_model(args)
@@ -113,16 +99,16 @@ def _demo(args) -> int:
     result = run_interleaved(model, arms, [kw], rounds=args.repeats, warmup=1, on_call=keep)
     names = [reports[i + 1].config_name for i in range(len(configs))]
     base_img, acc_img = images[0], [images[i + 1] for i in range(len(configs))]
-    clf = _classifier(model)
+    judges = bundled_judges(model)  # semantic (block means) and texture (full image) classifiers
     target = torch.arange(base_img.shape[0]) % max(getattr(model, "num_classes", 1), 1)
 
-    def consistency(img) -> float:
-        with torch.no_grad():
-            return float((clf(img.float()).argmax(-1) == target).float().mean())
+    def judged(img) -> Dict[str, float]:
+        return {view: consistency(clf, img, target) for view, clf in judges.items()}
 
     b = statistics.median(r.wall_s for r in result.of(0))
-    cb = consistency(base_img) if clf is not None else None
-    labels = [f"baseline (unpatched)\n{b * 1e3:.0f} ms per call" + ("" if cb is None else f"\nclass cons. {cb:.2f}")]
+    cb = judged(base_img)
+    labels = [f"baseline (unpatched)\n{b * 1e3:.0f} ms per call"
+              + "".join(f"\n{view} cons. {v:.2f}" for view, v in cb.items())]
     for i, name in enumerate(names):
         print(f"\n[{name}]")
         print(reports[i + 1])
@@ -133,11 +119,11 @@ def _demo(args) -> int:
         print(f"per-seed PSNR to baseline {p:.1f} dB, SSIM {s:.3f}")
         pace = f"{b / a:.2f}x faster" if a <= b else f"{a / b:.2f}x slower"
         labels.append(f"{name}  {pace}\nPSNR {p:.1f} dB, SSIM {s:.2f}")
-        if clf is not None:
-            ca = consistency(acc_img[i])
-            print(f"class consistency (independent classifier): baseline {cb:.3f}, accelerated {ca:.3f} "
-                  f"({ca - cb:+.3f}); one sample per class here, see BENCHMARKS.md for the full evaluation")
-            labels[-1] += f"\nclass cons. {ca:.2f} ({ca - cb:+.2f})"
+        for view, ca in judged(acc_img[i]).items():
+            print(f"class consistency, {view} view (independent classifier): baseline {cb[view]:.3f}, accelerated "
+                  f"{ca:.3f} ({ca - cb[view]:+.3f}); one sample per class here, see BENCHMARKS.md for the full "
+                  f"evaluation")
+            labels[-1] += f"\n{view} cons. {ca:.2f} ({ca - cb[view]:+.2f})"
     random = args.model != "pretrained"
     if random:
         print("(random weights: these differences say nothing about quality)")
@@ -145,9 +131,10 @@ def _demo(args) -> int:
     note = (f"Rows: the unpatched model, then one per config, same seeds. Speedup: end-to-end median of "
             f"{args.repeats} call(s) against the unpatched model. PSNR, SSIM: to the baseline image of the same "
             f"seed (mean over the row).")
-    if clf is not None:
-        note += (" Class cons.: the share of the row the bundled independent classifier assigns to the class "
-                 "asked for (one image per class: a rough sign; see BENCHMARKS.md for the full evaluation).")
+    if judges:
+        note += (" Cons.: the share of the row an independent classifier assigns to the class asked for -- semantic: "
+                 "one that sees only 8x8 block means (class, colours, layout); texture: one that sees the full image "
+                 "(one image per class: a rough sign; see BENCHMARKS.md for the full evaluation).")
     backend = image_grid_figure(  # the title leaves the class list to the column labels
         [base_img] + acc_img, labels, condition_labels(conditions, getattr(model, "class_names", None)), args.out,
         title=f"stagevar demo: {what.split(' (classes:')[0]}, B={args.batch}, seed {args.seed}, on {machine}",
@@ -173,10 +160,13 @@ def _plan(args) -> int:
 def _bench(args) -> int:
     from .adapters import adapter_for
     from .bench import format_report, run
+    from .quality import bundled_judges
 
     check_executions(args.execution, args.device)  # before building or measuring anything
     what, model, kw, encode = _cli_model(args, {"var": "tiny", "infinity": "tiny", "star": "tiny"})
-    kw.update(adapter_for(model).condition_kwargs(_default_conditions(model, args.batch), encode))
+    conditions = _default_conditions(model, args.batch)
+    kw.update(adapter_for(model).condition_kwargs(conditions, encode))
+    judges = bundled_judges(model)  # the trained model's independent classifiers, else none
     family_methods = {"infinity": ["baseline", "infinity-2b", "infinity-2b-paper"], "star": ["baseline", "star-d30", "star-d16"]}
     methods = args.methods or (family_methods.get(args.model) or (
         ["baseline", "var-d16"] + (["stagevar-tiny-var"] if args.model == "pretrained" else []))) \
@@ -185,7 +175,8 @@ def _bench(args) -> int:
     if not args.quiet:
         print(title, flush=True)
     report = run(model, methods, kw, repeats=args.repeats, warmup=args.warmup, out_dir=args.out,
-                 progress=not args.quiet, title=title, executions=args.execution)
+                 progress=not args.quiet, title=title, executions=args.execution, judges=judges,
+                 targets=torch.tensor(conditions) if judges else None)
     print(format_report(report))
     if args.out:
         print(f"wrote {args.out}/bench.json, images.png (one row per method) and, with matplotlib, the charts")

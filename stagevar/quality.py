@@ -206,6 +206,25 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
     return rows
 
 
+def bundled_judges(model) -> Dict[str, CropClassifier]:
+    """``{"semantic": ..., "texture": ...}``: the independent classifiers shipped with a bundled trained
+    model (``model.class_names`` set by :func:`stagevar.models.load_pretrained`); empty for any other model."""
+    from .models.pretrained import BUNDLED_CLASSIFIERS, BUNDLED_SEMANTIC_CLASSIFIERS
+
+    names = getattr(model, "class_names", None)
+    paths = {"semantic": BUNDLED_SEMANTIC_CLASSIFIERS["stagevar-tiny-var"],
+             "texture": BUNDLED_CLASSIFIERS["stagevar-tiny-var"]}
+    if not names or not all(os.path.exists(p) for p in paths.values()):
+        return {}
+    return {view: load_classifier(p, len(names)) for view, p in paths.items()}
+
+
+def consistency(classifier: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, targets: torch.Tensor) -> float:
+    """The share of ``img`` ``(N, 3, H, W)`` in [0, 1] that ``classifier`` assigns to ``targets`` ``(N,)``."""
+    with torch.no_grad():
+        return float((classifier(img.float()).argmax(-1) == targets.to(img.device)).float().mean())
+
+
 def load_classifier(path: str, num_classes: int) -> CropClassifier:
     """A :class:`CropClassifier` saved by :func:`save_classifier` (its width and ``downsample`` are in the file's metadata)."""
     from safetensors import safe_open

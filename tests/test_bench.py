@@ -155,3 +155,26 @@ def test_cli_calibrate_runs(tmp_path, capsys):
         assert out.exists() and stagevar.StageVARConfig.load(tmp_path / f"{model}-cfg.json").alpha == 0.96
     text = capsys.readouterr().out
     assert "recommended at alpha=0.96" in text and "low-rank scales [" in text
+
+
+def test_bench_reports_both_quality_views_where_the_model_has_judges():
+    from stagevar.models import load_pretrained
+    from stagevar.quality import bundled_judges
+
+    var = load_pretrained("stagevar-tiny-var")
+    judges = bundled_judges(var)
+    assert set(judges) == {"semantic", "texture"} and judges["semantic"].downsample > 1
+    labels = [0, 5, 7]
+    kw = dict(B=3, label_B=torch.tensor(labels), g_seed=0, cfg=4.0, top_p=0.95)
+    rep = run(var, ["baseline", "var-d16"], kw, repeats=1, warmup=0, judges=judges, targets=torch.tensor(labels))
+    base, acc = rep["methods"]
+    assert set(base["consistency"]) == {"semantic", "texture"}
+    assert base["consistency_change"] == {"semantic": 0.0, "texture": 0.0}
+    for view, value in acc["consistency"].items():
+        assert min(abs(value - k / 3) for k in range(4)) < 1e-6  # a share of 3 images
+        assert acc["consistency_change"][view] == pytest.approx(value - base["consistency"][view])
+    assert "semantic cons." in format_report(rep) and "texture cons." in format_report(rep)
+    assert bundled_judges(reference_var("tiny")) == {}  # no classes, no judges: no columns
+    rep = run(reference_var("tiny"), ["baseline"], dict(B=2, label_B=torch.tensor([1, 2]), g_seed=0), repeats=1,
+              warmup=0)
+    assert rep["methods"][0]["consistency"] == {} and "cons." not in format_report(rep)

@@ -24,8 +24,11 @@ FORMAT = "stagevar-var-v1"
 CONFIG_KEY = "stagevar_config"  # metadata key of the calibrated StageVARConfig a checkpoint carries
 _HERE = os.path.join(os.path.dirname(__file__), "weights")
 BUNDLED = {"stagevar-tiny-var": os.path.join(_HERE, "stagevar-tiny-var.safetensors")}
-# The independent crop classifier each bundled model's quality is measured with (stagevar.quality).
+# The independent crop classifiers each bundled model's quality is measured with (stagevar.quality):
+# the texture judge sees the full image, the semantic judge only its block means (BENCHMARKS.md).
 BUNDLED_CLASSIFIERS = {"stagevar-tiny-var": os.path.join(_HERE, "stagevar-tiny-var-classifier.safetensors")}
+BUNDLED_SEMANTIC_CLASSIFIERS = {
+    "stagevar-tiny-var": os.path.join(_HERE, "stagevar-tiny-var-semantic-classifier.safetensors")}
 FILENAME = "model.safetensors"
 _WRITERS = "stagevar's save_pretrained / examples/train_reference.py"
 _REFETCH = "re-download it, or save it again with stagevar.models.save_pretrained"
