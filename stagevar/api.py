@@ -172,6 +172,26 @@ def current_config(model: Any) -> Optional[StageVARConfig]:
     return None if patch is None else patch.engine.config
 
 
+def engine_of(model: Any) -> Optional[Engine]:
+    """The :class:`~stagevar.engine.Engine` an accelerated model runs (its config, executor, captured
+    graphs and last report), or None when the model is not accelerated. For the tools (runner,
+    calibration, generation) that keep an engine across switches."""
+    patch = getattr(_target(model), _ATTR, None)
+    return None if patch is None else patch.engine
+
+
+def install_engine(model: Any, engine: Engine) -> Engine:
+    """Run ``engine`` on the accelerated ``model`` from its next call; returns the engine it replaces,
+    whose CUDA graphs are kept (the caller owns both). ``engine`` must drive this model's adapter."""
+    patch = getattr(_target(model), _ATTR, None)
+    if patch is None:
+        raise RuntimeError("stagevar.api.install_engine: the model is not accelerated; call stagevar.accelerate(model) first")
+    if engine.adapter.model is not patch.engine.adapter.model:
+        raise ValueError("stagevar.api.install_engine: this engine drives another model; accelerate that model, or build the engine on this one")
+    before, patch.engine = patch.engine, engine
+    return before
+
+
 @contextlib.contextmanager
 def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Iterator[Any]:
     """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config,

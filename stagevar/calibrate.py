@@ -255,7 +255,7 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: give a positive number of conditions per generation call")
     before = api.current_config(model)
-    kept = getattr(model, api._ATTR).engine if before is not None else None  # its config, executor and last report
+    kept = api.engine_of(model)  # its config, executor and last report
     if before is not None:
         api.restore(model)
     try:
@@ -316,4 +316,4 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
     finally:
         if before is not None:
             api.accelerate(model, before, execution="eager")
-            getattr(model, api._ATTR).engine = kept
+            api.install_engine(model, kept)

@@ -259,7 +259,7 @@ def _applied(model: Any, config: Any, adapter: Any, execution: str) -> Iterator[
         yield method, "the model's own generation call (unpatched)", None
         return
     with api.accelerated(model, None if config is MODEL_DEFAULT else config, execution=execution):
-        engine = getattr(api._target(model), api._ATTR).engine
+        engine = api.engine_of(model)
         yield method, engine.config_source, engine.config.to_dict()
 
 

@@ -212,22 +212,18 @@ class _Switch:
         for i, arm in enumerate(arms):
             if arm.config is not None:
                 api.accelerate(model, arm.given, execution=arm.execution)
-                self.engines[i] = self._patch().engine
-
-    def _patch(self) -> Any:
-        return getattr(api._target(self.model), api._ATTR, None)
+                self.engines[i] = api.engine_of(model)
 
     def to(self, i: int) -> None:
-        engine, patch = self.engines.get(i), self._patch()
+        engine, current = self.engines.get(i), api.engine_of(self.model)
         if engine is None:
-            if patch is not None:
-                patch.engine = Engine(patch.engine.adapter, patch.engine.config)
+            if current is not None:
+                api.install_engine(self.model, Engine(current.adapter, current.config))
                 api.restore(self.model)
             return
-        if patch is None:
+        if current is None:
             api.accelerate(self.model, engine.config, execution="eager")
-            patch = self._patch()
-        patch.engine = engine
+        api.install_engine(self.model, engine)
 
     def close(self) -> None:
         """Free every arm's graphs and leave the model unpatched."""

@@ -271,3 +271,22 @@ def test_warnings_point_at_the_users_line():
     with pytest.warns(stagevar.NoAccelerationWarning, match="runs no scale") as rec:
         b.model.autoregressive_infer_cfg(**call_kwargs(b, 1, trunk_scale=0))
     assert [w.filename for w in rec] == [__file__]
+
+
+def test_engine_seam_for_the_tools():
+    """engine_of / install_engine: what the runner and calibration use to keep engines across switches."""
+    from stagevar import api
+    from stagevar.models import reference_var
+
+    a, b = reference_var("tiny"), reference_var("tiny")
+    assert api.engine_of(a) is None
+    with pytest.raises(RuntimeError, match="not accelerated"):
+        api.install_engine(a, None)
+    stagevar.accelerate(a, "var-d16")
+    stagevar.accelerate(b, "var-d16")
+    first = api.engine_of(a)
+    with pytest.raises(ValueError, match="drives another model"):
+        api.install_engine(a, api.engine_of(b))
+    assert api.engine_of(a) is first  # a refused install changes nothing
+    other = type(first)(first.adapter, stagevar.preset("none"))
+    assert api.install_engine(a, other) is first and stagevar.current_config(a) == stagevar.preset("none")
