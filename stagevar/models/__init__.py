@@ -7,6 +7,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from ._shapes import shape_config
 from .infinity import ASPECTS, BSQVAE, Infinity, TextEncoder, infinity_schedule
 from .var import VAR
 from .vqvae import VQVAE
@@ -31,17 +32,6 @@ _VAR_DEFAULTS = dict(vocab_size=4096, z_channels=32, ch=64, num_down=4, num_clas
                      attn_l2_norm=True, shared_aln=False, kv_layout="BHLc", gate=1.0, seed=0)
 
 
-def _shape_config(shapes: Dict[str, dict], defaults: dict, shape: str, overrides: dict, what: str) -> dict:
-    if shape not in shapes:
-        raise ValueError(f"unknown {what} shape {shape!r}; choose one of {sorted(shapes)}")
-    cfg = {**defaults, **shapes[shape]}
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"unknown reference_{what.lower()} override(s) {unknown}; known: {sorted(cfg)}")
-    cfg.update(overrides)
-    return cfg
-
-
 def reference_var(shape: str = "tiny", device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
                   **overrides) -> VAR:
     """Build a reference VAR (with its VQVAE) with random weights, in eval mode.
@@ -55,7 +45,7 @@ def reference_var(shape: str = "tiny", device: Optional[torch.device] = None, dt
             ``attn_l2_norm``, ``shared_aln``, ``kv_layout`` ``"BHLc"``/``"BLHc"``), ``gate`` (the
             residual gate magnitude, ~1 for realistic random-weight behaviour) and ``seed``.
     """
-    cfg = _shape_config(VAR_SHAPES, _VAR_DEFAULTS, shape, overrides, "VAR")
+    cfg = shape_config(VAR_SHAPES, _VAR_DEFAULTS, shape, overrides, "VAR")
     if cfg["kv_layout"] not in ("BHLc", "BLHc"):
         raise ValueError(f"kv_layout must be 'BHLc' (SDPA) or 'BLHc' (flash/xformers), got {cfg['kv_layout']!r}")
     patch_nums = tuple(cfg["patch_nums"])
@@ -141,7 +131,7 @@ def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = Non
             ``fused_norm`` -- False gives upstream's block without fused norms, whose self-attention
             ignores ``scale_ind``), ``gate`` and ``seed``.
     """
-    cfg = _shape_config(INFINITY_SHAPES, _INF_DEFAULTS, shape, overrides, "Infinity")
+    cfg = shape_config(INFINITY_SHAPES, _INF_DEFAULTS, shape, overrides, "Infinity")
     schedules = [infinity_schedule(a, cfg["max_side"]) for a in ASPECTS]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])

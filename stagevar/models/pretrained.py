@@ -199,12 +199,13 @@ _POSITIVE = ("depth", "embed_dim", "num_heads", "vocab_size", "z_channels", "ch"
 
 def _model_config(config: Any, where: str) -> Dict[str, Any]:
     """``reference_var("tiny", **config)``'s full configuration, each field's type checked (no module is built)."""
-    from . import VAR_SHAPES, _VAR_DEFAULTS, _shape_config
+    from . import VAR_SHAPES, _VAR_DEFAULTS
+    from ._shapes import shape_config
 
     if not isinstance(config, dict):
         raise ValueError(f"{where}: 'config' must be a JSON object of reference_var fields, got {type(config).__name__}")
     try:
-        full = _shape_config(VAR_SHAPES, _VAR_DEFAULTS, "tiny", config, "VAR")
+        full = shape_config(VAR_SHAPES, _VAR_DEFAULTS, "tiny", config, "VAR")
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..sampling import gumbel_softmax_with_rng
 from ..sampling import sample_with_top_k_top_p_ as _sample_BlN
+from ._shapes import shape_config
 from .var import FFN  # the same MLP as VAR's (fc1, tanh-GELU, fc2)
 from .vqvae import VQVAE
 
@@ -459,13 +460,7 @@ def reference_star(shape: str = "tiny", device: Optional[torch.device] = None, *
             ``pos_1LC``), ``rope_theta``, ``rope_norm``, ``enable_logit_norm``, ``kv_layout``
             ``"BHLc"``/``"BLHc"``) and ``seed``.
     """
-    if shape not in STAR_SHAPES:
-        raise ValueError(f"unknown STAR shape {shape!r}; choose one of {sorted(STAR_SHAPES)}")
-    cfg = {**_STAR_DEFAULTS, **STAR_SHAPES[shape]}
-    unknown = sorted(set(overrides) - set(cfg))
-    if unknown:
-        raise ValueError(f"unknown reference_star override(s) {unknown}; known: {sorted(cfg)}")
-    cfg.update(overrides)
+    cfg = shape_config(STAR_SHAPES, _STAR_DEFAULTS, shape, overrides, "STAR")
     if cfg["kv_layout"] not in ("BHLc", "BLHc"):
         raise ValueError(f"kv_layout must be 'BHLc' (SDPA) or 'BLHc' (flash/xformers), got {cfg['kv_layout']!r}")
     patch_nums = tuple(cfg["patch_nums"])
