@@ -1,6 +1,7 @@
 """Is stagevar's own loop (preset ``none``) slower than the model's? Many short rounds, order alternated.
 
     python benchmarks/none_overhead.py --family infinity --width 2048 --side 16 --rounds 6
+    python benchmarks/none_overhead.py --family infinity --inf-shape 8b-cpu --side 16 --rounds 4
     python benchmarks/none_overhead.py --family var --shape d16 --rounds 10
 
 Two copies of the same reference model (same weights): one unpatched, one accelerated with
@@ -31,6 +32,9 @@ def build(args):
     if args.family == "infinity":
         from test_infinity import call_kwargs
 
+        if args.inf_shape:
+            b = reference_infinity(args.inf_shape, max_side=args.side)
+            return b.model, call_kwargs(b, args.batch), f"Infinity '{args.inf_shape}', side {args.side}"
         b = reference_infinity("tiny", embed_dim=args.width, num_heads=max(1, args.width // 128), depth=args.depth,
                                num_block_chunks=args.depth, max_side=args.side, Ct5=64)
         return b.model, call_kwargs(b, args.batch), f"Infinity C={args.width}, {args.depth} blocks, side {args.side}"
@@ -42,6 +46,7 @@ def build(args):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=["infinity", "var"], default="infinity")
+    ap.add_argument("--inf-shape", default=None, help="an Infinity reference shape (e.g. 8b-cpu), instead of --width")
     ap.add_argument("--width", type=int, default=2048, help="Infinity embed_dim")
     ap.add_argument("--depth", type=int, default=4, help="Infinity blocks")
     ap.add_argument("--side", type=int, default=16, help="Infinity: the last scale's side")

@@ -5,10 +5,10 @@ import contextlib
 import copy
 import functools
 import types
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Union
 
+from ._warnings import warn_at_caller
 from .adapters import adapter_for
 from .config import ConfigError, StageVARConfig
 from .engine import Engine
@@ -106,9 +106,9 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
     """
     wrapper, model = model, _target(model)
     if model is not wrapper:
-        warnings.warn("stagevar: accelerating the module inside this torch.compile wrapper (its _orig_mod); generation "
-                      "runs stagevar's loop, not the compiled forward (torch.compile does not compile "
-                      "autoregressive_infer_cfg either)", UserWarning, stacklevel=2)
+        warn_at_caller("stagevar: accelerating the module inside this torch.compile wrapper (its _orig_mod); generation "
+                       "runs stagevar's loop, not the compiled forward (torch.compile does not compile "
+                       "autoregressive_infer_cfg either)", UserWarning)
     patch: Optional[_Patch] = getattr(model, _ATTR, None)
     adapter = patch.engine.adapter if patch is not None else adapter_for(model)
     engine = _engine(adapter, config, execution)

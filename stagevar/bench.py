@@ -21,6 +21,7 @@ from .methods import METHODS_HELP, Method, arms_for, resolve_methods, run_interl
 from .metrics import psnr, ssim, token_agreement
 from .presets import preset
 from .quality import consistency
+from .report import SKIPPING_LABEL
 from .timing import PeakMemory, machine_name
 
 __all__ = ["interleaved", "format_timing", "run", "format_report", "save_grid", "METHODS_HELP"]
@@ -133,7 +134,7 @@ def _exactness(model: Any, arms: Sequence[Any], last: Dict[int, Any], call_kwarg
     return out
 
 
-_SKIP_MARK = " [scale skipping ON]"  # some scales are not computed at all (as the report's header says)
+_SKIP_MARK = " " + SKIPPING_LABEL  # some scales are not computed at all (as the report's header says)
 
 
 def format_timing(title: str, rows: Sequence[Dict[str, Any]]) -> str:
@@ -158,7 +159,7 @@ def format_timing(title: str, rows: Sequence[Dict[str, Any]]) -> str:
                      f"{pool:>8} {exact:>5}  {x(r['e2e_speedup'], r['device_speedup'], r['loop_speedup']):>25}  "
                      f"{x(r['none_wall_ratio'], r['none_device_ratio']):>16}")
     if any(r.get("skipping") for r in rows):
-        lines.append("[scale skipping ON]: some scales are not computed at all (the image is decoded from the codes "
+        lines.append(f"{SKIPPING_LABEL}: some scales are not computed at all (the image is decoded from the codes "
                      "summed before them)")
     lines.append("wall: to the end of the call's device work (CUDA events around it on a GPU, the clock on a CPU); "
                  "loop: wall minus decode; host: call entry to return, nothing synchronised inside; dev: the "

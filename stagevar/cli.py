@@ -239,6 +239,9 @@ def _checkpoint_for_write_into(args) -> Optional[str]:
     source = BUNDLED["stagevar-tiny-var"]
     if os.path.isdir(args.write_into):
         raise ValueError(f"--write-into {args.write_into} is a folder; give the checkpoint file's path (.safetensors)")
+    if os.path.exists(args.write_into) and os.path.samefile(args.write_into, source):
+        raise ValueError(f"--write-into {args.write_into} is the bundled checkpoint installed with stagevar: writing it "
+                         f"would change what every run of this installation loads; give a new path")
     if os.path.exists(args.write_into) and not _same_tensors(source, args.write_into):
         raise ValueError(f"--write-into {args.write_into} exists and holds other weights than the calibrated model "
                          f"({source}); it is left as it is. Give a new path, or a copy of that checkpoint")
@@ -295,6 +298,9 @@ def _join_ranks(args) -> Tuple[int, int]:
     import torch.distributed as dist
 
     cuda = args.device.startswith("cuda")
+    if cuda and args.device != "cuda":
+        raise ValueError(f"--device {args.device} under torchrun would put all {world} ranks on one GPU; give "
+                         f"--device cuda (each rank takes the GPU of its LOCAL_RANK)")
     if args.device == "cuda":
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     if cuda:

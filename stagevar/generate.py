@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -158,23 +159,35 @@ def generate(model: torch.nn.Module, items: Sequence[Union[int, str]], out_dir: 
         mine = [b for b in batches if b.k not in skip][rank::world]
         bar = _Progress(len(mine), progress and rank == 0, f"stagevar generate (rank 0 of {world})" if world > 1
                         else "stagevar generate")
+        failure: Optional[BaseException] = None
         try:
             for b in mine:
                 conditions = [items[i] for i, _ in b.samples]
                 kw = dict(call_kwargs, g_seed=b.g_seed, **adapter.condition_kwargs(conditions, encode))
                 with torch.no_grad():
                     images = adapter.images_of(getattr(model, adapter.entry_point)(**kw))
+                if len(images) != len(b.files):
+                    raise RuntimeError(f"batch {b.k}: the call returned {len(images)} images for {len(b.files)} samples")
                 for image, name in zip(images, b.files):
                     result.files.append(save_png(image, os.path.join(out_dir, name)))
                 result.ran.append(b.k)
                 bar.step(b.k)
+        except Exception as e:  # noqa: BLE001 -- every rank learns of it below, then it is raised
+            failure = e
         finally:
             bar.close()
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    # Every rank reports before any waits for the others, so one failed rank stops all of them at
+    # once instead of leaving them at a barrier until the process group times out.
+    failed = _gather(None if failure is None else f"{type(failure).__name__}: {failure}", world)
+    if failure is not None:
+        raise failure
+    if any(f is not None for f in failed):
+        raise RuntimeError("stagevar generate: " + "; ".join(f"rank {r} failed ({f})" for r, f in enumerate(failed)
+                                                              if f is not None) + "; rerun to resume")
     if rank == 0:
+        missing = [f for b in batches for f in b.files if not os.path.exists(os.path.join(out_dir, f))]
+        if missing:
+            raise RuntimeError(f"{len(missing)} planned images are missing ({missing[0]}, ...); rerun to resume")
         manifest["complete"] = True
         _write_json(path, manifest)
     return result
@@ -269,6 +282,10 @@ def _open(path: str, manifest: Dict[str, Any], batches: Sequence[Batch], out_dir
     manifest; return the batches whose files all exist."""
     if os.path.exists(path):
         old = _read_json(path)
+        before, now = (old.get("written_by") or {}).get("device"), manifest["written_by"]["device"]
+        if before != now:  # not refused: the same seeds, but kernels differ across devices
+            warnings.warn(f"{path}: resuming on {now} a set started on {before}; images of the two may differ in the "
+                          f"last bits (other kernels), so one set mixes both", UserWarning, stacklevel=3)
         diff = [k for k in IDENTITY if old.get(k) != manifest[k]]
         if diff:
             what = "; ".join(f"{k}: {_shown(old, k)} there, {_shown(manifest, k)} now" for k in diff)
@@ -342,6 +359,17 @@ def save_png(image_3HW: torch.Tensor, path: str) -> str:
 
 
 # -- ranks --------------------------------------------------------------------------------------
+def _gather(obj: Any, world: int) -> List[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (a synchronisation point)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: List[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _from_rank0(obj: Any, world: int) -> Any:
     """Rank 0's ``obj`` on every rank."""
     if world == 1:

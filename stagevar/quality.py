@@ -220,9 +220,14 @@ def bundled_judges(model) -> Dict[str, CropClassifier]:
 
 
 def consistency(classifier: Callable[[torch.Tensor], torch.Tensor], img: torch.Tensor, targets: torch.Tensor) -> float:
-    """The share of ``img`` ``(N, 3, H, W)`` in [0, 1] that ``classifier`` assigns to ``targets`` ``(N,)``."""
+    """The share of ``img`` ``(N, 3, H, W)`` in [0, 1] that ``classifier`` assigns to ``targets`` ``(N,)``.
+
+    Runs where the classifier's weights are (the bundled judges load on the CPU; images may come
+    from a model on a GPU)."""
+    params = classifier.parameters() if isinstance(classifier, nn.Module) else iter(())
+    device = next(params, img).device
     with torch.no_grad():
-        return float((classifier(img.float()).argmax(-1) == targets.to(img.device)).float().mean())
+        return float((classifier(img.float().to(device)).argmax(-1).cpu() == torch.as_tensor(targets).cpu()).float().mean())
 
 
 def load_classifier(path: str, num_classes: int) -> CropClassifier:

@@ -5,6 +5,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, List, Tuple
 
 
+SKIPPING_LABEL = "[scale skipping ON]"  # wherever a result comes from a call that skipped scales
+
+
 @dataclass
 class ScaleStats:
     """What ran at one scale.
@@ -106,7 +109,7 @@ class Report:
         self.resolve()
         head = (f"stagevar report: config={self.config_name!r} [{self.config_source}] B={self.batch_size} device={self.device} "
                 f"executor={self.executor}{' (' + self.note + ')' if self.note else ''}"
-                f"{'  [scale skipping ON]' if self.skipping else ''}")
+                f"{'  ' + SKIPPING_LABEL if self.skipping else ''}")
         lines = [head, f"{'scale':>5} {'h x w':>8} {'M':>6} {'rows':>5} {'tokens/unit':>16} {'ms':>9}  mode"]
         for s in self.scales:
             toks = _tokens_str(s.tokens, s.M)

@@ -77,3 +77,12 @@ def test_other_weights_and_models_without_a_checkpoint_are_refused_before_work(t
                      "--write-into", str(tmp_path / "x.safetensors")]) == 1
     assert "has random weights and no checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "c.json").exists()
+
+
+def test_the_installed_checkpoint_is_never_written(tmp_path, capsys):
+    from stagevar.models.pretrained import BUNDLED
+
+    before = open(BUNDLED["stagevar-tiny-var"], "rb").read()
+    assert _calibrate(tmp_path, BUNDLED["stagevar-tiny-var"]) == 1
+    assert "is the bundled checkpoint installed with stagevar" in capsys.readouterr().err
+    assert open(BUNDLED["stagevar-tiny-var"], "rb").read() == before

@@ -177,3 +177,34 @@ def test_cli_help_progress_and_prompts_file(tmp_path, capsys):
     assert cli.main(argv + ["--quiet"]) == 0  # resumed: nothing to run, nothing shown
     captured = capsys.readouterr()
     assert captured.err == "" and "2 already written, 0 run" in captured.out
+
+
+def test_a_failing_call_leaves_the_set_incomplete_and_the_model_usable(ref, tmp_path, monkeypatch):
+    """A short batch is an error, not a silently missing image; the manifest never says complete."""
+    from stagevar.adapters import adapter_for
+
+    adapter = type(adapter_for(ref.model))
+    real = adapter.images_of
+    monkeypatch.setattr(adapter, "images_of", lambda self, out: real(self, out)[:1])  # one image per batch
+    with pytest.raises(RuntimeError, match="batch 0: the call returned 1 images for 2 samples"):
+        _run(ref, tmp_path)
+    assert not json.loads((tmp_path / MANIFEST).read_text())["complete"]
+    monkeypatch.undo()
+    assert not __import__("stagevar").is_accelerated(ref.model)
+    result = _run(ref, tmp_path)  # resumes and finishes
+    assert json.loads((tmp_path / MANIFEST).read_text())["complete"] and len(result.files) == len(ITEMS)
+
+
+def test_resuming_on_another_device_warns(ref, tmp_path):
+    _run(ref, tmp_path, items=[0, 1])
+    m = json.loads((tmp_path / MANIFEST).read_text())
+    m["written_by"]["device"] = "cuda:0"
+    (tmp_path / MANIFEST).write_text(json.dumps(m))
+    with pytest.warns(UserWarning, match="resuming on cpu a set started on cuda:0"):
+        _run(ref, tmp_path, items=[0, 1])
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(CLI + ["--device", "cuda:0", "--out", str(tmp_path / "out")]) == 1
+    assert "would put all 2 ranks on one GPU; give --device cuda" in capsys.readouterr().err

@@ -262,7 +262,8 @@ def test_full_rank_units_get_the_rope_each_block_path_reads(fused_norm):
     cfg = StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, projection="sample", name="t")
     with pytest.warns(stagevar.NoAccelerationWarning), stagevar.accelerated(b.model, cfg):
         got = generate(b.model, kw)
-    assert (got.int() - want.int()).abs().max() <= 1
+    # float reordering may move a rare pixel by one level; the wrong RoPE rows moved 6-8% of them
+    assert (got.int() - want.int()).abs().max() <= 1 and (got != want).float().mean() < 1e-3
 
 
 def test_report_counts_rows_the_call_started_with(bundle):

@@ -149,3 +149,23 @@ def test_bundled_judges_on_real_crops():
     acc = Q.validate_judges({"semantic": semantic}, per_class=4)["semantic"]
     assert acc["clean"] >= 0.9
     assert all(a >= acc["clean"] - 0.05 for a in acc.values())
+
+
+def test_consistency_runs_where_the_classifier_is():
+    """Images from a model on another device are judged on the classifier's (the bundled judges load on the CPU)."""
+    from stagevar.quality import CropClassifier, consistency
+
+    clf = CropClassifier(3, width=8).eval()
+    img = torch.rand(4, 3, 16, 16)
+    want = consistency(clf, img, torch.tensor([0, 1, 2, 0]))
+    calls = []
+    real_to = torch.Tensor.to
+
+    class Elsewhere(torch.Tensor):  # an image tensor that must be moved before the CPU classifier reads it
+        def to(self, *a, **k):
+            calls.append(a)
+            return real_to(self.as_subclass(torch.Tensor), *a, **k)
+
+    far = img.as_subclass(Elsewhere)
+    assert consistency(clf, far, torch.tensor([0, 1, 2, 0])) == want
+    assert any(torch.device("cpu") in a for a in calls)

@@ -266,6 +266,10 @@ def test_warnings_point_at_the_users_line():
     with pytest.warns(stagevar.NoAccelerationWarning) as rec:
         stagevar.accelerate(reference_var("tiny"), cfg)
     assert [w.filename for w in rec] == [__file__]
+    with pytest.warns(stagevar.NoAccelerationWarning) as rec:
+        with stagevar.accelerated(reference_var("tiny"), cfg):  # through contextlib
+            pass
+    assert [w.filename for w in rec] == [__file__]
     b = reference_infinity("tiny")
     stagevar.accelerate(b.model, "infinity-2b")
     with pytest.warns(stagevar.NoAccelerationWarning, match="runs no scale") as rec:
