@@ -345,12 +345,11 @@ def _write_json(path: str, data: Dict[str, Any]) -> None:
 def save_png(image_3HW: torch.Tensor, path: str) -> str:
     """Write a ``(3, H, W)`` image in [0, 1] to ``path`` as PNG: to a temporary name, then renamed,
     so ``path`` is never a partial file. Returns ``path``."""
-    from PIL import Image
+    from .figures import grid_array, write_png
 
-    arr = (image_3HW.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        Image.fromarray(arr).save(tmp, format="PNG")
+        write_png(grid_array([image_3HW[None]]), tmp)  # the figures' one float -> uint8 rule
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -130,12 +130,14 @@ def test_the_config_is_recorded_and_applied(ref, tmp_path):
 
 
 def test_an_interrupted_image_write_leaves_no_file(tmp_path, monkeypatch):
-    def broken(self, fp, *args, **kwargs):
-        with open(fp, "wb") as f:
+    from stagevar import figures
+
+    def broken(arr, path):
+        with open(path, "wb") as f:
             f.write(b"\x89PNG half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(Image.Image, "save", broken)
+    monkeypatch.setattr(figures, "write_png", broken)
     with pytest.raises(OSError, match="disk full"):
         gen.save_png(torch.rand(3, 4, 4), str(tmp_path / "x.png"))
     assert os.listdir(tmp_path) == []
