@@ -71,6 +71,31 @@ def test_one_process_and_two_torchrun_ranks_write_the_same_files(tmp_path):
     assert len({a[f].tobytes() for f in a}) == len(a)  # the images differ: a check that pixels can fail
 
 
+def test_a_failing_rank_stops_every_rank(tmp_path):
+    """Rank 1 cannot write its batch: both ranks stop with the error at once (no wait at a barrier
+    until the process group times out), and the manifest is not marked complete."""
+    out, hook = tmp_path / "out", tmp_path / "hook"
+    _subprocess(["-m", "stagevar", *CLI, "--out", str(out)])
+    for name in ("00002_000.png", "00003_000.png", "00004_000.png"):  # batches 1 (rank 0) and 2 (rank 1) again
+        (out / name).unlink()
+    hook.mkdir()  # rank 1's writes fail, injected at interpreter start-up
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import stagevar.generate as g\n"
+        "    def broken(*a, **k):\n"
+        "        raise OSError('disk full on rank 1')\n"
+        "    g.save_png = broken\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{hook}{os.pathsep}{ROOT}")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "stagevar", *CLI, "--out", str(out)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "rank 1 failed (OSError: disk full on rank 1)" in done.stderr, done.stderr[-2000:]
+    assert (out / "00002_000.png").exists() and not (out / "00004_000.png").exists()  # rank 0's batch was written
+    assert not json.loads((out / MANIFEST).read_text())["complete"]
+
+
 def test_a_batch_depends_on_seed_k_and_b_only_not_on_order_or_global_state(ref, tmp_path):
     _run(ref, tmp_path / "all")
     torch.manual_seed(123)  # global state the run must not read
