@@ -167,10 +167,7 @@ def _bench(args) -> int:
     conditions = _default_conditions(model, args.batch)
     kw.update(adapter_for(model).condition_kwargs(conditions, encode))
     judges = bundled_judges(model)  # the trained model's independent classifiers, else none
-    family_methods = {"infinity": ["baseline", "infinity-2b", "infinity-2b-paper"], "star": ["baseline", "star-d30", "star-d16"]}
-    methods = args.methods or (family_methods.get(args.model) or (
-        ["baseline", "var-d16"] + (["stagevar-tiny-var"] if args.model == "pretrained" else []))) \
-        + ([] if args.methods else ["cfg-only", "lowrank-only", "fastvar", "skip-last-2"])
+    methods = args.methods or _bench_methods(args.model, adapter_for(model).default_preset)
     title = f"stagevar bench: {what}, B={args.batch}, executors: {', '.join(args.execution)}"
     if not args.quiet:
         print(title, flush=True)
@@ -181,6 +178,14 @@ def _bench(args) -> int:
     if args.out:
         print(f"wrote {args.out}/bench.json, images.png (one row per method) and, with matplotlib, the charts")
     return 0
+
+
+def _bench_methods(model_name: str, default_preset: str) -> List[str]:
+    """The default methods of ``stagevar bench``: the family's preset (the one ``accelerate`` picks for
+    this model, e.g. infinity-8b for a patchified Infinity) and its relatives, then the ablations."""
+    family = {"infinity": [default_preset, default_preset + "-paper"], "star": ["star-d30", "star-d16"],
+              "pretrained": ["var-d16", "stagevar-tiny-var"]}.get(model_name, ["var-d16"])
+    return ["baseline"] + family + ["cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
 
 
 def _calibrate(args) -> int:

@@ -178,3 +178,16 @@ def test_bench_reports_both_quality_views_where_the_model_has_judges():
     rep = run(reference_var("tiny"), ["baseline"], dict(B=2, label_B=torch.tensor([1, 2]), g_seed=0), repeats=1,
               warmup=0)
     assert rep["methods"][0]["consistency"] == {} and "cons." not in format_report(rep)
+
+
+def test_bench_default_methods_follow_the_models_preset():
+    """The default method list is the preset accelerate() picks for this model and its relatives."""
+    from stagevar.adapters import adapter_for
+    from stagevar.cli import _bench_methods
+
+    for shape, want in (("tiny", "infinity-2b"), ("8b-tiny", "infinity-8b")):
+        names = _bench_methods("infinity", adapter_for(reference_infinity(shape).model).default_preset)
+        assert names[:3] == ["baseline", want, want + "-paper"]
+        resolve_methods(names, want, 4)  # every default name resolves
+    for model in ("var", "pretrained", "star"):
+        resolve_methods(_bench_methods(model, "var-d16"), "var-d16", 4)
