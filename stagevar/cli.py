@@ -273,11 +273,12 @@ def _generate(args) -> int:
     try:
         what, model, kw, encode = _cli_model(args, {"var": "d16", "infinity": "small", "star": "small"})
         kw.pop("g_seed")
-        items = _generate_items(args, model)
+        items, metadata = _generate_items(args, model)
         result = generate(model, items, args.out, batch=args.batch, seed=args.seed,
                           config=MODEL_DEFAULT if args.config is None else args.config, call_kwargs=kw,
                           per_item=args.per_item, encode=encode, description=what, rank=rank, world=world,
-                          execution=args.execution, progress=not args.quiet)
+                          execution=args.execution, progress=not args.quiet, layout=args.layout,
+                          metadata=metadata if args.layout == "geneval" else None)
     finally:
         if world > 1:
             import torch.distributed as dist
@@ -315,8 +316,9 @@ def _join_ranks(args) -> Tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _generate_items(args, model) -> list:
-    """``--classes``, ``--prompts`` or ``--prompts-file`` (default: every class, or the built-in prompts)."""
+def _generate_items(args, model) -> Tuple[list, Optional[List[dict]]]:
+    """``(items, metadata)``: ``--classes``, ``--prompts`` or ``--prompts-file`` (default: every class, or
+    the built-in prompts); metadata: a ``.jsonl`` file's objects, else None."""
     classes = hasattr(model, "num_classes")
     if args.classes is not None and not classes:
         raise ValueError(f"--model {args.model} takes prompts, not class labels: give --prompts or --prompts-file")
@@ -325,27 +327,29 @@ def _generate_items(args, model) -> list:
     if args.prompts_file is not None:
         return _read_prompts(args.prompts_file)
     if args.classes is not None or args.prompts is not None:
-        return list(args.classes if args.classes is not None else args.prompts)
-    return list(range(model.num_classes)) if classes else list(PROMPTS)
+        return list(args.classes if args.classes is not None else args.prompts), None
+    return (list(range(model.num_classes)) if classes else list(PROMPTS)), None
 
 
-def _read_prompts(path: str) -> List[str]:
-    """One prompt per non-empty line; a ``.jsonl`` file (GenEval's metadata) one JSON object with a
-    ``"prompt"`` per line."""
+def _read_prompts(path: str) -> Tuple[List[str], Optional[List[dict]]]:
+    """``(prompts, metadata)``: one prompt per non-empty line (metadata None); a ``.jsonl`` file
+    (GenEval's metadata) one JSON object with a ``"prompt"`` per line, each object kept as metadata."""
     import json
 
     with open(path) as f:
         lines = [line.strip() for line in f if line.strip()]
     if not path.endswith(".jsonl"):
-        return lines
-    prompts = []
+        return lines, None
+    records = []
     for i, line in enumerate(lines):
         try:
-            prompts.append(str(json.loads(line)["prompt"]))
+            record = json.loads(line)
+            str(record["prompt"])
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"{path}: line {i + 1} is not a JSON object with a 'prompt' (a .jsonl prompts file holds "
                              f"one per line; for plain text, one prompt per line, use another extension)") from None
-    return prompts
+        records.append(record)
+    return [str(r["prompt"]) for r in records], records
 
 
 def _generation_args(p: argparse.ArgumentParser, top_k: int, top_p: float) -> None:
@@ -460,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "eager call exactly, eager otherwise)")
     _generation_args(g, top_k=900, top_p=0.95)
     g.add_argument("--out", default="stagevar_images", help="folder for the PNGs and manifest.json")
+    g.add_argument("--layout", default="flat", choices=["flat", "geneval"],
+                   help="flat: NNNNN_RRR.png in --out; geneval: NNNNN/metadata.jsonl and NNNNN/samples/RRRR.png per "
+                        "item, the folders GenEval's evaluate_images.py reads (with --prompts-file "
+                        "evaluation_metadata.jsonl each item's line is its metadata.jsonl)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_generate)
     return ap

@@ -44,7 +44,7 @@ SEED_STRIDE = 1_000_003  # g_seed of batch k = seed * SEED_STRIDE + k: distinct 
 MANIFEST = "manifest.json"
 FORMAT = "stagevar-generate-v1"
 # what determines the pixels: a resumed run must match the manifest in all of them
-IDENTITY = ("batch", "seed", "per_item", "items", "model", "call", "config")
+IDENTITY = ("batch", "seed", "per_item", "items", "model", "call", "config", "layout")
 _RESERVED = ("B", "label_B", "label_B_or_BLT", "g_seed")
 _MAX_SEED = 2 ** 63 - 1
 
@@ -54,8 +54,15 @@ def batch_seed(seed: int, k: int) -> int:
     return seed * SEED_STRIDE + k
 
 
-def file_name(item: int, rep: int) -> str:
-    """The file of repetition ``rep`` of item ``item`` (indices into the item list)."""
+LAYOUTS = ("flat", "geneval")
+
+
+def file_name(item: int, rep: int, layout: str = "flat") -> str:
+    """The file of repetition ``rep`` of item ``item`` (indices into the item list): ``flat``
+    ``{item:05d}_{rep:03d}.png``; ``geneval`` (the folders GenEval's ``evaluate_images.py`` reads)
+    ``{item:05d}/samples/{rep:04d}.png``, next to that item's ``{item:05d}/metadata.jsonl``."""
+    if layout == "geneval":
+        return f"{item:05d}/samples/{rep:04d}.png"
     return f"{item:05d}_{rep:03d}.png"
 
 
@@ -69,11 +76,11 @@ class Batch:
     files: Tuple[str, ...]
 
 
-def plan_batches(num_items: int, per_item: int, batch: int, seed: int) -> List[Batch]:
+def plan_batches(num_items: int, per_item: int, batch: int, seed: int, layout: str = "flat") -> List[Batch]:
     """Every batch of ``num_items * per_item`` samples cut ``batch`` at a time, in order."""
     samples = [(s // per_item, s % per_item) for s in range(num_items * per_item)]
     return [Batch(k=k, g_seed=batch_seed(seed, k), samples=tuple(samples[i:i + batch]),
-                  files=tuple(file_name(*s) for s in samples[i:i + batch]))
+                  files=tuple(file_name(*s, layout=layout) for s in samples[i:i + batch]))
             for k, i in enumerate(range(0, len(samples), batch))]
 
 
@@ -94,7 +101,8 @@ class GenerateResult:
 def generate(model: torch.nn.Module, items: Sequence[Union[int, str]], out_dir: str, *, batch: int, seed: int = 0,
              config: Any = MODEL_DEFAULT, call_kwargs: Optional[Dict[str, Any]] = None, per_item: int = 1,
              encode: Optional[Callable] = None, description: str = "", rank: Optional[int] = None,
-             world: Optional[int] = None, execution: str = "auto", progress: bool = False) -> GenerateResult:
+             world: Optional[int] = None, execution: str = "auto", progress: bool = False, layout: str = "flat",
+             metadata: Optional[Sequence[Dict[str, Any]]] = None) -> GenerateResult:
     """Write ``per_item`` images per item into ``out_dir`` under one config, batch by batch; resumable.
 
     Args:
@@ -117,6 +125,11 @@ def generate(model: torch.nn.Module, items: Sequence[Union[int, str]], out_dir: 
             is initialised, else 0 and 1). With ``world > 1`` the process group must be initialised.
         execution: the executor (``"auto"``, ``"eager"``, ``"graphs"``; see :func:`stagevar.accelerate`).
         progress: a progress bar on rank 0 (tqdm when installed, else one line per batch on stderr).
+        layout: ``"flat"`` (one folder) or ``"geneval"`` (per item ``{i:05d}/metadata.jsonl`` and
+            ``{i:05d}/samples/{rep:04d}.png``, as GenEval's ``evaluate_images.py`` reads them); see
+            :func:`file_name`.
+        metadata: ``geneval``: one JSON object per item written as its ``metadata.jsonl`` (GenEval's
+            line for that prompt: tag, include, exclude, ...); default ``{"prompt": item}``.
 
     Returns:
         :class:`GenerateResult` of this rank.
@@ -137,11 +150,16 @@ def generate(model: torch.nn.Module, items: Sequence[Union[int, str]], out_dir: 
                          "stagevar.restore(model) first and pass the config as config=")
     adapter = adapter_for(model)
     adapter.condition_kwargs(sorted(set(items)) if isinstance(items[0], int) else items[:1], encode)  # bad items fail now
-    batches = plan_batches(len(items), per_item, batch, seed)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}: choose one of {', '.join(LAYOUTS)}")
+    if metadata is not None and (layout != "geneval" or len(metadata) != len(items)):
+        raise ValueError(f"metadata: one JSON object per item ({len(items)}), with layout='geneval'; got "
+                         f"{len(metadata)} with layout={layout!r}")
+    batches = plan_batches(len(items), per_item, batch, seed, layout)
     path = os.path.join(out_dir, MANIFEST)
     with _applied(model, config, adapter, execution) as (method, source, config_dict):
         manifest = dict(format=FORMAT, batch=batch, seed=seed, seed_rule=f"g_seed of batch k = seed * {SEED_STRIDE} + k",
-                        per_item=per_item, items=items, model=description, call=_jsonable(call_kwargs),
+                        per_item=per_item, items=items, layout=layout, model=description, call=_jsonable(call_kwargs),
                         method=method, config_source=source, config=config_dict, complete=False,
                         written_by={"torch": torch.__version__, "ranks": world, "device": str(adapter.device())},
                         batches=[dict(k=b.k, g_seed=b.g_seed, files=list(b.files)) for b in batches])
@@ -149,6 +167,8 @@ def generate(model: torch.nn.Module, items: Sequence[Union[int, str]], out_dir: 
         if rank == 0:
             try:
                 done = _open(path, manifest, batches, out_dir)
+                if layout == "geneval":
+                    _write_item_metadata(out_dir, items, metadata)
             except (ValueError, OSError) as e:
                 error = str(e)
         error, done = _from_rank0((error, done), world)
@@ -282,6 +302,7 @@ def _open(path: str, manifest: Dict[str, Any], batches: Sequence[Batch], out_dir
     manifest; return the batches whose files all exist."""
     if os.path.exists(path):
         old = _read_json(path)
+        old.setdefault("layout", "flat")  # manifests written before layouts existed are flat
         before, now = (old.get("written_by") or {}).get("device"), manifest["written_by"]["device"]
         if before != now:  # not refused: the same seeds, but kernels differ across devices
             warnings.warn(f"{path}: resuming on {now} a set started on {before}; images of the two may differ in the "
@@ -302,6 +323,20 @@ def _open(path: str, manifest: Dict[str, Any], batches: Sequence[Batch], out_dir
     return [b.k for b in batches if all(os.path.exists(os.path.join(out_dir, f)) for f in b.files)]
 
 
+def _write_item_metadata(out_dir: str, items: Sequence[Union[int, str]],
+                         metadata: Optional[Sequence[Dict[str, Any]]]) -> None:
+    """GenEval's per-item ``{i:05d}/metadata.jsonl`` (one JSON line) and ``samples/`` folder."""
+    for i, item in enumerate(items):
+        folder = os.path.join(out_dir, f"{i:05d}")
+        os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
+        line = dict(metadata[i]) if metadata is not None else ({"prompt": item} if isinstance(item, str)
+                                                                else {"class": item})
+        tmp = os.path.join(folder, f"metadata.jsonl.tmp-{os.getpid()}")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(line) + "\n")
+        os.replace(tmp, os.path.join(folder, "metadata.jsonl"))
+
+
 def _hint(old: Dict[str, Any], key: str) -> str:
     """How to run as the manifest's run did, for one differing field."""
     if key in ("batch", "seed", "per_item"):
@@ -309,6 +344,8 @@ def _hint(old: Dict[str, Any], key: str) -> str:
     if key == "config":
         method = old.get("method")
         return "no --config (the model's default)" if method == "default" else f"--config {method}"
+    if key == "layout":
+        return f"--layout {old.get(key, 'flat')}"
     return {"items": "the same classes or prompts", "model": "the same model (--model, --shape, --aspect)",
             "call": "the same sampling options (--cfg, --top-k, --top-p)"}[key]
 
@@ -347,6 +384,7 @@ def save_png(image_3HW: torch.Tensor, path: str) -> str:
     so ``path`` is never a partial file. Returns ``path``."""
     from .figures import grid_array, write_png
 
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         write_png(grid_array([image_3HW[None]]), tmp)  # the figures' one float -> uint8 rule
@@ -408,5 +446,5 @@ class _Progress:
             self.bar.close()
 
 
-__all__ = ["SEED_STRIDE", "MANIFEST", "batch_seed", "file_name", "Batch", "plan_batches", "GenerateResult",
+__all__ = ["SEED_STRIDE", "MANIFEST", "LAYOUTS", "batch_seed", "file_name", "Batch", "plan_batches", "GenerateResult",
            "generate", "save_png"]

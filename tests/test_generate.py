@@ -235,3 +235,27 @@ def test_an_explicit_gpu_index_under_torchrun_is_refused(tmp_path, capsys, monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(CLI + ["--device", "cuda:0", "--out", str(tmp_path / "out")]) == 1
     assert "would put all 2 ranks on one GPU; give --device cuda" in capsys.readouterr().err
+
+
+def test_geneval_layout_writes_what_genevals_evaluator_reads(tmp_path, capsys):
+    """--layout geneval: per prompt NNNNN/metadata.jsonl (its line of the .jsonl, verbatim as JSON) and
+    NNNNN/samples/RRRR.png; the same pixels as the flat layout, and a flat folder is not resumed as one."""
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    lines = [{"tag": "single_object", "include": [{"class": "fox", "count": 1}], "prompt": "a photo of a fox"},
+             {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}], "prompt": "a red car"}]
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    argv = ["generate", "--model", "star", "--shape", "tiny", "--prompts-file", str(prompts), "--per-item", "2",
+            "--batch", "3", "--top-k", "0", "--top-p", "0", "--quiet"]
+    assert cli.main(argv + ["--layout", "geneval", "--out", str(tmp_path / "g")]) == 0
+    assert cli.main(argv + ["--out", str(tmp_path / "f")]) == 0
+    g, f = tmp_path / "g", tmp_path / "f"
+    for i, line in enumerate(lines):
+        assert [json.loads(x) for x in (g / f"{i:05d}" / "metadata.jsonl").read_text().splitlines()] == [line]
+        assert sorted(os.listdir(g / f"{i:05d}" / "samples")) == ["0000.png", "0001.png"]
+        for rep in range(2):
+            a = np.asarray(Image.open(g / f"{i:05d}" / "samples" / f"{rep:04d}.png"))
+            assert np.array_equal(a, np.asarray(Image.open(f / f"{i:05d}_{rep:03d}.png")))
+    assert json.loads((g / MANIFEST).read_text())["complete"]
+    capsys.readouterr()
+    assert cli.main(argv + ["--layout", "geneval", "--out", str(f)]) == 1  # the flat folder is another run's
+    assert "run with --layout flat" in capsys.readouterr().err
