@@ -498,6 +498,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     problem = _unwritable_outputs(args)
     if problem:
         ap.error(problem)
+    if args.command == "calibrate" and args.write_into:
+        try:  # like every argument fault: refused before any work, exit status 2
+            _checkpoint_for_write_into(args)
+        except ValueError as e:
+            ap.error(str(e))
     try:
         return args.func(args)
     except GraphsUnavailableError as e:  # one line, before anything was measured
