@@ -4,7 +4,7 @@
     python examples/benchmark_infinity.py --aspect 16:9 --rounds 1
     python examples/benchmark_infinity.py --aspect 1:1 16:9           # one model build, both schedules
     python examples/benchmark_infinity.py --shape tiny --rounds 3      # seconds, for a quick look
-    python examples/benchmark_infinity.py --shape 8b-cpu --aspect 1:1 16:9 --configs infinity-8b infinity-8b-paper
+    python examples/benchmark_infinity.py --shape 8b-cpu --aspect 1:1 16:9   # infinity-8b and infinity-8b-paper
     python examples/benchmark_infinity.py --shape 2b --bf16 --execution eager graphs   # on a GPU
 
 The "2b-cpu" shape has Infinity-2B's width (C = 2048, 16 heads, 2048-d text) with 8 blocks
@@ -45,7 +45,9 @@ def main():
                          "capture)")
     ap.add_argument("--execution", nargs="+", default=["eager"], choices=list(EXECUTIONS),
                     help="executors to time every method under (graphs: CUDA only)")
-    ap.add_argument("--configs", nargs="+", default=["infinity-2b", "infinity-2b-paper"])
+    ap.add_argument("--configs", nargs="+", default=None,
+                    help="presets (default: the model's preset and its -paper variant: infinity-2b, or "
+                         "infinity-8b for the patchified 8b shapes)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="run under torch.autocast(bfloat16), as upstream inference does")
@@ -57,6 +59,11 @@ def main():
     if args.rounds is None:
         args.rounds = 5 if torch.device(args.device).type == "cuda" else 2
     bundle = reference_infinity(args.shape, device=torch.device(args.device))
+    if args.configs is None:
+        from stagevar.adapters import adapter_for
+
+        default = adapter_for(bundle.model).default_preset
+        args.configs = [default, default + "-paper"]
     results = []
     for aspect in args.aspect:
         results.append(run_aspect(bundle, aspect, args))
