@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .. import sampling as _own_helpers
-from .base import Adapter, CallState, UnsupportedModelError, kv_token_dim, select_rows
+from ._varloop import VARLoopAdapter
+from .base import CallState, UnsupportedModelError, select_rows
 
 
 @dataclass
@@ -60,20 +58,17 @@ def _text_mask(mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return mask
 
 
-class STARAdapter(Adapter):
+class STARAdapter(VARLoopAdapter):
     family = "star"
     required = ("patch_nums", "blocks", "encoder_proj", "head_logits", "word_embed", "pos_start", "lvl_1L",
                 "freqs_cis", "rotary_pos_emb", "absolute_lvl_emb", "vae_quant_proxy", "vae_proxy", "Cvae", "first_l",
                 "get_logits", "autoregressive_infer_cfg")
-    default_unit_blocks = 1
+    block_class = "AttnBlock"
     consumed = frozenset({"B", "label_B", "encoder_hidden_states", "encoder_attention_mask", "encoder_pool_feat",
                           "g_seed", "cfg", "top_k", "top_p", "more_smooth", "w_mask", "sample_version"})
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        for i, b in enumerate(model.blocks):
-            if not hasattr(b, "attn") or not hasattr(b.attn, "kv_caching"):
-                raise TypeError(f"STAR block {i} has no attn.kv_caching(); stagevar needs upstream's AttnBlock")
         why = None
         if getattr(model, "noise_sampling", False):
             why = ("it is built with noise_sampling=True: upstream draws its start token from the global RNG "
@@ -88,24 +83,9 @@ class STARAdapter(Adapter):
             raise UnsupportedModelError(f"stagevar does not support this STAR model: {why}")
         self._index: Dict[nn.Module, int] = {b: i for i, b in enumerate(model.blocks)}
 
-    def helpers(self):
-        """The model's own sampling helpers (imported into its module upstream), else ours."""
-        module = sys.modules.get(type(self.model).__module__)
-        return (getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_),
-                getattr(module, "gumbel_softmax_with_rng", _own_helpers.gumbel_softmax_with_rng))
-
     @property
     def default_preset(self) -> str:  # type: ignore[override]
         return "star-d16" if len(self.model.blocks) == 16 else "star-d30"
-
-    def blocks(self) -> List[nn.Module]:
-        return list(self.model.blocks)
-
-    def default_schedule(self) -> List[Tuple[int, int]]:
-        return [(pn, pn) for pn in self.model.patch_nums]
-
-    def schedule(self, st: _STARCall) -> List[Tuple[int, int]]:
-        return self.default_schedule()
 
     def device(self) -> torch.device:
         return self.model.pos_start.device
@@ -162,18 +142,12 @@ class STARAdapter(Adapter):
             b.attn.kv_caching(True)
         return st
 
-    def scale_input(self, st: _STARCall, si: int) -> torch.Tensor:
-        return st.next_x
-
-    def _begin(self, si: int) -> int:
-        return sum(pn * pn for pn in self.model.patch_nums[:si])
-
     def _freqs(self, st: _STARCall, si: int, positions: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Scale ``si``'s RoPE rows ``(M, c/2)``, or those of ``positions`` ``(rows, r)``: ``(rows, r, c/2)``."""
         freqs = self.model.freqs_cis
         if freqs is None:
             return None
-        lo = self._begin(si)
+        lo = self._offset(si)
         scale_freqs = freqs[lo:lo + self.model.patch_nums[si] ** 2]
         if positions is None:
             return scale_freqs
@@ -189,11 +163,7 @@ class STARAdapter(Adapter):
 
     def keep_rows(self, st: _STARCall, branch: str) -> None:
         B = st.B
-        for b in self.model.blocks:
-            attn = b.attn
-            if attn.cached_k is not None:
-                attn.cached_k = select_rows(attn.cached_k, B, branch)
-                attn.cached_v = select_rows(attn.cached_v, B, branch)
+        self._keep_cached_rows(B, branch)
         if st.text is not None:
             st.text = select_rows(st.text, B, branch)
         if st.text_mask is not None and st.text_mask.shape[0] != 1:  # a (1, ...) bias broadcasts: keep it
@@ -207,15 +177,13 @@ class STARAdapter(Adapter):
             return
         x = m.word_embed(next_map.view(st.B, m.Cvae, -1).transpose(1, 2))
         if st.lvl_pos is not None:
-            lo = self._begin(si + 1)
+            lo = self._offset(si + 1)
             x = x + st.lvl_pos[:, lo:lo + m.patch_nums[si + 1] ** 2]
         st.next_x = x.repeat(2, 1, 1) if st.branch == "both" else x
 
     def predict(self, st: _STARCall, si: int, x: torch.Tensor) -> torch.Tensor:
         m = self.model
-        K = len(m.patch_nums)
-        pn = m.patch_nums[si]
-        ratio = si / (K - 1)
+        ratio = si / (len(m.patch_nums) - 1)
         logits_BlV = m.get_logits(x)
         if st.branch == "both":
             t = st.cfg * ratio
@@ -232,16 +200,8 @@ class STARAdapter(Adapter):
             soft_BlV = st.gumbel(logits_BlV.mul(1 + ratio), tau=gum_t, hard=False, dim=-1, rng=st.rng)
             idx_Bl = soft_BlV.argmax(dim=-1)  # reported only; the codes are the soft mixture, as upstream
             h_BChw = soft_BlV @ quant.embedding.weight.unsqueeze(0)
-        h_BChw = h_BChw.transpose_(1, 2).reshape(st.B, m.Cvae, pn, pn)
-        st.f_hat, next_map = quant.get_next_autoregressive_input(si, K, st.f_hat, h_BChw)
-        self._next_input(st, si, next_map)
+        self._add_codes(st, si, h_BChw)
         return idx_Bl
-
-    def skip(self, st: _STARCall, si: int) -> None:
-        m = self.model
-        if si < len(m.patch_nums) - 1:
-            nxt = m.patch_nums[si + 1]
-            self._next_input(st, si, F.interpolate(st.f_hat, size=(nxt, nxt), mode="area"))
 
     def _decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", enabled=False):  # as upstream: the VQVAE decodes in fp32
@@ -254,22 +214,5 @@ class STARAdapter(Adapter):
         logits = self.model.get_logits(x)
         return logits[:st.B], logits[st.B:]
 
-    def decoder(self, call_kwargs: dict):
-        return self.model.vae_proxy[0], "fhat_to_img"
-
-    def images_of(self, output: torch.Tensor) -> torch.Tensor:
-        return output.float()
-
     def finish(self, st: _STARCall) -> torch.Tensor:
         return self._decode(st.f_hat)
-
-    def end(self, st: Any) -> None:
-        for b in self.model.blocks:
-            b.attn.kv_caching(False)
-
-    def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
-        out = []
-        for b in self.model.blocks:
-            k = b.attn.cached_k
-            out.append(None if k is None else (k.shape[0], k.shape[kv_token_dim(b.attn)]))
-        return out

@@ -8,16 +8,14 @@ helpers, upstream's KV-cache layouts (SDPA and flash/xformers). Refuses blocks w
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .. import sampling as _own_helpers
-from .base import Adapter, CallState, MemoizedCondition, kv_token_dim, select_rows
+from ._varloop import VARLoopAdapter
+from .base import CallState, MemoizedCondition, select_rows
 
 
 @dataclass
@@ -36,40 +34,17 @@ class _VARCall(CallState):
     branch: str = "both"
 
 
-class VARAdapter(Adapter):
+class VARAdapter(VARLoopAdapter):
     family = "var"
     required = ("patch_nums", "blocks", "class_emb", "num_classes", "pos_start", "pos_1LC", "lvl_embed", "lvl_1L",
                 "word_embed", "shared_ada_lin", "get_logits", "vae_quant_proxy", "vae_proxy", "Cvae", "first_l",
                 "autoregressive_infer_cfg")
-    default_unit_blocks = 1
     consumed = frozenset({"B", "label_B", "g_seed", "cfg", "top_k", "top_p", "more_smooth"})
-
-    def __init__(self, model: nn.Module):
-        super().__init__(model)
-        for i, b in enumerate(model.blocks):
-            if not hasattr(b, "attn") or not hasattr(b.attn, "kv_caching"):
-                raise TypeError(f"VAR block {i} has no attn.kv_caching(); stagevar needs upstream's AdaLNSelfAttn blocks")
-
-    def helpers(self):
-        """The model's own sampling helpers (imported into its module upstream), else ours; looked up
-        per call, so a helper replaced on the module after ``accelerate`` is the one used."""
-        module = sys.modules.get(type(self.model).__module__)
-        return (getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_),
-                getattr(module, "gumbel_softmax_with_rng", _own_helpers.gumbel_softmax_with_rng))
 
     @property
     def default_preset(self) -> str:  # type: ignore[override]
         depth = len(self.model.blocks)
         return f"var-d{depth}" if depth in (16, 20, 24, 30, 36) else "var-d16"
-
-    def blocks(self) -> List[nn.Module]:
-        return list(self.model.blocks)
-
-    def default_schedule(self) -> List[Tuple[int, int]]:
-        return [(pn, pn) for pn in self.model.patch_nums]
-
-    def schedule(self, st: _VARCall) -> List[Tuple[int, int]]:
-        return self.default_schedule()
 
     def device(self) -> torch.device:
         return self.model.lvl_1L.device
@@ -113,27 +88,17 @@ class VARAdapter(Adapter):
         st.cond_BD_or_gss = m.shared_ada_lin(cond_BD)
         return st
 
-    def scale_input(self, st: _VARCall, si: int) -> torch.Tensor:
-        return st.next_x
-
     def run_block(self, st: _VARCall, block: nn.Module, x: torch.Tensor, si: int,
                   positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         # VAR's positions are absolute embeddings already added to x: nothing to do with `positions`.
         return block(x=x, cond_BD=st.cond_BD_or_gss, attn_bias=None)
 
     def keep_rows(self, st: _VARCall, branch: str) -> None:
-        for b in self.model.blocks:
-            attn = b.attn
-            if attn.cached_k is not None:
-                attn.cached_k = select_rows(attn.cached_k, st.B, branch)
-                attn.cached_v = select_rows(attn.cached_v, st.B, branch)
+        self._keep_cached_rows(st.B, branch)
         st.cond_BD = select_rows(st.cond_BD, st.B, branch)
         st.cond_BD_or_gss = select_rows(st.cond_BD_or_gss, st.B, branch)
         st.next_x = select_rows(st.next_x, st.B, branch)
         st.branch = branch
-
-    def _offset(self, si: int) -> int:
-        return sum(pn * pn for pn in self.model.patch_nums[:si])
 
     def _next_input(self, st: _VARCall, si: int, next_map: torch.Tensor) -> None:
         m = self.model
@@ -147,7 +112,6 @@ class VARAdapter(Adapter):
     def predict(self, st: _VARCall, si: int, x: torch.Tensor) -> torch.Tensor:
         m = self.model
         K = len(m.patch_nums)
-        pn = m.patch_nums[si]
         ratio = si / (K - 1) if K > 1 else 0.0
         logits_BlV = m.get_logits(x, st.cond_BD)
         if st.branch == "both":
@@ -162,16 +126,8 @@ class VARAdapter(Adapter):
             gum_t = max(0.27 * (1 - ratio * 0.95), 0.005)
             h_BChw = st.gumbel(logits_BlV.mul(1 + ratio), tau=gum_t, hard=False, dim=-1, rng=st.rng) \
                 @ quant.embedding.weight.unsqueeze(0)
-        h_BChw = h_BChw.transpose_(1, 2).reshape(st.B, m.Cvae, pn, pn)
-        st.f_hat, next_map = quant.get_next_autoregressive_input(si, K, st.f_hat, h_BChw)
-        self._next_input(st, si, next_map)
+        self._add_codes(st, si, h_BChw)
         return idx_Bl
-
-    def skip(self, st: _VARCall, si: int) -> None:
-        m = self.model
-        if si < len(m.patch_nums) - 1:
-            nxt = m.patch_nums[si + 1]
-            self._next_input(st, si, F.interpolate(st.f_hat, size=(nxt, nxt), mode="area"))
 
     def decode_partial(self, st: _VARCall) -> torch.Tensor:
         return self.model.vae_proxy[0].fhat_to_img(st.f_hat.clone()).add_(1).mul_(0.5)
@@ -180,24 +136,11 @@ class VARAdapter(Adapter):
         logits = self.model.get_logits(x, st.cond_BD)
         return logits[:st.B], logits[st.B:]
 
-    def decoder(self, call_kwargs: dict):
-        return self.model.vae_proxy[0], "fhat_to_img"
-
-    def images_of(self, output: torch.Tensor) -> torch.Tensor:
-        return output.float()
-
     def finish(self, st: _VARCall) -> torch.Tensor:
         return self.model.vae_proxy[0].fhat_to_img(st.f_hat).add_(1).mul_(0.5)
 
     def end(self, st: Any) -> None:
+        super().end(st)
         for b in self.model.blocks:
-            b.attn.kv_caching(False)
             if isinstance(getattr(b, "ada_lin", None), MemoizedCondition):
                 b.ada_lin = b.ada_lin.inner
-
-    def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
-        out = []
-        for b in self.model.blocks:
-            k = b.attn.cached_k
-            out.append(None if k is None else (k.shape[0], k.shape[kv_token_dim(b.attn)]))
-        return out

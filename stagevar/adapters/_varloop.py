@@ -1,0 +1,100 @@
+"""What the families built on VAR's loop share (VAR, STAR): ``patch_nums`` square scales, blocks
+with a self-attention KV cache at ``block.attn``, the model's own sampling helpers, and a
+multi-scale VQ quantizer that accumulates ``f_hat`` and hands back the next scale's map.
+
+A family subclasses :class:`VARLoopAdapter` and writes what differs: the condition (``begin``,
+``keep_rows``), how a block is called, the logits, and how the next input is embedded
+(``_next_input``). Its call state has ``B``, ``next_x`` and ``f_hat`` fields.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import sampling as _own_helpers
+from .base import Adapter, kv_token_dim, select_rows
+
+
+class VARLoopAdapter(Adapter):
+    """The shared half of the VAR-style adapters (not registered itself: it has no ``family``)."""
+
+    default_unit_blocks = 1
+    block_class = "AdaLNSelfAttn"  # upstream's block class, for the error on blocks without a KV cache
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        for i, b in enumerate(model.blocks):
+            if not hasattr(b, "attn") or not hasattr(b.attn, "kv_caching"):
+                raise TypeError(f"{self.family.upper()} block {i} has no attn.kv_caching(); stagevar needs upstream's "
+                                f"{self.block_class} blocks")
+
+    def helpers(self):
+        """The model's own sampling helpers (imported into its module upstream), else ours; looked up
+        per call, so a helper replaced on the module after ``accelerate`` is the one used."""
+        module = sys.modules.get(type(self.model).__module__)
+        return (getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_),
+                getattr(module, "gumbel_softmax_with_rng", _own_helpers.gumbel_softmax_with_rng))
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.model.blocks)
+
+    def default_schedule(self) -> List[Tuple[int, int]]:
+        return [(pn, pn) for pn in self.model.patch_nums]
+
+    def schedule(self, st: Any) -> List[Tuple[int, int]]:
+        return self.default_schedule()
+
+    def scale_input(self, st: Any, si: int) -> torch.Tensor:
+        return st.next_x
+
+    def _offset(self, si: int) -> int:
+        """Tokens before scale ``si`` in the concatenated sequence."""
+        return sum(pn * pn for pn in self.model.patch_nums[:si])
+
+    def _keep_cached_rows(self, B: int, branch: str) -> None:
+        """Cut every block's KV cache to one CFG branch's ``B`` rows."""
+        for b in self.model.blocks:
+            attn = b.attn
+            if attn.cached_k is not None:
+                attn.cached_k = select_rows(attn.cached_k, B, branch)
+                attn.cached_v = select_rows(attn.cached_v, B, branch)
+
+    def _next_input(self, st: Any, si: int, next_map: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _add_codes(self, st: Any, si: int, h_BlC: torch.Tensor) -> None:
+        """Scale ``si``'s code vectors ``(B, l, Cvae)`` into ``f_hat``; the next scale's input from the
+        quantizer's next map."""
+        m = self.model
+        pn = m.patch_nums[si]
+        h_BChw = h_BlC.transpose_(1, 2).reshape(st.B, m.Cvae, pn, pn)
+        st.f_hat, next_map = m.vae_quant_proxy[0].get_next_autoregressive_input(si, len(m.patch_nums), st.f_hat,
+                                                                                 h_BChw)
+        self._next_input(st, si, next_map)
+
+    def skip(self, st: Any, si: int) -> None:
+        m = self.model
+        if si < len(m.patch_nums) - 1:
+            nxt = m.patch_nums[si + 1]
+            self._next_input(st, si, F.interpolate(st.f_hat, size=(nxt, nxt), mode="area"))
+
+    def decoder(self, call_kwargs: dict):
+        return self.model.vae_proxy[0], "fhat_to_img"
+
+    def images_of(self, output: torch.Tensor) -> torch.Tensor:
+        return output.float()
+
+    def end(self, st: Any) -> None:
+        for b in self.model.blocks:
+            b.attn.kv_caching(False)
+
+    def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
+        out = []
+        for b in self.model.blocks:
+            k = b.attn.cached_k
+            out.append(None if k is None else (k.shape[0], k.shape[kv_token_dim(b.attn)]))
+        return out
