@@ -19,45 +19,30 @@ inference script. Random weights: figures are about speed only.
 """
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import sys
 
 import torch
 
-import stagevar
-from stagevar.bench import format_timing, interleaved
-from stagevar.executors import EXECUTIONS
-from stagevar.methods import check_executions
-from stagevar.models import ASPECTS, INFINITY_SHAPES, reference_infinity
-from stagevar.timing import machine_name
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _timing  # noqa: E402
+
+import stagevar  # noqa: E402
+from stagevar.bench import format_timing  # noqa: E402
+from stagevar.models import ASPECTS, INFINITY_SHAPES, reference_infinity  # noqa: E402
+from stagevar.timing import machine_name  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _timing.parser(__doc__)
     ap.add_argument("--shape", default="2b-cpu", choices=sorted(INFINITY_SHAPES))
     ap.add_argument("--aspect", nargs="+", default=["1:1"], choices=sorted(ASPECTS))
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=None,
-                    help="timed interleaved rounds (default: 5 on CUDA, 2 on a CPU)")
-    ap.add_argument("--warmup", type=int, default=1,
-                    help="untimed calls per method and executor first (graphs: at least 2, the eager call and the "
-                         "capture)")
-    ap.add_argument("--execution", nargs="+", default=["eager"], choices=list(EXECUTIONS),
-                    help="executors to time every method under (graphs: CUDA only)")
     ap.add_argument("--configs", nargs="+", default=None,
                     help="presets (default: the model's preset and its -paper variant: infinity-2b, or "
                          "infinity-8b for the patchified 8b shapes)")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--bf16", action="store_true", help="run under torch.autocast(bfloat16), as upstream inference does")
-    args = ap.parse_args()
-    try:
-        check_executions(args.execution, args.device)
-    except stagevar.GraphsUnavailableError as e:
-        sys.exit(str(e))
-    if args.rounds is None:
-        args.rounds = 5 if torch.device(args.device).type == "cuda" else 2
+    args = _timing.parse(ap)
     bundle = reference_infinity(args.shape, device=torch.device(args.device))
     if args.configs is None:
         from stagevar.adapters import adapter_for
@@ -67,9 +52,7 @@ def main():
     results = []
     for aspect in args.aspect:
         results.append(run_aspect(bundle, aspect, args))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results if len(results) > 1 else results[0], f, indent=2)
+    _timing.write_json(args.json, results if len(results) > 1 else results[0])
 
 
 def run_aspect(bundle, aspect: str, args) -> dict:
@@ -80,16 +63,7 @@ def run_aspect(bundle, aspect: str, args) -> dict:
     kw = dict(vae=bundle.vae, scale_schedule=sched, label_B_or_BLT=bundle.encode(prompts), B=args.batch, g_seed=0,
               cfg_list=[4.0] * K, tau_list=[0.5] * K, top_k=900, top_p=0.97, ret_img=True, cfg_insertion_layer=[0])
     methods = [("unpatched", None)] + [(c, stagevar.preset(c)) for c in args.configs]
-    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16)
-    try:
-        with torch.inference_mode(), autocast:
-            rows = interleaved(m, kw, methods, args.rounds, warmup=args.warmup, executions=args.execution,
-                               progress=True)
-            stagevar.accelerate(m, methods[1][1])
-            m.autoregressive_infer_cfg(**kw)
-            print(stagevar.report(m))
-    finally:
-        stagevar.restore(m)
+    rows = _timing.time_with_report(m, kw, methods, args)
     _, H, W = sched[-1]
     title = (f"Infinity-{args.shape} reference (random weights), {aspect} schedule of {K} scales to {H}x{W} tokens, "
              f"B={args.batch}{', bf16' if args.bf16 else ''}, {args.rounds} interleaved rounds after {args.warmup} warm-up call(s), "
