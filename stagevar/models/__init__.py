@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from ._shapes import shape_config
+from ._shapes import check_kv_layout, shape_config, vqvae_for
 from .infinity import ASPECTS, BSQVAE, Infinity, TextEncoder, infinity_schedule
 from .var import VAR
 from .vqvae import VQVAE
@@ -46,13 +46,11 @@ def reference_var(shape: str = "tiny", device: Optional[torch.device] = None, dt
             residual gate magnitude, ~1 for realistic random-weight behaviour) and ``seed``.
     """
     cfg = shape_config(VAR_SHAPES, _VAR_DEFAULTS, shape, overrides, "VAR")
-    if cfg["kv_layout"] not in ("BHLc", "BLHc"):
-        raise ValueError(f"kv_layout must be 'BHLc' (SDPA) or 'BLHc' (flash/xformers), got {cfg['kv_layout']!r}")
+    check_kv_layout(cfg["kv_layout"])
     patch_nums = tuple(cfg["patch_nums"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
-        vae = VQVAE(vocab_size=cfg["vocab_size"], z_channels=cfg["z_channels"], ch=cfg["ch"], num_down=cfg["num_down"],
-                    v_patch_nums=patch_nums)
+        vae = vqvae_for(cfg)
         var = VAR(vae, num_classes=cfg["num_classes"], depth=cfg["depth"], embed_dim=cfg["embed_dim"],
                   num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"], shared_aln=cfg["shared_aln"],
                   attn_l2_norm=cfg["attn_l2_norm"], patch_nums=patch_nums, kv_layout=cfg["kv_layout"])

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..sampling import gumbel_softmax_with_rng
 from ..sampling import sample_with_top_k_top_p_ as _sample_BlN
-from ._shapes import shape_config
+from ._shapes import check_kv_layout, shape_config, vqvae_for
 from .var import FFN  # the same MLP as VAR's (fc1, tanh-GELU, fc2)
 from .vqvae import VQVAE
 
@@ -461,13 +461,11 @@ def reference_star(shape: str = "tiny", device: Optional[torch.device] = None, *
             ``"BHLc"``/``"BLHc"``) and ``seed``.
     """
     cfg = shape_config(STAR_SHAPES, _STAR_DEFAULTS, shape, overrides, "STAR")
-    if cfg["kv_layout"] not in ("BHLc", "BLHc"):
-        raise ValueError(f"kv_layout must be 'BHLc' (SDPA) or 'BLHc' (flash/xformers), got {cfg['kv_layout']!r}")
+    check_kv_layout(cfg["kv_layout"])
     patch_nums = tuple(cfg["patch_nums"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
-        vae = VQVAE(vocab_size=cfg["vocab_size"], z_channels=cfg["z_channels"], ch=cfg["ch"], num_down=cfg["num_down"],
-                    v_patch_nums=patch_nums)
+        vae = vqvae_for(cfg)
         model = STAR(vae, depth=cfg["depth"], embed_dim=cfg["embed_dim"], num_heads=cfg["num_heads"],
                      mlp_ratio=cfg["mlp_ratio"], attn_l2_norm=cfg["attn_l2_norm"], in_dim_cross=cfg["in_dim_cross"],
                      patch_nums=patch_nums, rotary_pos_emb=cfg["rotary_pos_emb"], rope_theta=cfg["rope_theta"],
