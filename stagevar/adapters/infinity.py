@@ -61,6 +61,8 @@ class _InfinityCall(CallState):
     next_x: torch.Tensor        # (rows, M, C)
     summed_codes: Any           # (B, d, 1, H, W) on the VAE grid; the int 0 until the first codes, as upstream
     patchify: bool = False      # apply_spatial_patchify: the VAE grid is twice the token grid
+    lvl_before: frozenset = frozenset({0})  # the blocks before which the level embedding is added
+    rope_from_zero: bool = False  # the blocks' self-attention reads RoPE rows from 0 (no scale_ind; see _rope_for)
     branch: str = "both"
     rope: Optional[tuple] = field(default=None)  # (positions, table) of the current low-rank unit
 
@@ -151,17 +153,11 @@ class InfinityAdapter(Adapter):
     def schedule(self, st: _InfinityCall):
         return [(int(h), int(w)) for _, h, w in st.schedule[:st.run_scales]]
 
-    def g_seed(self, st: _InfinityCall) -> Optional[int]:
-        return st.g_seed
-
     def condition_kwargs(self, conditions, encode=None) -> dict:
         if encode is None:
             raise ValueError("Infinity conditions are prompts: pass encode= (prompts -> the packed text condition, "
                              "e.g. bundle.encode for the reference model, or your T5 encode_prompt)")
         return dict(B=len(conditions), label_B_or_BLT=encode(list(conditions)))
-
-    def batch_size(self, st: _InfinityCall) -> int:
-        return st.B
 
     # ------------------------------------------------------------------------------------------
     def _text_condition(self, cond, negative, use_cfg: bool):
@@ -226,7 +222,9 @@ class InfinityAdapter(Adapter):
             mix_after={id(blocks[len(blocks) + c]) for c in insertion if c < 0 and len(blocks) + c >= 0},
             cond_BD=cond_BD, cond_BD_or_gss=cond_BD_or_gss, ca_kv=ca_kv, text_split=text_split,
             next_x=sos.unsqueeze(1).expand(rows, 1, -1) + m.pos_start.expand(rows, 1, -1), summed_codes=0,
-            patchify=bool(getattr(m, "apply_spatial_patchify", 0)))
+            patchify=bool(getattr(m, "apply_spatial_patchify", 0)),
+            lvl_before=frozenset([0] if getattr(m, "add_lvl_embeding_only_first_block", 1) else self._chunk_starts),
+            rope_from_zero=any(getattr(b, "fused_norm_func", True) is None for b in blocks))
         for b in blocks:
             b.sa.kv_caching(True)
         return st
@@ -235,8 +233,7 @@ class InfinityAdapter(Adapter):
         return st.next_x
 
     def unit_input(self, st: _InfinityCall, si: int, first_block: int, x: torch.Tensor) -> torch.Tensor:
-        only_first = getattr(self.model, "add_lvl_embeding_only_first_block", 1)
-        if first_block == 0 or (not only_first and first_block in self._chunk_starts):
+        if first_block in st.lvl_before:
             # The values upstream's add_lvl_embeding adds (row si of lvl_embed, in place, so the
             # dtype stays x's), without the host-built index tensor it makes at every scale. A copy:
             # never touch a tensor kept as a previous-scale unit output.
@@ -275,7 +272,7 @@ class InfinityAdapter(Adapter):
 
         scaled = rows_at(start)
         full = scaled.new_zeros(*scaled.shape[:-2], start + r, scaled.shape[-1])
-        from_zero = any(getattr(b, "fused_norm_func", True) is None for b in self._blocks)
+        from_zero = st.rope_from_zero
         if start >= r or not from_zero:
             full[..., start:, :] = scaled
         if start >= r or from_zero:
@@ -397,8 +394,7 @@ class InfinityAdapter(Adapter):
     def finish(self, st: _InfinityCall):
         img = []
         if st.ret_img:
-            img = st.vae.decode(self._summed_codes(st).squeeze(-3))
-            img = (img + 1) / 2
+            img = self.decode_partial(st)
             img = img.permute(0, 2, 3, 1).mul_(255).to(torch.uint8).flip(dims=(3,))
         return [], [], img
 
