@@ -113,7 +113,7 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
     adapter = patch.engine.adapter if patch is not None else adapter_for(model)
     engine = _engine(adapter, config, execution)
     if patch is not None:
-        _release(patch.engine)
+        release_engine(patch.engine)
         patch.engine = engine
         return wrapper
 
@@ -131,7 +131,13 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
     return wrapper
 
 
-def _release(engine: Engine) -> None:
+def _patch_of(model: Any) -> Optional[_Patch]:
+    """The patch ``accelerate`` put on ``model`` (inside a torch.compile wrapper too), or None."""
+    return getattr(_target(model), _ATTR, None)
+
+
+def release_engine(engine: Engine) -> None:
+    """Free the CUDA graphs and memory pools ``engine``'s executor captured (no-op when eager)."""
     release = getattr(engine.executor, "release", None)
     if release is not None:
         release()
@@ -140,9 +146,9 @@ def _release(engine: Engine) -> None:
 def release_graphs(model: Any) -> Any:
     """Free the CUDA graphs and memory pools captured for ``model`` (they are captured anew when
     needed). No-op for a model that is not accelerated or runs eagerly."""
-    patch: Optional[_Patch] = getattr(_target(model), _ATTR, None)
+    patch = _patch_of(model)
     if patch is not None:
-        _release(patch.engine)
+        release_engine(patch.engine)
     return model
 
 
@@ -153,7 +159,7 @@ def restore(model: Any) -> Any:
     patch: Optional[_Patch] = getattr(model, _ATTR, None)
     if patch is None:
         return wrapper
-    _release(patch.engine)
+    release_engine(patch.engine)
     if patch.saved is _MISSING:
         object.__delattr__(model, patch.entry_point)
     else:
@@ -163,12 +169,12 @@ def restore(model: Any) -> Any:
 
 
 def is_accelerated(model: Any) -> bool:
-    return getattr(_target(model), _ATTR, None) is not None
+    return _patch_of(model) is not None
 
 
 def current_config(model: Any) -> Optional[StageVARConfig]:
     """The config ``model`` is accelerated with, or None."""
-    patch = getattr(_target(model), _ATTR, None)
+    patch = _patch_of(model)
     return None if patch is None else patch.engine.config
 
 
@@ -176,14 +182,14 @@ def engine_of(model: Any) -> Optional[Engine]:
     """The :class:`~stagevar.engine.Engine` an accelerated model runs (its config, executor, captured
     graphs and last report), or None when the model is not accelerated. For the tools (runner,
     calibration, generation) that keep an engine across switches."""
-    patch = getattr(_target(model), _ATTR, None)
+    patch = _patch_of(model)
     return None if patch is None else patch.engine
 
 
 def install_engine(model: Any, engine: Engine) -> Engine:
     """Run ``engine`` on the accelerated ``model`` from its next call; returns the engine it replaces,
     whose CUDA graphs are kept (the caller owns both). ``engine`` must drive this model's adapter."""
-    patch = getattr(_target(model), _ATTR, None)
+    patch = _patch_of(model)
     if patch is None:
         raise RuntimeError("stagevar.api.install_engine: the model is not accelerated; call stagevar.accelerate(model) first")
     if engine.adapter.model is not patch.engine.adapter.model:
@@ -196,7 +202,7 @@ def install_engine(model: Any, engine: Engine) -> Engine:
 def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Iterator[Any]:
     """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config,
     engine and last report). A :func:`restore` inside the block is kept."""
-    patch: Optional[_Patch] = getattr(_target(model), _ATTR, None)
+    patch = _patch_of(model)
     if patch is None:
         accelerate(model, config, execution=execution)
         try:
@@ -210,15 +216,15 @@ def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, exe
     try:
         yield model
     finally:
-        _release(inner)
-        now: Optional[_Patch] = getattr(_target(model), _ATTR, None)
+        release_engine(inner)
+        now = _patch_of(model)
         if now is not None:
             now.engine = before
 
 
 def report(model: Any) -> Report:
     """Per-scale statistics of the model's last accelerated call."""
-    patch = getattr(_target(model), _ATTR, None)
+    patch = _patch_of(model)
     if patch is None:
         raise RuntimeError("stagevar.report: this model is not accelerated; call stagevar.accelerate(model) first")
     if patch.engine.last_report is None:

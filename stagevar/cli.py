@@ -191,7 +191,7 @@ def _bench_methods(model_name: str, default_preset: str) -> List[str]:
 def _calibrate(args) -> int:
     from .calibrate import calibrate
 
-    source = _checkpoint_for_write_into(args)  # refused before any work
+    source = args.write_into_source  # checked by main before any work
     what, model, gen, encode = _cli_model(args, {"var": "small", "infinity": "tiny", "star": "small"})
     gen.pop("g_seed")
     gen.update(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds, encode=encode)
@@ -498,9 +498,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     problem = _unwritable_outputs(args)
     if problem:
         ap.error(problem)
-    if args.command == "calibrate" and args.write_into:
+    if args.command == "calibrate":
         try:  # like every argument fault: refused before any work, exit status 2
-            _checkpoint_for_write_into(args)
+            args.write_into_source = _checkpoint_for_write_into(args)
         except ValueError as e:
             ap.error(str(e))
     try:

@@ -239,13 +239,9 @@ class Engine:
         return out
 
     # -- the seam: setup, one scale, finish ------------------------------------------------------
-    def setup(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None,
-              generator: Optional[torch.Generator] = None) -> Call:
-        """Begin a call: the adapter's state, the plan, the seeded projection generator.
-
-        ``generator``: reuse this projection generator (re-seeded) instead of a new one (the
-        graph executor keeps one per captured key). On error the adapter's ``end`` has run.
-        """
+    def setup(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None) -> Call:
+        """Begin a call: the adapter's state, the plan, the seeded projection generator. On error the
+        adapter's ``end`` has run."""
         ad, cfg = self.adapter, self.config
         n_blocks, n_planned = len(ad.blocks()), self.units[-1][1] if self.units else 0
         if n_blocks != n_planned:
@@ -256,7 +252,7 @@ class Engine:
         try:
             plans = self.plan_for(ad.schedule(st))
             device = ad.device()
-            gen = generator if generator is not None else torch.Generator(device=device)
+            gen = torch.Generator(device=device)
             gen.manual_seed(projection_seed(ad.g_seed(st), cfg.seed))
             first = next((p for p in plans if not p.skip), None)
             x0 = ad.scale_input(st, 0 if first is None else first.index)

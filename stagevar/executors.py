@@ -188,6 +188,7 @@ class _Entry:
     static: Optional[List[torch.Tensor]] = None  # the captured call's inputs, copied into per call
     rng: Optional[torch.Generator] = None    # sampling generator registered with the graphs
     pool: Any = None
+    stats: Any = None                        # the captured call's PlanStats: fixed per key
     capture_s: float = 0.0
     pool_bytes: int = 0
     failed: str = ""
@@ -298,7 +299,7 @@ class GraphExecutor:
 
     def _fail(self, key: tuple, entry: _Entry, why: str) -> None:
         entry.failed = why
-        entry.graphs = entry.call = entry.static = entry.rng = entry.pool = None
+        entry.graphs = entry.call = entry.static = entry.rng = entry.pool = entry.stats = None
         warn_at_caller(f"stagevar: CUDA graphs disabled for this call shape, which runs eagerly from now on: {why}",
                        GraphFallbackWarning)
         self.backend.release()
@@ -329,6 +330,7 @@ class GraphExecutor:
             return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
         capture_s = time.perf_counter() - t_cap
         entry.graphs, entry.call, entry.static, entry.rng, entry.pool = graphs, call, static, rng, pool
+        entry.stats = engine.stats(call)
         entry.capture_s, entry.pool_bytes = capture_s, max(0, self.backend.reserved(device) - reserved0)
         try:
             out = self._replay(engine, entry, call, t0, fresh=False)
@@ -364,7 +366,7 @@ class GraphExecutor:
         seed = ad.g_seed(call.st)
         entry.rng.manual_seed(int(seed))
         captured.gen.manual_seed(projection_seed(seed, engine.config.seed))
-        stats = engine.stats(captured)
+        stats = entry.stats
         timeline = Timeline(ad.device())
         timeline.mark()
         for graph in entry.graphs:

@@ -228,9 +228,7 @@ class _Switch:
     def close(self) -> None:
         """Free every arm's graphs and leave the model unpatched."""
         for engine in self.engines.values():
-            release = getattr(engine.executor, "release", None)
-            if release is not None:
-                release()
+            api.release_engine(engine)
         api.restore(self.model)
 
 

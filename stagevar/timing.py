@@ -178,7 +178,7 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self.cuda:
-            torch.cuda.synchronize(self.device)
+            sync(self.device)
             self.mib = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
             return
         self._stop.set()
