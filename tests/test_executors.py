@@ -139,11 +139,13 @@ def test_generators_are_reseeded_per_call(monkeypatch, small):
     backend = _graphs(monkeypatch, small, "var-d16")
     kw = gen_kwargs(2, seed=4)
     small.autoregressive_infer_cfg(**kw)
-    a = small.autoregressive_infer_cfg(**kw)
-    b = small.autoregressive_infer_cfg(**kw)
-    assert torch.equal(a, b)
-    c = small.autoregressive_infer_cfg(**gen_kwargs(2, seed=5))
-    assert not torch.equal(a, c)
+    with warnings.catch_warnings():  # a fallback to eager would pass the comparisons below without a replay
+        warnings.simplefilter("error", GraphFallbackWarning)
+        a = small.autoregressive_infer_cfg(**kw)
+        b = small.autoregressive_infer_cfg(**kw)
+        assert torch.equal(a, b) and stagevar.report(small).executor == "graphs"
+        c = small.autoregressive_infer_cfg(**gen_kwargs(2, seed=5))
+    assert not torch.equal(a, c) and stagevar.report(small).executor == "graphs"
 
 
 @pytest.mark.parametrize("change", ["B", "cfg", "top_k", "block", "weights_reloaded"])
