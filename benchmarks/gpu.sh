@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (python3 there holds a CUDA PyTorch), sized to about 5 minutes.
+# One call on a lent GPU machine (python3 there holds a CUDA PyTorch): about 5 minutes when each step
+# runs as measured, at most the sum of the step timeouts (525 s) when every step runs out.
 # Steps in priority order; each figure is appended to $OUT/log.txt as it lands, so a cut-off run
 # still keeps what it measured:
 #   1. the CUDA tests (graphs exact against eager and the unpatched call, fp32 and bf16, both
