@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from . import api
+from ._files import atomic_path
 from .adapters import adapter_for
 from .config import StageVARConfig
 from .methods import MODEL_DEFAULT, method_config
@@ -331,10 +332,8 @@ def _write_item_metadata(out_dir: str, items: Sequence[Union[int, str]],
         os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
         line = dict(metadata[i]) if metadata is not None else ({"prompt": item} if isinstance(item, str)
                                                                 else {"class": item})
-        tmp = os.path.join(folder, f"metadata.jsonl.tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
+        with atomic_path(os.path.join(folder, "metadata.jsonl")) as tmp, open(tmp, "w") as f:
             f.write(json.dumps(line) + "\n")
-        os.replace(tmp, os.path.join(folder, "metadata.jsonl"))
 
 
 def _hint(old: Dict[str, Any], key: str) -> str:
@@ -369,14 +368,8 @@ def _shown(manifest: Dict[str, Any], key: str) -> str:
 
 
 def _write_json(path: str, data: Dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
 
 
 def save_png(image_3HW: torch.Tensor, path: str) -> str:
@@ -385,13 +378,8 @@ def save_png(image_3HW: torch.Tensor, path: str) -> str:
     from .figures import grid_array, write_png
 
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         write_png(grid_array([image_3HW[None]]), tmp)  # the figures' one float -> uint8 rule
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

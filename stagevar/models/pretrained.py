@@ -20,6 +20,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._files import atomic_path
+
 FORMAT = "stagevar-var-v1"
 CONFIG_KEY = "stagevar_config"  # metadata key of the calibrated StageVARConfig a checkpoint carries
 _HERE = os.path.join(os.path.dirname(__file__), "weights")
@@ -78,8 +80,7 @@ def _atomic_save(tensors: Dict[str, torch.Tensor], path: str, meta: Dict[str, st
     """Write to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
     from safetensors.torch import save_file
 
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
         if os.path.exists(path):
             shutil.copymode(path, tmp)
@@ -87,10 +88,6 @@ def _atomic_save(tensors: Dict[str, torch.Tensor], path: str, meta: Dict[str, st
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_config_into(checkpoint: str, config: Any, out: Optional[str] = None) -> str:
