@@ -119,8 +119,8 @@ class EagerExecutor:
 
     name = "eager"
 
-    def run(self, engine: Engine, args: tuple, kwargs: dict, observer: Any = None, note: str = "") -> Any:
-        return engine.run_eager(args, kwargs, observer=observer, note=note)
+    def run(self, engine: Engine, args: tuple, kwargs: dict) -> Any:
+        return engine.run_eager(args, kwargs)
 
 
 # -- graph backends ------------------------------------------------------------------------------
@@ -186,7 +186,6 @@ class _Entry:
     graphs: Optional[List[Any]] = None
     call: Optional[Call] = None              # the captured call: its state holds the final tensors
     static: Optional[List[torch.Tensor]] = None  # the captured call's inputs, copied into per call
-    rng: Optional[torch.Generator] = None    # sampling generator registered with the graphs
     pool: Any = None
     stats: Any = None                        # the captured call's PlanStats: fixed per key
     capture_s: float = 0.0
@@ -258,9 +257,7 @@ class GraphExecutor:
         return (engine.config, tuple(call.plans), state_signature(call.st), _autocast_state(ad.device()),
                 ad.fingerprint())
 
-    def run(self, engine: Engine, args: tuple, kwargs: dict, observer: Any = None) -> Any:
-        if observer is not None:
-            return engine.run_eager(args, kwargs, observer=observer)
+    def run(self, engine: Engine, args: tuple, kwargs: dict) -> Any:
         t0 = time.perf_counter()
         engine.last_report = None
         reason = self.backend.unavailable(engine.adapter.device())
@@ -299,7 +296,7 @@ class GraphExecutor:
 
     def _fail(self, key: tuple, entry: _Entry, why: str) -> None:
         entry.failed = why
-        entry.graphs = entry.call = entry.static = entry.rng = entry.pool = entry.stats = None
+        entry.graphs = entry.call = entry.static = entry.pool = entry.stats = None
         warn_at_caller(f"stagevar: CUDA graphs disabled for this call shape, which runs eagerly from now on: {why}",
                        GraphFallbackWarning)
         self.backend.release()
@@ -310,8 +307,7 @@ class GraphExecutor:
         ad = engine.adapter
         device = ad.device()
         static = state_tensors(call.st)
-        rng = call.st.rng
-        generators = [rng, call.gen]
+        generators = [call.st.rng, call.gen]
         bindings = Bindings(call)
         reserved0 = self.backend.reserved(device)
         t_cap = time.perf_counter()
@@ -329,7 +325,7 @@ class GraphExecutor:
             self._fail(key, entry, f"capture failed ({type(e).__name__}: {e})")
             return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
         capture_s = time.perf_counter() - t_cap
-        entry.graphs, entry.call, entry.static, entry.rng, entry.pool = graphs, call, static, rng, pool
+        entry.graphs, entry.call, entry.static, entry.pool = graphs, call, static, pool
         entry.stats = engine.stats(call)
         entry.capture_s, entry.pool_bytes = capture_s, max(0, self.backend.reserved(device) - reserved0)
         try:
@@ -364,7 +360,7 @@ class GraphExecutor:
         if fresh:
             self._copy_inputs(entry.static, state_tensors(call.st))
         seed = ad.g_seed(call.st)
-        entry.rng.manual_seed(int(seed))
+        captured.st.rng.manual_seed(int(seed))  # the sampling generator registered with the graphs
         captured.gen.manual_seed(projection_seed(seed, engine.config.seed))
         stats = entry.stats
         timeline = Timeline(ad.device())
