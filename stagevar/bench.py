@@ -16,7 +16,7 @@ from . import api
 from .adapters import adapter_for
 from .engine import Engine, Observer
 from .executors import outputs_equal
-from .figures import grid_array, image_grid_figure, pareto_chart, write_png
+from .figures import grid_array, image_grid_figure, matplotlib_figure, pareto_chart, write_png
 from .methods import METHODS_HELP, Method, arms_for, resolve_methods, run_interleaved
 from .metrics import psnr, ssim, token_agreement
 from .presets import preset
@@ -319,17 +319,17 @@ def _write(report: dict, out_dir: str, images) -> None:
                            "the unpatched call; PSNR, SSIM: to the unpatched image of the same seed.")
     with open(os.path.join(out_dir, "images.txt"), "w") as f:
         f.write("rows of images.png, top to bottom: " + ", ".join(label for label, _ in images) + "\n")
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    Figure = matplotlib_figure()  # no pyplot: the user's backend and figures untouched
+    if Figure is None:
         return
+    from matplotlib import colormaps
+
     ms = report["methods"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(ms)), 4))
+    fig = Figure(figsize=(max(6, 1.2 * len(ms)), 4))
+    ax = fig.subplots()
     n_scales = max(len(m["per_scale"]) for m in ms)
     bottom = [0.0] * len(ms)
-    cmap = plt.get_cmap("viridis")
+    cmap = colormaps["viridis"]
     for si in range(n_scales):
         h = [m["per_scale"][si]["time_s"] * 1e3 if si < len(m["per_scale"]) else 0.0 for m in ms]
         ax.bar(range(len(ms)), h, bottom=bottom, color=cmap(si / max(1, n_scales - 1)), label=f"scale {si}")
@@ -339,7 +339,6 @@ def _write(report: dict, out_dir: str, images) -> None:
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "per_scale_time.png"), dpi=110)
-    plt.close(fig)
     # the baseline (PSNR 100: identical to itself) is the dotted line at 1x, not a point that squashes the rest
     others = [m for m in ms if m["psnr"] < 100.0]
     for name, speedup, xlabel in (("speed_vs_fidelity.png", "loop_speedup", "transformer-loop speedup (x)"),

@@ -181,15 +181,14 @@ class Calibration:
     def plot(self, path: str) -> None:
         """The per-scale curves with the recommended boundary (needs matplotlib)."""
         try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure  # no pyplot: the user's backend and figures untouched
         except ImportError:
             raise ImportError("Calibration.plot needs matplotlib: pip install 'stagevar[plot]'") from None
         K = len(self.schedule)
         xs = list(range(K))
         start = self.recommend(alpha=self.alphas[0]).refine_start
-        fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+        fig = Figure(figsize=(14, 3.8))
+        axes = fig.subplots(1, 3)
         axes[0].plot(xs, [min(v, 60.0) for v in self.psnr_to_final], "o-", label="PSNR to final (dB, shown <= 60)")
         axes[0].set_title("structure")
         ax2 = axes[0].twinx()
@@ -208,7 +207,6 @@ class Calibration:
         fig.suptitle("stagevar calibration: refinement stage from the dotted line")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
 
 
 def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alphas: Sequence[float] = ALPHAS,

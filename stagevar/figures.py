@@ -151,7 +151,7 @@ def _layout(n_rows: int, n_cols: int, cell: Tuple[int, int], row_labels: Sequenc
     return _Layout(width, y + (PAD if notes else 0), (left, top), texts)
 
 
-def _figure_class():
+def matplotlib_figure():
     """matplotlib's Figure (drawn without pyplot: no global state, the user's backend untouched), or None."""
     try:
         from matplotlib.figure import Figure
@@ -237,7 +237,7 @@ def image_grid_figure(rows: Sequence[torch.Tensor], row_labels: Sequence[str], c
         return _layout(len(rows), rows[0].shape[0], (w * scale, h * scale), row_labels, col_labels, title, note,
                        measure)
 
-    for name, installed, draw, package in (("matplotlib", _figure_class, _draw_matplotlib, "matplotlib"),
+    for name, installed, draw, package in (("matplotlib", matplotlib_figure, _draw_matplotlib, "matplotlib"),
                                            ("pil", _pil, _draw_pil, "pillow")):
         if backend not in ("auto", name):
             continue
@@ -279,7 +279,7 @@ def pareto_chart(points: Sequence[Sequence], path: str, xlabel: str = "speedup (
     fewest other labels, points and bars. Returns False (writing nothing) when matplotlib is not
     installed.
     """
-    Figure = _figure_class()
+    Figure = matplotlib_figure()
     if Figure is None:
         return False
     from matplotlib.backends.backend_agg import FigureCanvasAgg
