@@ -32,3 +32,14 @@ def record_block_outputs(model):
     handles = [b.register_forward_hook(lambda mod, args, kwargs, out, j=j: records.append((j, out.detach().clone())),
                                        with_kwargs=True) for j, b in enumerate(model.blocks)]
     return records, lambda: [h.remove() for h in handles]
+
+
+class ScaleInputs(_engine.Observer):
+    """Records the input of the first unit at every scale run: ``x[si]``."""
+
+    def __init__(self):
+        self.x = {}
+
+    def unit_input(self, st, si, u, x):
+        if u == 0:
+            self.x[si] = x.clone()

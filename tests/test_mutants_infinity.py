@@ -36,15 +36,7 @@ def test_cfg_insertion_layer_above_one_is_refused_with_the_rule():
 def test_skipping_a_middle_scale_feeds_the_next_scale_what_was_generated():
     """The input after a skipped scale is built from the codes generated so far (so it differs between seeds), not zeros."""
     from stagevar.api import _ATTR
-    from stagevar.engine import Observer
-
-    class Inputs(Observer):
-        def __init__(self):
-            self.x = {}
-
-        def unit_input(self, st, si, u, x):
-            if u == 0:
-                self.x[si] = x.clone()
+    from conftest import ScaleInputs
 
     bundle = reference_infinity("tiny")
     K = len(bundle.schedule("1:1"))
@@ -52,7 +44,7 @@ def test_skipping_a_middle_scale_feeds_the_next_scale_what_was_generated():
     engine = getattr(bundle.model, _ATTR).engine
     seen = []
     for seed in (0, 1):
-        obs = Inputs()
+        obs = ScaleInputs()
         engine.observe(obs, **_kw(bundle, g_seed=seed))
         assert K - 3 not in obs.x
         seen.append(obs.x[K - 2])

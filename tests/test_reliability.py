@@ -17,7 +17,7 @@ from stagevar.api import _ATTR
 from stagevar.engine import Observer, projection_seed
 from stagevar.models import reference_var
 
-from conftest import gen_kwargs
+from conftest import ScaleInputs, gen_kwargs
 
 
 def test_pickling_an_accelerated_model_is_refused_with_a_way_out(small):
@@ -186,17 +186,9 @@ def test_skipping_a_middle_scale_feeds_the_next_scale_what_was_generated(small):
     """A skipped middle scale must hand the next scale the accumulated latent, not zeros."""
     K = len(small.patch_nums)
 
-    class Inputs(Observer):
-        def __init__(self):
-            self.x = {}
-
-        def unit_input(self, st, si, u, x):
-            if u == 0:
-                self.x[si] = x.clone()
-
     stagevar.accelerate(small, StageVARConfig(refine_start=None, skip=(K - 3,), name="t"))
     engine = getattr(small, _ATTR).engine
-    obs = Inputs()
+    obs = ScaleInputs()
     engine.observe(obs, **gen_kwargs(2, seed=0))
     nxt = K - 2
     m = small
