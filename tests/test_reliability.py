@@ -14,7 +14,7 @@ import stagevar.lowrank as lowrank
 import stagevar.models.var as ref_var_module
 from stagevar import StageVARConfig
 from stagevar.api import _ATTR
-from stagevar.engine import Observer, projection_seed
+from stagevar.engine import projection_seed
 from stagevar.models import reference_var
 
 from conftest import ScaleInputs, gen_kwargs
