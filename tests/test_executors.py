@@ -148,7 +148,7 @@ def test_generators_are_reseeded_per_call(monkeypatch, small):
     assert not torch.equal(a, c) and stagevar.report(small).executor == "graphs"
 
 
-@pytest.mark.parametrize("change", ["B", "cfg", "top_k", "block", "weights_reloaded"])
+@pytest.mark.parametrize("change", ["B", "cfg", "top_k", "block", "weights_reloaded", "quantizer_reloaded"])
 def test_a_changed_call_or_model_captures_anew(monkeypatch, small, change):
     backend = _graphs(monkeypatch, small, "var-d16", max_keys=4)
     kw = gen_kwargs(2, seed=0)
@@ -163,6 +163,11 @@ def test_a_changed_call_or_model_captures_anew(monkeypatch, small, change):
         kw = gen_kwargs(2, seed=0, top_k=5)
     elif change == "block":
         small.blocks[1] = copy.deepcopy(small.blocks[1])
+    elif change == "quantizer_reloaded":  # the VQVAE sits outside the model's module tree (vae_quant_proxy)
+        quant = small.vae_quant_proxy[0]
+        name, p = next(quant.named_parameters())
+        mod = quant.get_submodule(name.rpartition(".")[0]) if "." in name else quant
+        setattr(mod, name.rpartition(".")[2], torch.nn.Parameter(p.detach().clone()))
     else:  # new storage for a parameter (e.g. a re-load that replaces tensors)
         small.blocks[0].attn.proj.weight = torch.nn.Parameter(small.blocks[0].attn.proj.weight.detach().clone())
     got = small.autoregressive_infer_cfg(**kw)

@@ -42,6 +42,11 @@ class VARLoopAdapter(Adapter):
     def blocks(self) -> List[nn.Module]:
         return list(self.model.blocks)
 
+    def graphed_modules(self) -> Tuple[nn.Module, ...]:
+        # upstream keeps the VQVAE out of the module tree (a tuple); its quantizer runs in every scale
+        quant = self.model.vae_quant_proxy[0]
+        return (self.model, quant) if isinstance(quant, nn.Module) else (self.model,)
+
     def default_schedule(self) -> List[Tuple[int, int]]:
         return [(pn, pn) for pn in self.model.patch_nums]
 

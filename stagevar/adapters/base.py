@@ -146,12 +146,25 @@ class LoopAdapter:
         """The sampling functions this adapter calls (part of a CUDA-graph key)."""
         return ()
 
+    def graphed_modules(self) -> Tuple[nn.Module, ...]:
+        """The modules whose weights a captured scale reads (the model, and any module it holds
+        outside its own tree, e.g. VAR's quantizer behind ``vae_quant_proxy``)."""
+        return (self.model,)
+
     def fingerprint(self) -> tuple:
-        """Identity of what a captured call runs: the blocks, every parameter and buffer's storage,
-        the sampling functions. A swapped block or reloaded weights (new storage) change it."""
-        m = self.model
-        return (tuple(id(b) for b in self.blocks()), tuple(t.data_ptr() for t in m.parameters()),
-                tuple(t.data_ptr() for t in m.buffers()), tuple(id(h) for h in self.helpers()))
+        """Identity of what a captured call runs: the blocks, every parameter and buffer's storage
+        in :meth:`graphed_modules`, the sampling functions. A swapped block or reloaded weights
+        (new storage) change it; weights loaded in place (``load_state_dict``) do not, and need not:
+        a replay reads them where they are. Computed on every call, so one flat walk over the
+        modules' own tables (``Module.parameters()`` costs several times more)."""
+        ptrs: List[int] = []
+        stack = list(reversed(self.graphed_modules()))
+        while stack:
+            mod = stack.pop()
+            ptrs.extend(t.data_ptr() for t in mod._parameters.values() if t is not None)
+            ptrs.extend(t.data_ptr() for t in mod._buffers.values() if t is not None)
+            stack.extend(c for c in mod._modules.values() if c is not None)
+        return (tuple(id(b) for b in self.blocks()), tuple(ptrs), tuple(id(h) for h in self.helpers()))
 
     @classmethod
     def missing(cls, model: Any) -> List[str]:
