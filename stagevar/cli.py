@@ -13,21 +13,23 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from .config import StageVARConfig
+from .config import ConfigError, StageVARConfig
 from .executors import EXECUTIONS, GraphsUnavailableError
-from .methods import METHODS_HELP, MODEL_DEFAULT, Arm, check_executions, run_interleaved
-from .presets import preset, presets
+from .methods import METHODS_HELP, MODEL_DEFAULT, Arm, check_executions, method_config, run_interleaved
+from .presets import preset
 from .timing import machine_name
 
 
-def _load_config(arg: Optional[str]) -> Optional[StageVARConfig]:
+def _load_config(arg: Optional[str], default_preset: str, depth: int) -> Optional[StageVARConfig]:
+    """``--config``: any method name ``stagevar bench --methods`` takes (a preset, ``cfg-only``,
+    ``fastvar``, ``skip-last-N``, ...) or a JSON config file; None when not given."""
     if arg is None:
         return None
-    if arg in presets():
-        return preset(arg)
-    if not os.path.exists(arg):
-        raise ValueError(f"--config {arg!r} is neither a preset ({', '.join(presets())}) nor a JSON file")
-    return StageVARConfig.load(arg)
+    cfg = method_config(arg, default_preset, depth)
+    if cfg is None:
+        raise ConfigError(f"--config {arg!r}: the unpatched model is always the first row; name a config to "
+                          f"compare with it ({METHODS_HELP})")
+    return cfg
 
 
 PROMPTS = ["a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ripe cherries",
@@ -71,7 +73,8 @@ def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
     from .adapters import adapter_for
 
     if args.config:
-        return [_load_config(c) for c in args.config]
+        ad = adapter_for(model)
+        return [_load_config(c, ad.default_preset, len(ad.blocks())) for c in args.config]
     if args.model == "pretrained" and getattr(model, "stagevar_config", None) is not None:
         return [preset(adapter_for(model).default_preset), None]
     return [None]
@@ -147,9 +150,9 @@ def _plan(args) -> int:
     from .models import VAR_SHAPES
     from .plan import describe
 
-    cfg = _load_config(args.config) or preset("var-d16")
     pn = VAR_SHAPES[args.shape]["patch_nums"]
     depth = VAR_SHAPES[args.shape]["depth"]
+    cfg = _load_config(args.config, "var-d16", depth) or preset("var-d16")
     from .plan import resolve_plan
 
     ub = cfg.unit_blocks or 1
@@ -382,8 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(d, "pretrained" if MODEL_BUILDERS["pretrained"].available() else "var",
                 "reference shape (default: d16 for var, small for infinity)")
     d.add_argument("--config", nargs="+", default=None,
-                   help="preset names or JSON config files (default: the family preset; for the trained model "
-                        "also its calibrated preset stagevar-tiny-var)")
+                   help="configs to compare with the unpatched model: any bench method but baseline (a preset, "
+                        "cfg-only, fastvar, skip-last-N, ..., or a JSON config file; default: the family preset; "
+                        "for the trained model also its calibrated preset stagevar-tiny-var)")
     d.add_argument("--batch", type=int, default=None, help="default: one per class (pretrained), else 2")
     d.add_argument("--seed", type=int, default=0)
     _generation_args(d, top_k=900, top_p=0.95)
@@ -392,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     p = sub.add_parser("plan", help="print what a config does at each scale of a reference shape")
     p.add_argument("--shape", default="d16", choices=sorted(VAR_SHAPES))
-    p.add_argument("--config", default=None)
+    p.add_argument("--config", default=None, help="a preset, another bench method or a JSON config file "
+                                                   "(default var-d16)")
     p.set_defaults(func=_plan)
     b = sub.add_parser("bench", help="measure methods side by side (time, FLOPs, memory, fidelity) in one run")
     _model_args(b, "var", "reference shape (default tiny)")

@@ -39,11 +39,23 @@ def test_demo_creates_the_output_folder(tmp_path, capsys):
     assert out.exists()
 
 
+def test_config_takes_every_method_name_bench_takes(tmp_path, capsys):
+    """demo/plan --config and bench --methods / generate --config resolve names the same way."""
+    assert cli.main(["plan", "--shape", "d16", "--config", "cfg-only"]) == 0
+    assert "scale  9 16x16" in capsys.readouterr().out
+    out = tmp_path / "d.png"
+    assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--repeats", "1", "--config", "fastvar",
+                     "skip-last-2", "--out", str(out)]) == 0
+    assert "one row per config: fastvar, skip-last-2" in capsys.readouterr().out
+    assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--config", "baseline"]) == 1
+    assert "always the first row" in capsys.readouterr().err
+
+
 def test_other_errors_are_one_line_unless_debug(capsys):
     assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--config", "nope"]) == 1
     err = capsys.readouterr().err
-    assert "neither a preset" in err and "--debug" in err and "Traceback" not in err
-    with pytest.raises(ValueError, match="neither a preset"):
+    assert "unknown method 'nope'" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
         cli.main(["--debug", "demo", "--model", "var", "--shape", "tiny", "--config", "nope"])
 
 
