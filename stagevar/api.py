@@ -111,23 +111,9 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
                        "autoregressive_infer_cfg either)", UserWarning)
     patch: Optional[_Patch] = getattr(model, _ATTR, None)
     adapter = patch.engine.adapter if patch is not None else adapter_for(model)
-    engine = _engine(adapter, config, execution)
-    if patch is not None:
-        release_engine(patch.engine)
-        patch.engine = engine
-        return wrapper
-
-    entry = adapter.entry_point
-    saved = model.__dict__.get(entry, _MISSING)
-    original = getattr(type(model), entry)
-
-    @functools.wraps(original)
-    def accelerated_entry(self, *args, **kwargs):
-        return getattr(self, _ATTR).engine(*args, **kwargs)
-
-    object.__setattr__(model, _ATTR, _Patch(engine=engine, entry_point=entry, saved=saved))
-    # A bound method (not a closure over `model`), so copy.deepcopy rebinds it to the copy.
-    object.__setattr__(model, entry, types.MethodType(accelerated_entry, model))
+    replaced = attach(model, _engine(adapter, config, execution))
+    if replaced is not None:
+        release_engine(replaced)
     return wrapper
 
 
@@ -155,17 +141,10 @@ def release_graphs(model: Any) -> Any:
 def restore(model: Any) -> Any:
     """Undo :func:`accelerate`: the original generation method back, exactly; captured graphs
     freed. No-op if not patched."""
-    wrapper, model = model, _target(model)
-    patch: Optional[_Patch] = getattr(model, _ATTR, None)
-    if patch is None:
-        return wrapper
-    release_engine(patch.engine)
-    if patch.saved is _MISSING:
-        object.__delattr__(model, patch.entry_point)
-    else:
-        object.__setattr__(model, patch.entry_point, patch.saved)
-    object.__delattr__(model, _ATTR)
-    return wrapper
+    engine = detach(model)
+    if engine is not None:
+        release_engine(engine)
+    return model
 
 
 def is_accelerated(model: Any) -> bool:
@@ -181,21 +160,57 @@ def current_config(model: Any) -> Optional[StageVARConfig]:
 def engine_of(model: Any) -> Optional[Engine]:
     """The :class:`~stagevar.engine.Engine` an accelerated model runs (its config, executor, captured
     graphs and last report), or None when the model is not accelerated. For the tools (runner,
-    calibration, generation) that keep an engine across switches."""
+    calibration, generation) that keep an engine across switches (:func:`attach`, :func:`detach`)."""
     patch = _patch_of(model)
     return None if patch is None else patch.engine
 
 
-def install_engine(model: Any, engine: Engine) -> Engine:
-    """Run ``engine`` on the accelerated ``model`` from its next call; returns the engine it replaces,
-    whose CUDA graphs are kept (the caller owns both). ``engine`` must drive this model's adapter."""
-    patch = _patch_of(model)
+def build_engine(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Engine:
+    """The engine :func:`accelerate` would install (config resolved and checked against the
+    model's schedules), without installing it: for the tools that switch a model between several
+    engines (:func:`attach`, :func:`detach`)."""
+    return _engine(adapter_for(_target(model)), config, execution)
+
+
+def attach(model: Any, engine: Engine) -> Optional[Engine]:
+    """Run ``engine`` on ``model`` from its next call, patching the model if it is not accelerated.
+    Returns the engine it replaces (None if there was none) with its CUDA graphs kept: the caller
+    owns it (:func:`release_engine` frees them). ``engine`` must drive this model's adapter."""
+    model = _target(model)
+    if engine.adapter.model is not model:
+        raise ValueError("stagevar.api.attach: this engine drives another model; build the engine on this one "
+                         "(stagevar.api.build_engine(model, config))")
+    patch: Optional[_Patch] = getattr(model, _ATTR, None)
+    if patch is not None:
+        before, patch.engine = patch.engine, engine
+        return before
+    entry = engine.adapter.entry_point
+    saved = model.__dict__.get(entry, _MISSING)
+    original = getattr(type(model), entry)
+
+    @functools.wraps(original)
+    def accelerated_entry(self, *args, **kwargs):
+        return getattr(self, _ATTR).engine(*args, **kwargs)
+
+    object.__setattr__(model, _ATTR, _Patch(engine=engine, entry_point=entry, saved=saved))
+    # A bound method (not a closure over `model`), so copy.deepcopy rebinds it to the copy.
+    object.__setattr__(model, entry, types.MethodType(accelerated_entry, model))
+    return None
+
+
+def detach(model: Any) -> Optional[Engine]:
+    """The original generation method back, as :func:`restore` does, but the engine that ran is
+    returned with its CUDA graphs instead of freed (None if the model was not accelerated)."""
+    model = _target(model)
+    patch: Optional[_Patch] = getattr(model, _ATTR, None)
     if patch is None:
-        raise RuntimeError("stagevar.api.install_engine: the model is not accelerated; call stagevar.accelerate(model) first")
-    if engine.adapter.model is not patch.engine.adapter.model:
-        raise ValueError("stagevar.api.install_engine: this engine drives another model; accelerate that model, or build the engine on this one")
-    before, patch.engine = patch.engine, engine
-    return before
+        return None
+    if patch.saved is _MISSING:
+        object.__delattr__(model, patch.entry_point)
+    else:
+        object.__setattr__(model, patch.entry_point, patch.saved)
+    object.__delattr__(model, _ATTR)
+    return patch.engine
 
 
 @contextlib.contextmanager

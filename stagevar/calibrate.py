@@ -252,10 +252,7 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: give a positive number of conditions per generation call")
-    before = api.current_config(model)
-    kept = api.engine_of(model)  # its config, executor and last report
-    if before is not None:
-        api.restore(model)
+    kept = api.detach(model)  # its config, executor, graphs and last report, attached again at the end
     try:
         adapter = adapter_for(model)
         engine = Engine(adapter, preset("none").replace(unit_blocks=unit_blocks))
@@ -312,6 +309,5 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
             generation_kwargs={k: v for k, v in generation_kwargs.items() if isinstance(v, (int, float, bool, str))},
         )
     finally:
-        if before is not None:
-            api.accelerate(model, before, execution="eager")
-            api.install_engine(model, kept)
+        if kept is not None:
+            api.attach(model, kept)

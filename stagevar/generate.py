@@ -27,8 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -37,6 +35,7 @@ import torch
 
 from . import api
 from ._files import atomic_path
+from ._progress import Progress
 from .adapters import adapter_for
 from .config import StageVARConfig
 from .methods import MODEL_DEFAULT, method_config
@@ -178,8 +177,8 @@ def generate(model: torch.nn.Module, items: Sequence[Union[int, str]], out_dir: 
         result = GenerateResult(manifest=path, skipped=list(done))
         skip = set(done)
         mine = [b for b in batches if b.k not in skip][rank::world]
-        bar = _Progress(len(mine), progress and rank == 0, f"stagevar generate (rank 0 of {world})" if world > 1
-                        else "stagevar generate")
+        bar = Progress(len(mine), progress and rank == 0, f"stagevar generate (rank 0 of {world})" if world > 1
+                       else "stagevar generate", "batch")
         failure: Optional[BaseException] = None
         try:
             for b in mine:
@@ -192,7 +191,7 @@ def generate(model: torch.nn.Module, items: Sequence[Union[int, str]], out_dir: 
                 for image, name in zip(images, b.files):
                     result.files.append(save_png(image, os.path.join(out_dir, name)))
                 result.ran.append(b.k)
-                bar.step(b.k)
+                bar.step(f"k={b.k}")
         except Exception as e:  # noqa: BLE001 -- every rank learns of it below, then it is raised
             failure = e
         finally:
@@ -404,34 +403,6 @@ def _from_rank0(obj: Any, world: int) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-class _Progress:
-    """A bar over batches: tqdm when installed, else one line per batch on stderr; nothing when off."""
-
-    def __init__(self, total: int, enabled: bool, desc: str):
-        self.total, self.enabled, self.desc, self.done = total, enabled, desc, 0
-        self.start = time.perf_counter()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="batch", file=sys.stderr)
-            except ImportError:
-                pass
-
-    def step(self, k: int) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled:
-            print(f"{self.desc}: batch {self.done}/{self.total} (k={k}), {time.perf_counter() - self.start:.1f} s",
-                  file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 __all__ = ["SEED_STRIDE", "MANIFEST", "LAYOUTS", "batch_seed", "file_name", "Batch", "plan_batches", "GenerateResult",

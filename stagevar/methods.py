@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 
 from . import api
+from ._progress import Progress
 from .adapters import adapter_for
 from .config import ConfigError, StageVARConfig
 from .engine import Engine
@@ -200,36 +201,27 @@ class _Switch:
     """Puts the model in an arm's state between calls.
 
     Each accelerated arm gets its engine once, before the first call, and keeps it: switching
-    installs that engine on the model's patch rather than accelerating anew, since accelerating
-    (or restoring) frees the installed engine's CUDA graphs, and a graphs arm would then capture
-    on every call. For the unpatched call the patch is taken off with an eager engine in place,
-    so restoring frees nothing the run still needs.
+    attaches that engine to the model (or detaches the one running, for the unpatched call)
+    without freeing anything, so a graphs arm captures once and replays from then on.
     """
 
     def __init__(self, model: Any, arms: Sequence[Arm]):
         self.model = model
-        self.engines: Dict[int, Engine] = {}
-        for i, arm in enumerate(arms):
-            if arm.config is not None:
-                api.accelerate(model, arm.given, execution=arm.execution)
-                self.engines[i] = api.engine_of(model)
+        self.engines: Dict[int, Engine] = {i: api.build_engine(model, arm.given, execution=arm.execution)
+                                           for i, arm in enumerate(arms) if arm.config is not None}
 
     def to(self, i: int) -> None:
-        engine, current = self.engines.get(i), api.engine_of(self.model)
+        engine = self.engines.get(i)
         if engine is None:
-            if current is not None:
-                api.install_engine(self.model, Engine(current.adapter, current.config))
-                api.restore(self.model)
-            return
-        if current is None:
-            api.accelerate(self.model, engine.config, execution="eager")
-        api.install_engine(self.model, engine)
+            api.detach(self.model)
+        else:
+            api.attach(self.model, engine)
 
     def close(self) -> None:
         """Free every arm's graphs and leave the model unpatched."""
+        api.detach(self.model)
         for engine in self.engines.values():
             api.release_engine(engine)
-        api.restore(self.model)
 
 
 @contextlib.contextmanager
@@ -254,16 +246,6 @@ def _decode_timers(adapter: Any, batches: Sequence[dict], device: Any) -> Iterat
             t.remove()
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="call")
-
-
 def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], rounds: int = 1, warmup: int = 1,
                     on_call: Optional[Callable[[Record, Any], None]] = None, progress: bool = False,
                     desc: str = "stagevar") -> RunResult:
@@ -279,7 +261,7 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
             for an arm that may run CUDA graphs (its first call of a shape runs eager, the second
             captures), so its timed calls replay.
         on_call: told each timed call's :class:`Record` and output (after the timing).
-        progress: a progress bar (with tqdm installed).
+        progress: a progress bar (tqdm when installed, else one line per call on stderr).
 
     Returns:
         :class:`RunResult` with every timed call.
@@ -295,7 +277,7 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
     adapter = adapter_for(model)
     device = adapter.device()
     warm = [max(warmup, 2) if a.execution != "eager" else warmup for a in arms]
-    bar = _progress(sum(warm) + rounds * len(batches) * len(arms), progress, desc)
+    bar = Progress(sum(warm) + rounds * len(batches) * len(arms), progress, desc, "call")
     records: List[Record] = []
     switch = None
     try:
@@ -306,9 +288,7 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
                 with torch.no_grad():
                     out, t = timed(lambda: getattr(model, adapter.entry_point)(**batches[b]), device)
                 decode_s = timers[b].take() if timers[b] is not None else 0.0
-                if bar is not None:
-                    bar.set_postfix_str(f"{arms[i].name}: {t.wall_s * 1e3:.0f} ms")
-                    bar.update(1)
+                bar.step(f"{arms[i].name}: {t.wall_s * 1e3:.0f} ms")
                 return out, t, decode_s
 
             for w in range(max(warm)):
@@ -326,8 +306,7 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
                         if on_call is not None:
                             on_call(rec, out)
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
         if switch is not None:
             switch.close()
         else:

@@ -3,7 +3,6 @@ import copy
 import inspect
 import io
 import pickle
-import warnings
 
 import pytest
 import torch
@@ -270,19 +269,25 @@ def test_warnings_point_at_the_users_line():
 
 
 def test_engine_seam_for_the_tools():
-    """engine_of / install_engine: what the runner and calibration use to keep engines across switches."""
+    """build_engine / attach / detach / engine_of: what the runner and calibration use to switch a model
+    between engines without freeing their graphs."""
     from stagevar import api
     from stagevar.models import reference_var
 
     a, b = reference_var("tiny"), reference_var("tiny")
-    assert api.engine_of(a) is None
-    with pytest.raises(RuntimeError, match="not accelerated"):
-        api.install_engine(a, None)
-    stagevar.accelerate(a, "var-d16")
-    stagevar.accelerate(b, "var-d16")
-    first = api.engine_of(a)
+    want = a.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0)
+    assert api.engine_of(a) is None and api.detach(a) is None
+    first = api.build_engine(a, "var-d16")
+    assert not stagevar.is_accelerated(a)  # built, not installed
     with pytest.raises(ValueError, match="drives another model"):
-        api.install_engine(a, api.engine_of(b))
-    assert api.engine_of(a) is first  # a refused install changes nothing
-    other = type(first)(first.adapter, stagevar.preset("none"))
-    assert api.install_engine(a, other) is first and stagevar.current_config(a) == stagevar.preset("none")
+        api.attach(a, api.build_engine(b, "var-d16"))
+    assert not stagevar.is_accelerated(a)  # a refused attach changes nothing
+    assert api.attach(a, first) is None and api.engine_of(a) is first
+    other = api.build_engine(a, "none")
+    released = []  # attach and detach hand the engine back unreleased: the caller owns its graphs
+    for e in (first, other):
+        e.executor.release = lambda e=e: released.append(e)
+    assert api.attach(a, other) is first and stagevar.current_config(a) == stagevar.preset("none")
+    assert api.detach(a) is other and not stagevar.is_accelerated(a) and not released
+    assert "autoregressive_infer_cfg" not in vars(a)  # the class method again, exactly
+    assert torch.equal(a.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0), want)
