@@ -16,7 +16,7 @@ from . import api
 from .adapters import adapter_for
 from .engine import Engine, Observer
 from .executors import outputs_equal
-from .figures import grid_array, image_grid_figure, matplotlib_figure, pareto_chart, write_png
+from .figures import grid_array, image_grid_figure, matplotlib_figure, method_label, pareto_chart, write_png
 from .methods import METHODS_HELP, Method, arms_for, resolve_methods, run_interleaved
 from .metrics import psnr, ssim, token_agreement
 from .presets import preset
@@ -304,19 +304,23 @@ def _write(report: dict, out_dir: str, images) -> None:
         json.dump(report, f, indent=1)
     by_method = {m["method"]: m for m in report["methods"]}
 
+    base = report["methods"][0] if report["methods"] else {}
+
     def row_label(label: str) -> str:
         m = by_method.get(label)
         if m is None or m["config"] is None:
-            return f"{label}\n(unpatched)"
-        skip = f"\n{SKIPPING_LABEL}" if m["skipping"] else ""
-        return f"{label}  {m['e2e_speedup']:.2f}x\nPSNR {m['psnr']:.1f} dB, SSIM {m['ssim']:.2f}{skip}"
+            return method_label(label, wall_ms=m and m["e2e_ms"], consistency=m and m["consistency"])
+        return method_label(label, m["e2e_speedup"], m["psnr"], m["ssim"], m["consistency"], base.get("consistency"),
+                            skipping=SKIPPING_LABEL if m["skipping"] else "")
 
     imgs = [img for _, img in images]
     image_grid_figure(imgs, [row_label(label) for label, _ in images],
                       [f"sample {i}" for i in range(imgs[0].shape[0])], os.path.join(out_dir, "images.png"),
                       title=report["title"] or "stagevar bench",
                       note="Rows: the unpatched call, then one per method, the same seed. Speedup: end to end against "
-                           "the unpatched call; PSNR, SSIM: to the unpatched image of the same seed.")
+                           "the unpatched call; PSNR, SSIM: to the unpatched image of the same seed"
+                           + ("; cons.: the share an independent classifier assigns to the class asked for, per "
+                              "view (a rough sign on this batch)." if base.get("consistency") else "."))
     with open(os.path.join(out_dir, "images.txt"), "w") as f:
         f.write("rows of images.png, top to bottom: " + ", ".join(label for label, _ in images) + "\n")
     Figure = matplotlib_figure()  # no pyplot: the user's backend and figures untouched

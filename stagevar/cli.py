@@ -82,7 +82,8 @@ def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
 
 def _demo(args) -> int:
     from .adapters import adapter_for
-    from .figures import condition_labels, image_grid_figure
+    from .figures import condition_labels, image_grid_figure, method_label
+    from .report import SKIPPING_LABEL
     from .metrics import psnr, ssim
     from .quality import bundled_judges, consistency
 
@@ -110,8 +111,7 @@ def _demo(args) -> int:
 
     b = statistics.median(r.wall_s for r in result.of(0))
     cb = judged(base_img)
-    labels = [f"baseline (unpatched)\n{b * 1e3:.0f} ms per call"
-              + "".join(f"\n{view} cons. {v:.2f}" for view, v in cb.items())]
+    labels = [method_label("baseline", wall_ms=b * 1e3, consistency=cb)]
     for i, name in enumerate(names):
         print(f"\n[{name}]")
         print(reports[i + 1])
@@ -120,13 +120,13 @@ def _demo(args) -> int:
               f"speedup {b / a:.2f}x (config {name!r})")
         p, s = float(psnr(acc_img[i], base_img).mean()), float(ssim(acc_img[i], base_img).mean())
         print(f"per-seed PSNR to baseline {p:.1f} dB, SSIM {s:.3f}")
-        pace = f"{b / a:.2f}x faster" if a <= b else f"{a / b:.2f}x slower"
-        labels.append(f"{name}  {pace}\nPSNR {p:.1f} dB, SSIM {s:.2f}")
-        for view, ca in judged(acc_img[i]).items():
+        ca_views = judged(acc_img[i])
+        labels.append(method_label(name, b / a, p, s, ca_views, cb,
+                                   skipping=SKIPPING_LABEL if reports[i + 1].skipping else ""))
+        for view, ca in ca_views.items():
             print(f"class consistency, {view} view (independent classifier): baseline {cb[view]:.3f}, accelerated "
                   f"{ca:.3f} ({ca - cb[view]:+.3f}); one sample per class here, see BENCHMARKS.md for the full "
                   f"evaluation")
-            labels[-1] += f"\n{view} cons. {ca:.2f} ({ca - cb[view]:+.2f})"
     random = args.model != "pretrained"
     if random:
         print("(random weights: these differences say nothing about quality)")

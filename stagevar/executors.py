@@ -21,10 +21,9 @@ model never carry them.
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import torch
 

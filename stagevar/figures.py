@@ -13,12 +13,12 @@ import struct
 import textwrap
 import zlib
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["image_grid_figure", "grid_array", "write_png", "condition_labels", "Point", "pareto_front",
+__all__ = ["image_grid_figure", "method_label", "grid_array", "write_png", "condition_labels", "Point", "pareto_front",
            "pareto_chart", "BACKENDS"]
 
 BACKENDS = ("auto", "matplotlib", "pil", "plain")
@@ -78,6 +78,28 @@ def condition_labels(conditions: Sequence, class_names: Optional[Sequence[str]] 
 
 
 _Measure = Callable[[str, int, bool], float]  # (text, font size px, bold) -> width px
+
+
+def method_label(name: str, speedup: Optional[float] = None, psnr: Optional[float] = None,
+                 ssim: Optional[float] = None, consistency: Optional[Dict[str, float]] = None,
+                 base_consistency: Optional[Dict[str, float]] = None, wall_ms: Optional[float] = None,
+                 skipping: str = "") -> str:
+    """One row label of an image figure (the demo's and ``stagevar bench``'s): the unpatched call
+    (``speedup`` None: its time per call) or a method (speedup, PSNR/SSIM to the unpatched image),
+    then each view's class consistency (with its change against ``base_consistency``)."""
+    if speedup is None:
+        lines = [f"{name} (unpatched)"] + ([f"{wall_ms:.0f} ms per call"] if wall_ms is not None else [])
+    else:
+        pace = f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"
+        lines = [f"{name}  {pace}"]
+        if psnr is not None and ssim is not None:
+            lines.append(f"PSNR {psnr:.1f} dB, SSIM {ssim:.2f}")
+    for view, v in (consistency or {}).items():
+        change = f" ({v - base_consistency[view]:+.2f})" if base_consistency and view in base_consistency else ""
+        lines.append(f"{view} cons. {v:.2f}{change}")
+    if skipping:
+        lines.append(skipping)
+    return "\n".join(lines)
 
 
 def _wrap(text: str, width: float, measure: Callable[[str], float], max_lines: int) -> List[str]:

@@ -6,7 +6,6 @@ import pytest
 import stagevar
 from stagevar import cli
 from stagevar.calibrate import Calibration, calibrate
-from stagevar.models import reference_var
 
 
 def _fails_fast(capsys, argv, *needles):

@@ -103,7 +103,7 @@ def test_infinity_replays_equal_eager_for_new_prompts_and_seeds(monkeypatch):
 
 def test_every_static_input_is_copied_in(monkeypatch, small):
     """Poison the captured inputs: a replay must overwrite every one of them."""
-    backend = _graphs(monkeypatch, small, "var-d16")
+    _graphs(monkeypatch, small, "var-d16")
     kw = gen_kwargs(2, seed=0)
     small.autoregressive_infer_cfg(**kw)
     small.autoregressive_infer_cfg(**kw)
@@ -136,7 +136,7 @@ def test_every_static_input_is_copied_in(monkeypatch, small):
 
 def test_generators_are_reseeded_per_call(monkeypatch, small):
     """A replay must draw from the call's seed (sampling and projection), not continue the last stream."""
-    backend = _graphs(monkeypatch, small, "var-d16")
+    _graphs(monkeypatch, small, "var-d16")
     kw = gen_kwargs(2, seed=4)
     small.autoregressive_infer_cfg(**kw)
     with warnings.catch_warnings():  # a fallback to eager would pass the comparisons below without a replay
@@ -150,7 +150,7 @@ def test_generators_are_reseeded_per_call(monkeypatch, small):
 
 @pytest.mark.parametrize("change", ["B", "cfg", "top_k", "block", "weights_reloaded", "quantizer_reloaded"])
 def test_a_changed_call_or_model_captures_anew(monkeypatch, small, change):
-    backend = _graphs(monkeypatch, small, "var-d16", max_keys=4)
+    _graphs(monkeypatch, small, "var-d16", max_keys=4)
     kw = gen_kwargs(2, seed=0)
     small.autoregressive_infer_cfg(**kw)
     small.autoregressive_infer_cfg(**kw)

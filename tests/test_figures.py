@@ -170,3 +170,38 @@ def test_quality_reference_replots_saved_rows(tmp_path, monkeypatch, capsys):
     semantic = tmp_path / "pareto_semantic.png"
     assert capsys.readouterr().out == f"wrote {out}\nwrote {semantic}\n"
     assert Image.open(out).size[0] > 400 and Image.open(semantic).size[0] > 400
+
+
+def test_method_label_says_each_figure_once():
+    """The demo's and bench's row labels: one format, every figure once."""
+    from stagevar.figures import method_label
+
+    assert method_label("baseline", wall_ms=812.4, consistency={"semantic": 0.9}) == (
+        "baseline (unpatched)\n812 ms per call\nsemantic cons. 0.90")
+    label = method_label("var-d16", 2.0, 19.84, 0.471, {"semantic": 0.8, "texture": 0.5},
+                         {"semantic": 0.9, "texture": 0.5}, skipping="[scale skipping ON]")
+    assert label == ("var-d16  2.00x faster\nPSNR 19.8 dB, SSIM 0.47\nsemantic cons. 0.80 (-0.10)\n"
+                     "texture cons. 0.50 (+0.00)\n[scale skipping ON]")
+    assert method_label("slow", 0.8).startswith("slow  1.25x slower")
+
+
+def test_demo_labels_each_row_once(monkeypatch, tmp_path, capsys):
+    """Each row label of the demo figure states every figure once (it once listed the consistencies twice)."""
+    import stagevar.figures as figures
+    from stagevar import cli
+
+    seen = {}
+    real = figures.image_grid_figure
+
+    def spy(rows, row_labels, *a, **k):
+        seen["labels"] = list(row_labels)
+        return real(rows, row_labels, *a, **k)
+
+    monkeypatch.setattr(figures, "image_grid_figure", spy)
+    assert cli.main(["demo", "--batch", "2", "--repeats", "1", "--config", "var-d16", "--out",
+                     str(tmp_path / "d.png")]) == 0
+    base, acc = seen["labels"]
+    for label in (base, acc):
+        lines = label.split("\n")
+        assert len(lines) == len(set(lines)) and sum("cons." in x for x in lines) == 2, label
+    assert acc.startswith("var-d16  ") and "PSNR" in acc and base.startswith("baseline (unpatched)")

@@ -201,8 +201,6 @@ def _build_infinity(shape, device, aspect, cfg) -> ReferenceModel:
 
 
 def _build_star(shape, device, aspect, cfg) -> ReferenceModel:
-    from .star import reference_star
-
     bundle = reference_star(shape, device=device)
     K = len(bundle.model.patch_nums)
     return ReferenceModel(f"reference STAR '{shape}' ({K} scales, random weights)", bundle.model, dict(cfg=cfg),
@@ -241,4 +239,4 @@ def build_reference(name: str, shape: Optional[str] = None, device: Optional[tor
 
 __all__ = ["load_pretrained", "save_pretrained", "VAR", "VQVAE", "reference_var", "VAR_SHAPES", "Infinity", "InfinityBundle", "reference_infinity",
            "INFINITY_SHAPES", "infinity_schedule", "ASPECTS", "ReferenceModel", "ModelBuilder", "MODEL_BUILDERS",
-           "build_reference"]
+           "build_reference", "STAR", "STARBundle", "reference_star"]

@@ -46,8 +46,6 @@ def save_pretrained(var, path: str, class_names: Sequence[str], config: dict, dt
     the field), so every saved checkpoint loads. ``stagevar_config``: a calibrated
     :class:`~stagevar.StageVARConfig` the checkpoint carries (``accelerate(model)`` then uses it).
     """
-    from safetensors.torch import save_file
-
     if len(class_names) != var.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {var.num_classes} classes")
     tensors = {}
