@@ -42,7 +42,8 @@ def _cli_model(args, default_shapes: Dict[str, str]):
     from .models import MODEL_BUILDERS, build_reference
 
     shape = (args.shape or default_shapes[args.model]) if MODEL_BUILDERS[args.model].shapes else None
-    ref = build_reference(args.model, shape, device=torch.device(args.device), aspect=args.aspect, cfg=args.cfg)
+    ref = build_reference(args.model, shape, device=torch.device(args.device), aspect=args.aspect, cfg=args.cfg,
+                          checkpoint=args.checkpoint)
     kw = dict(ref.call_kwargs, g_seed=getattr(args, "seed", 0), top_k=args.top_k, top_p=args.top_p)
     return ref.description, ref.model, kw, ref.encode
 
@@ -238,16 +239,17 @@ def _checkpoint_for_write_into(args) -> Optional[str]:
     """
     if not args.write_into:
         return None
-    from .models.pretrained import BUNDLED
+    from .models.pretrained import BUNDLED, checkpoint_file
 
     if args.model != "pretrained":
         raise ValueError(f"--write-into stores the config in the checkpoint of the calibrated model, and --model "
                          f"{args.model} has random weights and no checkpoint; use --model pretrained, or save the "
                          f"config alone with --config-out")
-    source = BUNDLED["stagevar-tiny-var"]
+    source = checkpoint_file(args.checkpoint or "stagevar-tiny-var")
     if os.path.isdir(args.write_into):
         raise ValueError(f"--write-into {args.write_into} is a folder; give the checkpoint file's path (.safetensors)")
-    if os.path.exists(args.write_into) and os.path.samefile(args.write_into, source):
+    bundled = BUNDLED["stagevar-tiny-var"]
+    if os.path.exists(args.write_into) and os.path.exists(bundled) and os.path.samefile(args.write_into, bundled):
         raise ValueError(f"--write-into {args.write_into} is the bundled checkpoint installed with stagevar: writing it "
                          f"would change what every run of this installation loads; give a new path")
     if os.path.exists(args.write_into) and not _same_tensors(source, args.write_into):
@@ -373,6 +375,9 @@ def _model_args(p: argparse.ArgumentParser, default: str, shape_help: str) -> No
     p.add_argument("--shape", default=None, choices=sorted({s for m in MODEL_BUILDERS.values() for s in m.shapes}),
                    help=shape_help)
     p.add_argument("--aspect", default="1:1", choices=sorted(ASPECTS), help="Infinity aspect ratio, width:height")
+    p.add_argument("--checkpoint", default=None, metavar="NAME_OR_PATH",
+                   help="with --model pretrained: a checkpoint written by stagevar.models.save_pretrained (a local "
+                        ".safetensors file or folder, or a Hugging Face Hub repo id) instead of the bundled model")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -485,6 +490,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = ap.parse_args(argv)
     if getattr(args, "batch", None) is not None and args.batch < 1:  # 0 is not "the default"
         ap.error("--batch must be at least 1")
+    if getattr(args, "checkpoint", None) is not None and not MODEL_BUILDERS[args.model].checkpoints:
+        with_ckpt = " or ".join(n for n, m in MODEL_BUILDERS.items() if m.checkpoints)
+        ap.error(f"--checkpoint loads trained weights: use it with --model {with_ckpt} (--model {args.model} has "
+                 f"random weights)")
+    if getattr(args, "checkpoint", None) is not None:
+        from .models.pretrained import checkpoint_file
+
+        try:  # a missing file or unreachable Hub repo is an argument fault: refused before any work
+            checkpoint_file(args.checkpoint)
+        except OSError as e:
+            ap.error(f"--checkpoint: {e}")
     if args.command in ("demo", "bench", "calibrate", "generate") and args.shape is not None:
         shapes = MODEL_BUILDERS[args.model].shapes
         if not shapes and args.command != "bench":
@@ -506,7 +522,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command == "calibrate":
         try:  # like every argument fault: refused before any work, exit status 2
             args.write_into_source = _checkpoint_for_write_into(args)
-        except ValueError as e:
+        except (ValueError, OSError) as e:
             ap.error(str(e))
     try:
         return args.func(args)

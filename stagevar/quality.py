@@ -207,14 +207,17 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
 
 
 def bundled_judges(model) -> Dict[str, CropClassifier]:
-    """``{"semantic": ..., "texture": ...}``: the independent classifiers shipped with a bundled trained
-    model (``model.class_names`` set by :func:`stagevar.models.load_pretrained`); empty for any other model."""
-    from .models.pretrained import BUNDLED_CLASSIFIERS, BUNDLED_SEMANTIC_CLASSIFIERS
+    """``{"semantic": ..., "texture": ...}``: the independent classifiers shipped with the bundled trained
+    model, for a model drawing its classes (``model.class_names``, set by
+    :func:`stagevar.models.load_pretrained`, equal to the bundled checkpoint's); empty for any other model."""
+    from .models.pretrained import BUNDLED, BUNDLED_CLASSIFIERS, BUNDLED_SEMANTIC_CLASSIFIERS, class_names_of
 
     names = getattr(model, "class_names", None)
     paths = {"semantic": BUNDLED_SEMANTIC_CLASSIFIERS["stagevar-tiny-var"],
              "texture": BUNDLED_CLASSIFIERS["stagevar-tiny-var"]}
-    if not names or not all(os.path.exists(p) for p in paths.values()):
+    if not names or not all(os.path.exists(p) for p in [BUNDLED["stagevar-tiny-var"], *paths.values()]):
+        return {}
+    if list(names) != class_names_of(BUNDLED["stagevar-tiny-var"]):  # other classes: these judges do not apply
         return {}
     return {view: load_classifier(p, len(names)) for view, p in paths.items()}
 

@@ -169,10 +169,11 @@ class ReferenceModel:
 
 @dataclass(frozen=True)
 class ModelBuilder:
-    """One entry of :data:`MODEL_BUILDERS`: ``build(shape, device, aspect, cfg)`` -> :class:`ReferenceModel`.
+    """One entry of :data:`MODEL_BUILDERS`: ``build(shape, device, aspect, cfg)`` -> :class:`ReferenceModel`
+    (``build(..., checkpoint=NAME_OR_PATH)`` for a builder that loads weights).
 
     ``shapes``: the shapes it accepts (empty: the model has one shape); ``aspects``: the aspect
-    ratios it accepts (empty: fixed)."""
+    ratios it accepts (empty: fixed); ``checkpoints``: whether it loads a checkpoint of the user's choice."""
 
     name: str
     summary: str
@@ -180,11 +181,13 @@ class ModelBuilder:
     aspects: Tuple[str, ...]
     build: Callable[..., ReferenceModel]
     available: Callable[[], bool] = lambda: True
+    checkpoints: bool = False
 
 
-def _build_pretrained(shape, device, aspect, cfg) -> ReferenceModel:
-    var = load_pretrained("stagevar-tiny-var", device=device)
-    return ReferenceModel("trained VAR 'stagevar-tiny-var'", var, dict(cfg=cfg))
+def _build_pretrained(shape, device, aspect, cfg, checkpoint: Optional[str] = None) -> ReferenceModel:
+    name = "stagevar-tiny-var" if checkpoint is None else checkpoint
+    var = load_pretrained(name, device=device)
+    return ReferenceModel(f"trained VAR {name!r}", var, dict(cfg=cfg))
 
 
 def _build_var(shape, device, aspect, cfg) -> ReferenceModel:
@@ -208,8 +211,9 @@ def _build_star(shape, device, aspect, cfg) -> ReferenceModel:
 
 
 MODEL_BUILDERS: Dict[str, ModelBuilder] = {
-    "pretrained": ModelBuilder("pretrained", "the trained stagevar-tiny-var (bundled weights)", (), (),
-                               _build_pretrained, available=lambda: os.path.exists(BUNDLED["stagevar-tiny-var"])),
+    "pretrained": ModelBuilder("pretrained", "the trained stagevar-tiny-var (bundled weights), or the "
+                               "checkpoint --checkpoint names", (), (), _build_pretrained,
+                               available=lambda: os.path.exists(BUNDLED["stagevar-tiny-var"]), checkpoints=True),
     "var": ModelBuilder("var", "a reference VAR with random weights", tuple(VAR_SHAPES), (), _build_var),
     "infinity": ModelBuilder("infinity", "a reference Infinity with random weights", tuple(INFINITY_SHAPES),
                              tuple(ASPECTS), _build_infinity),
@@ -219,11 +223,13 @@ MODEL_BUILDERS: Dict[str, ModelBuilder] = {
 
 
 def build_reference(name: str, shape: Optional[str] = None, device: Optional[torch.device] = None,
-                    aspect: str = "1:1", cfg: float = 4.0) -> ReferenceModel:
-    """Build the registered reference model ``name`` (see :data:`MODEL_BUILDERS`) with guidance ``cfg``.
+                    aspect: str = "1:1", cfg: float = 4.0, checkpoint: Optional[str] = None) -> ReferenceModel:
+    """Build the registered reference model ``name`` (see :data:`MODEL_BUILDERS`) with guidance ``cfg``;
+    ``checkpoint``: for ``pretrained``, what :func:`load_pretrained` loads instead of the bundled model.
 
     Raises:
-        ValueError: an unknown name, or a shape or aspect the model does not have (naming the choices).
+        ValueError: an unknown name, a shape or aspect the model does not have (naming the choices), or
+            a checkpoint for a model with random weights.
     """
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}")
@@ -234,6 +240,11 @@ def build_reference(name: str, shape: Optional[str] = None, device: Optional[tor
         raise ValueError(f"{name} has one shape; pass shape=None")
     if b.aspects and aspect not in b.aspects:
         raise ValueError(f"aspect {aspect!r} is not one of {sorted(b.aspects)}")
+    if checkpoint is not None:
+        if not b.checkpoints:
+            with_ckpt = " or ".join(n for n, m in MODEL_BUILDERS.items() if m.checkpoints)
+            raise ValueError(f"{name} has random weights and loads no checkpoint; a checkpoint goes with {with_ckpt}")
+        return b.build(shape, device, aspect, cfg, checkpoint=checkpoint)
     return b.build(shape, device, aspect, cfg)
 
 

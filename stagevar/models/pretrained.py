@@ -108,7 +108,12 @@ def write_config_into(checkpoint: str, config: Any, out: Optional[str] = None) -
     return target
 
 
-def _resolve(name_or_path: str) -> str:
+def checkpoint_file(name_or_path: str) -> str:
+    """The local file a checkpoint name, path, folder or Hub repo id stands for (downloaded if need be).
+
+    Raises:
+        FileNotFoundError: nothing at that name or path; OSError: the Hub could not be reached.
+    """
     if name_or_path in BUNDLED:
         path = BUNDLED[name_or_path]
         if not os.path.exists(path):
@@ -133,6 +138,15 @@ def _resolve(name_or_path: str) -> str:
                           f"from this machine, download the file elsewhere and pass its local path.") from None
     raise FileNotFoundError(f"{name_or_path!r} is neither a bundled checkpoint ({', '.join(BUNDLED)}), a local "
                             f"file or folder, nor a Hugging Face Hub repo id of the form 'owner/name'")
+
+
+def class_names_of(path: str) -> Optional[list]:
+    """The class names a checkpoint's metadata lists (its header only; None if it lists none)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        raw = (f.metadata() or {}).get("class_names")
+    return None if raw is None else json.loads(raw)
 
 
 # ------------------------------------------------------------------------- reading the file
@@ -302,7 +316,7 @@ def load_pretrained(name_or_path: Union[str, "os.PathLike[str]"] = "stagevar-tin
         raise TypeError(f"load_pretrained takes a checkpoint name or path: a bundled name ({', '.join(BUNDLED)}), "
                         f"a local .safetensors file or folder, or a Hugging Face Hub repo id 'owner/name'; "
                         f"got {name_or_path!r}")
-    path = _resolve(os.fspath(name_or_path))
+    path = checkpoint_file(os.fspath(name_or_path))
     try:
         f = safe_open(path, framework="pt")
     except SafetensorError as e:
