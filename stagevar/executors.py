@@ -28,7 +28,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 from ._warnings import warn_at_caller
-from .engine import Call, Engine, Timeline, projection_seed
+from .engine import Call, Engine, Timeline
 
 EXECUTIONS = ("auto", "eager", "graphs")
 
@@ -160,13 +160,19 @@ class CudaGraphBackend:
         return torch.cuda.graph_pool_handle()
 
     def reserved(self, device: torch.device) -> int:
-        return torch.cuda.memory_reserved(device)
+        """Memory the caching allocator holds on ``device`` once its unused cache is returned (capture
+        does that itself, ``torch.cuda.graph`` empties the cache on entry: read before and after the
+        captures, the difference is the key's pool)."""
+        with torch.cuda.device(device):
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            return torch.cuda.memory_reserved(device)
 
     def capture(self, fn: Callable[[], None], pool: Any, generators: List[torch.Generator], bindings: Bindings) -> Any:
         graph = torch.cuda.CUDAGraph()
         for gen in generators:
             graph.register_generator_state(gen)
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.device(generators[0].device), torch.cuda.graph(graph, pool=pool):
             fn()
         return graph
 
@@ -253,7 +259,9 @@ class GraphExecutor:
 
     def key(self, engine: Engine, call: Call) -> tuple:
         ad = engine.adapter
-        return (engine.config, tuple(call.plans), state_signature(call.st), _autocast_state(ad.device()),
+        # inference mode too: tensors captured under it cannot be copied into outside it
+        modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
+        return (engine.config, tuple(call.plans), state_signature(call.st), _autocast_state(ad.device()), modes,
                 ad.fingerprint())
 
     def run(self, engine: Engine, args: tuple, kwargs: dict) -> Any:
@@ -288,7 +296,13 @@ class GraphExecutor:
             if entry.graphs is None:
                 ended = True
                 return self._capture(engine, entry, key, call, args, kwargs, t0)
-            return self._replay(engine, entry, call, t0)
+            try:
+                return self._replay(engine, entry, call, t0)
+            except Exception as e:  # noqa: BLE001 -- this call (anew), and the key from now on, run eagerly
+                ended = True
+                engine.end(call)
+                self._fail(key, entry, f"replay failed ({type(e).__name__}: {e})")
+                return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
         finally:
             if not ended:
                 engine.end(call)
@@ -310,9 +324,9 @@ class GraphExecutor:
         bindings = Bindings(call)
         reserved0 = self.backend.reserved(device)
         t_cap = time.perf_counter()
+        graphs: List[Any] = []
         try:
             pool = self.backend.new_pool(device)
-            graphs = []
             torch.clear_autocast_cache()  # casts read by a graph must be made inside the graphs
             try:
                 for p in call.plans:
@@ -321,6 +335,8 @@ class GraphExecutor:
                 torch.clear_autocast_cache()
         except Exception as e:  # noqa: BLE001 -- any capture failure means: eager for this key
             engine.end(call)
+            graphs.clear()  # the partial graphs hold the pool: drop them before it is released
+            pool = None
             self._fail(key, entry, f"capture failed ({type(e).__name__}: {e})")
             return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
         capture_s = time.perf_counter() - t_cap
@@ -329,11 +345,17 @@ class GraphExecutor:
         entry.capture_s, entry.pool_bytes = capture_s, max(0, self.backend.reserved(device) - reserved0)
         try:
             out = self._replay(engine, entry, call, t0, fresh=False)
+            final = [t.clone() for t in ad.final_tensors(call.st)]
         finally:
             engine.end(call)
         report = engine._report  # not engine.last_report: that would wait for the device now
-        reference = engine.run_eager(args, kwargs)
-        if not outputs_equal(out, reference):
+        ref_call = engine.setup(args, kwargs)  # the same call, eagerly: its output and its final tensors
+        try:
+            reference = engine.loop_eager(ref_call, time.perf_counter())
+            ref_final = ad.final_tensors(ref_call.st)
+        finally:
+            engine.end(ref_call)
+        if not (outputs_equal(out, reference) and outputs_equal(final, ref_final)):
             self._fail(key, entry, "the replayed output differs from the eager output (torch.equal)")
             engine._report.note = f"graphs off for this key: {entry.failed}"
             return reference
@@ -358,9 +380,11 @@ class GraphExecutor:
         captured = entry.call
         if fresh:
             self._copy_inputs(entry.static, state_tensors(call.st))
-        seed = ad.g_seed(call.st)
-        captured.st.rng.manual_seed(int(seed))  # the sampling generator registered with the graphs
-        captured.gen.manual_seed(projection_seed(seed, engine.config.seed))
+        # The generators registered with the graphs continue from where this call's setup left its
+        # own (seeded, then advanced by whatever setup drew, e.g. upstream VAR's random labels).
+        for registered, own in ((captured.st.rng, call.st.rng), (captured.gen, call.gen)):
+            if registered is not own:
+                registered.set_state(own.get_state())
         stats = entry.stats
         timeline = Timeline(ad.device())
         timeline.mark()

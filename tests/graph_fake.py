@@ -56,10 +56,13 @@ class ReplayingBackend:
         inputs = []
         _flatten(pre, inputs)
         values = [t.clone() for t in inputs]
+        states = [g.get_state() for g in generators]
         fn()
         post = self._save(bindings)
         for t, v in zip(inputs, values):  # a real capture runs no kernel: in-place writes never happened
             t.copy_(v)
+        for g, s in zip(generators, states):  # nor draws: a registered generator is advanced by replays only
+            g.set_state(s)
         return fn, bindings, pre, post
 
     def replay(self, graph) -> None:

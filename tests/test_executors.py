@@ -105,33 +105,43 @@ def test_every_static_input_is_copied_in(monkeypatch, small):
     """Poison the captured inputs: a replay must overwrite every one of them."""
     _graphs(monkeypatch, small, "var-d16")
     kw = gen_kwargs(2, seed=0)
-    small.autoregressive_infer_cfg(**kw)
-    small.autoregressive_infer_cfg(**kw)
-    entry = next(iter(_executor(small)._entries.values()))
-    n = len(entry.static)
+
+    def captured():  # a fresh key, captured; its entry
+        stagevar.accelerate(small, "var-d16", execution="graphs")
+        small.autoregressive_infer_cfg(**kw)
+        small.autoregressive_infer_cfg(**kw)
+        entry = next(iter(_executor(small)._entries.values()))
+        for t in entry.static:
+            t.fill_(float("nan"))
+        return entry
+
+    n = len(captured().static)
     assert n >= 4
     kw2 = gen_kwargs(2, seed=5, label_B=torch.tensor([7, 2]))
     want = _eager(small, "var-d16", kw2)
-    for t in entry.static:
-        t.fill_(float("nan"))
-    assert torch.equal(small.autoregressive_infer_cfg(**kw2), want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphFallbackWarning)
+        assert torch.equal(small.autoregressive_infer_cfg(**kw2), want)
+    assert stagevar.report(small).executor == "graphs"
 
-    # removing any one copy is caught
+    # removing any one copy is caught: a stale output, or NaN probabilities reaching the sampler (the
+    # replay fails: that key falls back to eager with a warning)
     real = ex.GraphExecutor._copy_inputs
     for skip in range(n):
         def copy_but_one(static, new, skip=skip):
             real([t for i, t in enumerate(static) if i != skip], [t for i, t in enumerate(new) if i != skip])
 
+        entry = captured()
         monkeypatch.setattr(ex.GraphExecutor, "_copy_inputs", staticmethod(copy_but_one))
-        for t in entry.static:
-            t.fill_(float("nan"))
-        try:
-            stale = not torch.equal(small.autoregressive_infer_cfg(**kw2), want)
-        except RuntimeError as e:  # NaN probabilities reached the sampler
-            stale = "probability" in str(e)
-        assert stale, f"input {skip} {tuple(entry.static[skip].shape)} is not read from the captured tensors"
-    monkeypatch.setattr(ex.GraphExecutor, "_copy_inputs", staticmethod(real))
-    assert torch.equal(small.autoregressive_infer_cfg(**kw2), want)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", GraphFallbackWarning)
+            got = small.autoregressive_infer_cfg(**kw2)
+        failed = any("replay failed" in str(w.message) for w in caught)
+        assert failed or not torch.equal(got, want), \
+            f"input {skip} {tuple(entry.static[skip].shape)} is not read from the captured tensors"
+        if failed:  # the fallback ran the call eagerly: the right images, and the key stays eager
+            assert torch.equal(got, want) and stagevar.report(small).executor == "eager"
+        monkeypatch.setattr(ex.GraphExecutor, "_copy_inputs", staticmethod(real))
 
 
 def test_generators_are_reseeded_per_call(monkeypatch, small):
@@ -269,6 +279,71 @@ def test_observed_calls_run_eager(monkeypatch, small):
     assert backend.captures == 0 and engine.last_report.executor == "eager"
 
 
+def test_random_labels_drawn_at_setup_replay_as_eager(monkeypatch, small):
+    """label_B=None: upstream VAR draws the labels from the call's generator before the first scale;
+    a replay must continue that generator from there, not from the bare seed."""
+    _graphs(monkeypatch, small, "var-d16")
+    kw = dict(gen_kwargs(2, seed=3), label_B=None)
+    small.autoregressive_infer_cfg(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphFallbackWarning)
+        small.autoregressive_infer_cfg(**kw)
+        for seed in (3, 8):
+            kw = dict(gen_kwargs(2, seed=seed), label_B=None)
+            got = small.autoregressive_infer_cfg(**kw)
+            assert stagevar.report(small).executor == "graphs"
+            assert torch.equal(got, _eager(small, "var-d16", kw))
+
+
+def test_inference_mode_is_part_of_the_key(monkeypatch, small):
+    """Tensors captured under torch.inference_mode() cannot be written outside it: another key."""
+    _graphs(monkeypatch, small, "var-d16")
+    kw = gen_kwargs(2, seed=1)
+    with torch.inference_mode():
+        small.autoregressive_infer_cfg(**kw)
+        small.autoregressive_infer_cfg(**kw)
+    assert stagevar.report(small).executor == "graphs"
+    got = small.autoregressive_infer_cfg(**gen_kwargs(2, seed=2))
+    assert "first call" in stagevar.report(small).note and len(_executor(small).keys) == 2
+    assert torch.equal(got, _eager(small, "var-d16", gen_kwargs(2, seed=2)))
+
+
+def test_a_failing_replay_falls_back_once(monkeypatch, small):
+    backend = _graphs(monkeypatch, small, "var-d16")
+    kw = gen_kwargs(2, seed=2)
+    small.autoregressive_infer_cfg(**kw)
+    small.autoregressive_infer_cfg(**kw)
+    replay = backend.replay
+
+    def broken(graph):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (test)")
+
+    monkeypatch.setattr(backend, "replay", broken)
+    kw2 = gen_kwargs(2, seed=6)
+    with pytest.warns(GraphFallbackWarning, match="replay failed"):
+        got = small.autoregressive_infer_cfg(**kw2)
+    assert torch.equal(got, _eager(small, "var-d16", kw2)) and stagevar.report(small).executor == "eager"
+    monkeypatch.setattr(backend, "replay", replay)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small.autoregressive_infer_cfg(**kw2)
+    assert "replay failed" in stagevar.report(small).note and backend.captures == len(stagevar.report(small).scales)
+
+
+def test_exactness_check_sees_codes_when_the_call_returns_no_image(monkeypatch):
+    """Infinity with ret_img=False returns no tensor: the check compares the summed codes as well."""
+    from test_infinity import call_kwargs
+
+    bundle = reference_infinity("tiny")
+    m = bundle.model
+    _graphs(monkeypatch, m, "infinity-2b", perturb=True)
+    kw = call_kwargs(bundle, 1, seed=2, ret_img=False)
+    m.autoregressive_infer_cfg(**kw)
+    with pytest.warns(GraphFallbackWarning, match="differs"):
+        m.autoregressive_infer_cfg(**kw)
+    assert stagevar.report(m).executor == "eager"
+
+
 # -- on a CUDA device --------------------------------------------------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -285,18 +360,20 @@ def _no_fallback(fn):
 @pytest.mark.parametrize("B", [1, 4])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_cuda_graphs_none_equals_unpatched_and_presets_equal_eager(family, B, autocast):
-    from test_infinity import call_kwargs
+    from test_infinity import PROMPTS, call_kwargs
 
     dev = torch.device("cuda")
+    top = dict(top_k=5, top_p=0.9) if B > 1 else {}  # the filtered sampler captured too
     if family == "var":
         model = reference_var("small", device=dev)
-        kws = [gen_kwargs(B, seed=s, label_B=(torch.arange(B, device=dev) + s) % 10) for s in (0, 1, 2)]
+        kws = [gen_kwargs(B, seed=s, label_B=(torch.arange(B, device=dev) + s) % 10, **top) for s in (0, 1, 2)]
         presets = ["var-d16", "stagevar-tiny-var"]
         out = lambda o: o  # noqa: E731
     else:
         bundle = reference_infinity("tiny", device=dev)
         model = bundle.model
-        kws = [call_kwargs(bundle, min(B, 3), seed=s) for s in (0, 1, 2)]
+        text = bundle.encode((PROMPTS * B)[:B])  # one text length: one key for the three seeds
+        kws = [call_kwargs(bundle, B, seed=s, label_B_or_BLT=text, **top) for s in (0, 1, 2)]
         presets = ["infinity-2b", "infinity-2b-paper"]
         out = lambda o: o[2]  # noqa: E731
     ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else (lambda: torch.autocast("cuda", enabled=False))
@@ -321,8 +398,10 @@ def test_cuda_release_graphs_lowers_reserved_memory():
     kw = gen_kwargs(8, seed=0, label_B=torch.arange(8, device=dev) % 10)
     for _ in range(3):
         _no_fallback(lambda: model.autoregressive_infer_cfg(**kw))
-    assert stagevar.report(model).executor == "graphs"
+    rep = stagevar.report(model)
+    assert rep.executor == "graphs" and rep.pool_bytes > 0
     torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # what the eager calls left cached, so that only the pool can be freed below
     before = torch.cuda.memory_reserved()
     stagevar.release_graphs(model)
-    assert torch.cuda.memory_reserved() < before
+    assert before - torch.cuda.memory_reserved() >= rep.pool_bytes

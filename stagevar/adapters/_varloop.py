@@ -42,6 +42,9 @@ class VARLoopAdapter(Adapter):
     def blocks(self) -> List[nn.Module]:
         return list(self.model.blocks)
 
+    def final_tensors(self, st: Any) -> List[torch.Tensor]:
+        return [st.f_hat]
+
     def graphed_modules(self) -> Tuple[nn.Module, ...]:
         # upstream keeps the VQVAE out of the module tree (a tuple); its quantizer runs in every scale
         quant = self.model.vae_quant_proxy[0]

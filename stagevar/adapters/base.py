@@ -242,6 +242,12 @@ class LoopAdapter:
         """Decode and return exactly what the original entry point returns."""
         raise NotImplementedError
 
+    def final_tensors(self, st: Any) -> List[torch.Tensor]:
+        """What the scale loop produced, before decoding (compared by the graph executor's exactness
+        check as well as the output, which may hold no tensor, e.g. Infinity with ``ret_img=False``).
+        Without it (an adapter that does not say) only the outputs are compared."""
+        return []
+
     def end(self, st: Any) -> None:
         """Always called (in a ``finally``): caches off and emptied."""
         raise NotImplementedError

@@ -391,6 +391,9 @@ class InfinityAdapter(Adapter):
             raise ValueError("pass ret_img=True so the call returns images")
         return img.flip(dims=(3,)).permute(0, 3, 1, 2).float() / 255  # uint8 BHWC BGR -> float BCHW RGB
 
+    def final_tensors(self, st: _InfinityCall) -> List[torch.Tensor]:
+        return [self._summed_codes(st)]
+
     def finish(self, st: _InfinityCall):
         img = []
         if st.ret_img:
