@@ -20,15 +20,15 @@ from .presets import preset
 from .timing import machine_name
 
 
-def _load_config(arg: Optional[str], default_preset: str, depth: int) -> Optional[StageVARConfig]:
+def _load_config(arg: Optional[str], default_preset: str, depth: int, baseline: str) -> Optional[StageVARConfig]:
     """``--config``: any method name ``stagevar bench --methods`` takes (a preset, ``cfg-only``,
-    ``fastvar``, ``skip-last-N``, ...) or a JSON config file; None when not given."""
+    ``fastvar``, ``skip-last-N``, ...) or a config file; None when not given. ``baseline``: why
+    the unpatched call is no answer here."""
     if arg is None:
         return None
     cfg = method_config(arg, default_preset, depth)
     if cfg is None:
-        raise ConfigError(f"--config {arg!r}: the unpatched model is always the first row; name a config to "
-                          f"compare with it ({METHODS_HELP})")
+        raise ConfigError(f"--config {arg!r}: {baseline}; name a config ({METHODS_HELP})")
     return cfg
 
 
@@ -75,7 +75,8 @@ def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
 
     if args.config:
         ad = adapter_for(model)
-        return [_load_config(c, ad.default_preset, len(ad.blocks())) for c in args.config]
+        return [_load_config(c, ad.default_preset, len(ad.blocks()), "the unpatched model is always the first row")
+                for c in args.config]
     if args.model == "pretrained" and getattr(model, "stagevar_config", None) is not None:
         return [preset(adapter_for(model).default_preset), None]
     return [None]
@@ -153,7 +154,8 @@ def _plan(args) -> int:
 
     pn = VAR_SHAPES[args.shape]["patch_nums"]
     depth = VAR_SHAPES[args.shape]["depth"]
-    cfg = _load_config(args.config, "var-d16", depth) or preset("var-d16")
+    cfg = _load_config(args.config, "var-d16", depth, "the unpatched call runs every scale in full, it has no plan") \
+        or preset("var-d16")
     from .plan import resolve_plan
 
     ub = cfg.unit_blocks or 1

@@ -7,11 +7,12 @@ private memory pool per *key* -- everything that fixes the shapes and the work o
 plan, the batch, the config, dtype and autocast state, the call's scalar arguments (CFG weights,
 temperatures, top-k/p, ...), the text length, and a fingerprint of the model (block identities,
 parameter storage, the sampling functions in use). A key's first call runs eagerly; its second
-call captures, replays, and compares the result with an eager run by ``torch.equal``: any
-difference, or a capture error, keeps the key eager (one warning, pool freed). Later calls build
-their inputs eagerly (labels, text, condition), copy them into the tensors the graphs were
-captured on, re-seed the sampling and projection generators registered with the graphs, and
-replay scale by scale, recording events between replays for the per-scale report.
+call captures, replays, and compares the result (and the loop's final codes) with an eager run by
+``torch.equal``: any difference, or an error in capture or in a later replay, keeps the key eager
+(one warning, pool freed). Later calls build their inputs eagerly (labels, text, condition), copy
+them into the tensors the graphs were captured on, carry the states of the call's seeded sampling
+and projection generators over to the ones registered with the graphs, and replay scale by scale,
+recording events between replays for the per-scale report.
 
 A call without a seed (``g_seed=None``) stays eager: its sampling draws from the global
 generator, which a replay could not reproduce. Graphs live in a per-model LRU (2 keys by
@@ -38,11 +39,11 @@ class GraphsUnavailableError(RuntimeError):
 
 
 class GraphFallbackWarning(UserWarning):
-    """A key's CUDA graphs failed to capture or were not exact; that key runs eagerly."""
+    """A key's CUDA graphs failed to capture or replay, or were not exact; that key runs eagerly."""
 
 
 # -- the tensors and the signature of a call's state ---------------------------------------------
-_UNKEYED = frozenset({"g_seed", "rng"})  # re-seeded per call, never part of a key
+_UNKEYED = frozenset({"g_seed", "rng"})  # the seed and its generator vary per call, never part of a key
 
 
 def _flatten(value: Any, out: List[torch.Tensor]) -> None:
@@ -168,11 +169,12 @@ class CudaGraphBackend:
             torch.cuda.empty_cache()
             return torch.cuda.memory_reserved(device)
 
-    def capture(self, fn: Callable[[], None], pool: Any, generators: List[torch.Generator], bindings: Bindings) -> Any:
+    def capture(self, fn: Callable[[], None], pool: Any, generators: List[torch.Generator], bindings: Bindings,
+                device: torch.device) -> Any:
         graph = torch.cuda.CUDAGraph()
         for gen in generators:
             graph.register_generator_state(gen)
-        with torch.cuda.device(generators[0].device), torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.device(device), torch.cuda.graph(graph, pool=pool):
             fn()
         return graph
 
@@ -259,10 +261,10 @@ class GraphExecutor:
 
     def key(self, engine: Engine, call: Call) -> tuple:
         ad = engine.adapter
-        # inference mode too: tensors captured under it cannot be copied into outside it
-        modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled())
-        return (engine.config, tuple(call.plans), state_signature(call.st), _autocast_state(ad.device()), modes,
-                ad.fingerprint())
+        # inference mode too: tensors captured under it cannot be copied into outside it (grad mode
+        # needs no place: the engine always runs under no_grad)
+        return (engine.config, tuple(call.plans), state_signature(call.st), _autocast_state(ad.device()),
+                torch.is_inference_mode_enabled(), ad.fingerprint())
 
     def run(self, engine: Engine, args: tuple, kwargs: dict) -> Any:
         t0 = time.perf_counter()
@@ -294,15 +296,19 @@ class GraphExecutor:
             if entry.graphs is None and entry.calls == 1:
                 return engine.loop_eager(call, t0, note="first call of this key runs eager; the next captures")
             if entry.graphs is None:
-                ended = True
+                ended = True  # _capture ends the call
                 return self._capture(engine, entry, key, call, args, kwargs, t0)
+            error = ""
             try:
-                return self._replay(engine, entry, call, t0)
+                timeline = self._bind_and_replay(engine, entry, call)
             except Exception as e:  # noqa: BLE001 -- this call (anew), and the key from now on, run eagerly
+                error = f"replay failed ({type(e).__name__}: {e})"
+            if error:  # outside the except: its traceback no longer holds the graphs
                 ended = True
                 engine.end(call)
-                self._fail(key, entry, f"replay failed ({type(e).__name__}: {e})")
+                self._fail(key, entry, error)
                 return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
+            return self._finish_replay(engine, entry, timeline, t0)
         finally:
             if not ended:
                 engine.end(call)
@@ -316,35 +322,44 @@ class GraphExecutor:
 
     def _capture(self, engine: Engine, entry: _Entry, key: tuple, call: Call, args: tuple, kwargs: dict,
                  t0: float) -> Any:
-        """Capture every scale of ``call``, replay it, and check the result against an eager run."""
+        """Capture every scale of ``call``, replay it, and check the result against an eager run.
+        Ends ``call`` (its adapter's ``end``) whatever happens."""
         ad = engine.adapter
         device = ad.device()
-        static = state_tensors(call.st)
-        generators = [call.st.rng, call.gen]
-        bindings = Bindings(call)
-        reserved0 = self.backend.reserved(device)
-        t_cap = time.perf_counter()
         graphs: List[Any] = []
+        error = ""
         try:
+            static = state_tensors(call.st)
+            generators = [call.st.rng, call.gen]
+            bindings = Bindings(call)
+            reserved0 = self.backend.reserved(device)
+            t_cap = time.perf_counter()
             pool = self.backend.new_pool(device)
             torch.clear_autocast_cache()  # casts read by a graph must be made inside the graphs
             try:
                 for p in call.plans:
-                    graphs.append(self.backend.capture(lambda p=p: engine.run_scale(call, p), pool, generators, bindings))
+                    graphs.append(self.backend.capture(lambda p=p: engine.run_scale(call, p), pool, generators,
+                                                       bindings, device))
             finally:
                 torch.clear_autocast_cache()
-        except Exception as e:  # noqa: BLE001 -- any capture failure means: eager for this key
+            capture_s = time.perf_counter() - t_cap
+            entry.graphs, entry.call, entry.static, entry.pool = graphs, call, static, pool
+            entry.stats = engine.stats(call)
+            entry.capture_s, entry.pool_bytes = capture_s, max(0, self.backend.reserved(device) - reserved0)
+            timeline = self._bind_and_replay(engine, entry, call, fresh=False)
+        except Exception as e:  # noqa: BLE001 -- any capture (or first replay) failure: eager for this key
+            error = f"capture failed ({type(e).__name__}: {e})"
+        except BaseException:
             engine.end(call)
-            graphs.clear()  # the partial graphs hold the pool: drop them before it is released
+            raise
+        if error:  # outside the except: its traceback no longer holds the partial graphs and their pool
+            engine.end(call)
+            graphs.clear()
             pool = None
-            self._fail(key, entry, f"capture failed ({type(e).__name__}: {e})")
+            self._fail(key, entry, error)
             return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
-        capture_s = time.perf_counter() - t_cap
-        entry.graphs, entry.call, entry.static, entry.pool = graphs, call, static, pool
-        entry.stats = engine.stats(call)
-        entry.capture_s, entry.pool_bytes = capture_s, max(0, self.backend.reserved(device) - reserved0)
         try:
-            out = self._replay(engine, entry, call, t0, fresh=False)
+            out = self._finish_replay(engine, entry, timeline, t0)
             final = [t.clone() for t in ad.final_tensors(call.st)]
         finally:
             engine.end(call)
@@ -374,9 +389,9 @@ class GraphExecutor:
             if dst is not src:
                 dst.copy_(src)
 
-    def _replay(self, engine: Engine, entry: _Entry, call: Call, t0: float, fresh: bool = True) -> Any:
-        """Replay ``entry``'s graphs on ``call``'s inputs (copied into the captured ones)."""
-        ad = engine.adapter
+    def _bind_and_replay(self, engine: Engine, entry: _Entry, call: Call, fresh: bool = True) -> Timeline:
+        """Replay ``entry``'s graphs on ``call``'s inputs (copied into the captured ones) and its
+        generators' states; returns the marks between the replays."""
         captured = entry.call
         if fresh:
             self._copy_inputs(entry.static, state_tensors(call.st))
@@ -385,15 +400,18 @@ class GraphExecutor:
         for registered, own in ((captured.st.rng, call.st.rng), (captured.gen, call.gen)):
             if registered is not own:
                 registered.set_state(own.get_state())
-        stats = entry.stats
-        timeline = Timeline(ad.device())
+        timeline = Timeline(engine.adapter.device())
         timeline.mark()
         for graph in entry.graphs:
             self.backend.replay(graph)
             timeline.mark()
-        out = engine.finish(captured)
+        return timeline
+
+    def _finish_replay(self, engine: Engine, entry: _Entry, timeline: Timeline, t0: float) -> Any:
+        """Decode the replayed call (eagerly) and set its report."""
+        out = engine.finish(entry.call)
         timeline.mark()
-        engine.last_report = engine.make_report(captured, stats, timeline, host_s=time.perf_counter() - t0,
+        engine.last_report = engine.make_report(entry.call, entry.stats, timeline, host_s=time.perf_counter() - t0,
                                                 executor="graphs", capture_s=entry.capture_s,
                                                 pool_bytes=entry.pool_bytes)
         return out

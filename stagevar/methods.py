@@ -14,6 +14,7 @@ calls); the model is unpatched when the runner returns or raises.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -81,7 +82,7 @@ def method_config(name: str, default_preset: str, depth: int) -> Optional[StageV
         return StageVARConfig(refine_start=-_last_n(name, f"{branch}-last-"), branch=branch, name=name)
     if name == "fastvar":
         return fastvar_config(depth)
-    if name.endswith(".json"):
+    if name.endswith(".json") or os.path.isfile(name):
         try:
             return StageVARConfig.load(name)
         except FileNotFoundError:

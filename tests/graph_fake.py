@@ -48,7 +48,7 @@ class ReplayingBackend:
         for m, (k, v) in zip(self.attn, saved["caches"]):
             m.cached_k, m.cached_v = k, v
 
-    def capture(self, fn, pool, generators, bindings) -> Any:
+    def capture(self, fn, pool, generators, bindings, device) -> Any:
         self.captures += 1
         if self.fail_capture:
             raise RuntimeError("operation not permitted when stream is capturing (test)")

@@ -48,6 +48,12 @@ def test_config_takes_every_method_name_bench_takes(tmp_path, capsys):
     assert "one row per config: fastvar, skip-last-2" in capsys.readouterr().out
     assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--config", "baseline"]) == 1
     assert "always the first row" in capsys.readouterr().err
+    assert cli.main(["plan", "--config", "baseline"]) == 1
+    assert "it has no plan" in capsys.readouterr().err
+    path = tmp_path / "mine.cfg"  # a config file by any name
+    stagevar.preset("var-d16").replace(name="mine").save(path)
+    assert cli.main(["plan", "--shape", "d16", "--config", str(path)]) == 0
+    assert "uncond" in capsys.readouterr().out
 
 
 def test_other_errors_are_one_line_unless_debug(capsys):

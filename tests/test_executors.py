@@ -144,7 +144,7 @@ def test_every_static_input_is_copied_in(monkeypatch, small):
         monkeypatch.setattr(ex.GraphExecutor, "_copy_inputs", staticmethod(real))
 
 
-def test_generators_are_reseeded_per_call(monkeypatch, small):
+def test_replays_draw_from_each_calls_seed(monkeypatch, small):
     """A replay must draw from the call's seed (sampling and projection), not continue the last stream."""
     _graphs(monkeypatch, small, "var-d16")
     kw = gen_kwargs(2, seed=4)
@@ -279,9 +279,14 @@ def test_observed_calls_run_eager(monkeypatch, small):
     assert backend.captures == 0 and engine.last_report.executor == "eager"
 
 
-def test_random_labels_drawn_at_setup_replay_as_eager(monkeypatch, small):
+@pytest.mark.parametrize("rng", ["model's own", "fresh per call"])
+def test_random_labels_drawn_at_setup_replay_as_eager(monkeypatch, small, rng):
     """label_B=None: upstream VAR draws the labels from the call's generator before the first scale;
-    a replay must continue that generator from there, not from the bare seed."""
+    a replay must continue that generator from there, not from the bare seed -- whether the call
+    samples with the model's own ``rng`` (the one registered with the graphs) or, where that lives
+    on another device, with a fresh generator whose state is carried over to the registered one."""
+    if rng == "fresh per call":
+        small.rng = None
     _graphs(monkeypatch, small, "var-d16")
     kw = dict(gen_kwargs(2, seed=3), label_B=None)
     small.autoregressive_infer_cfg(**kw)
@@ -387,6 +392,24 @@ def test_cuda_graphs_none_equals_unpatched_and_presets_equal_eager(family, B, au
             for g, w in zip(got, ref):
                 assert torch.equal(g, w), config
             stagevar.restore(model)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_random_labels_replay_as_eager():
+    """label_B=None (labels drawn from the call's generator in setup), with a fresh CUDA generator per
+    call (the model's rng still on the CPU) and then with the model's own (moved by an unpatched call)."""
+    dev = torch.device("cuda")
+    model = reference_var("small", device=dev)
+    for _ in range(2):
+        stagevar.accelerate(model, "var-d16", execution="graphs")
+        kws = [dict(gen_kwargs(4, seed=s), label_B=None) for s in (0, 1, 2)]
+        got = [_no_fallback(lambda kw=kw: model.autoregressive_infer_cfg(**kw)) for kw in kws]
+        assert stagevar.report(model).executor == "graphs", stagevar.report(model).note
+        for g, kw in zip(got, kws):
+            assert torch.equal(g, _eager(model, "var-d16", kw))
+        stagevar.restore(model)
+        model.autoregressive_infer_cfg(**kws[0])  # upstream's own call moves model.rng to the GPU
 
 
 @cuda

@@ -35,7 +35,7 @@ class CallState:
     """The per-call state every adapter's :meth:`LoopAdapter.begin` returns extends (a dataclass).
 
     Everything a scale reads lives in it: the graph executor copies its tensors into captured
-    ones and keys graphs on its other fields (all but ``g_seed`` and ``rng``, which are re-seeded).
+    ones and keys graphs on its other fields (all but ``g_seed`` and ``rng``, which vary per call).
 
     Attributes:
         B: images the call generates.
@@ -133,11 +133,12 @@ class LoopAdapter:
     def seeded_generator(self, g_seed: Optional[int]) -> Optional[torch.Generator]:
         """The model's own sampling generator (``model.rng``) seeded with ``g_seed``, as upstream does;
         a fresh one on the model's device if ``rng`` lives elsewhere (upstream creates it on CUDA
-        whenever CUDA is visible, which a CPU model cannot use). None when unseeded."""
+        whenever CUDA is visible, which a CPU model, or one on another GPU, cannot use). None when
+        unseeded."""
         if g_seed is None:
             return None
         rng = getattr(self.model, "rng", None)
-        if not isinstance(rng, torch.Generator) or rng.device.type != self.device().type:
+        if not isinstance(rng, torch.Generator) or rng.device != self.device():
             rng = torch.Generator(device=self.device())
         rng.manual_seed(g_seed)
         return rng
@@ -158,9 +159,12 @@ class LoopAdapter:
         a replay reads them where they are. Computed on every call, so one flat walk over the
         modules' own tables (``Module.parameters()`` costs several times more)."""
         ptrs: List[int] = []
-        stack = list(reversed(self.graphed_modules()))
+        stack, seen = list(reversed(self.graphed_modules())), set()
         while stack:
             mod = stack.pop()
+            if id(mod) in seen:  # a module reachable twice (shared) is read once, as parameters() does
+                continue
+            seen.add(id(mod))
             ptrs.extend(t.data_ptr() for t in mod._parameters.values() if t is not None)
             ptrs.extend(t.data_ptr() for t in mod._buffers.values() if t is not None)
             stack.extend(c for c in mod._modules.values() if c is not None)
