@@ -349,6 +349,24 @@ def test_exactness_check_sees_codes_when_the_call_returns_no_image(monkeypatch):
     assert stagevar.report(m).executor == "eager"
 
 
+def test_a_model_where_graphs_no_longer_run_goes_eager_or_raises(monkeypatch, small):
+    """The device was checked at accelerate; a model moved since (e.g. off CUDA) is checked per call."""
+    backend = _graphs(monkeypatch, small, "var-d16")
+    available = backend.unavailable
+    kw = gen_kwargs(2, seed=4, cfg=2.5)
+    want = _eager(small, "var-d16", kw)
+    for execution in ("auto", "graphs"):
+        backend.unavailable = available
+        stagevar.accelerate(small, "var-d16", execution=execution)
+        backend.unavailable = lambda device: f"CUDA graphs need a CUDA device; this model is on {device}"
+        if execution == "auto":
+            assert torch.equal(small.autoregressive_infer_cfg(**kw), want)
+            assert stagevar.report(small).executor == "eager" and backend.captures == 0
+        else:
+            with pytest.raises(GraphsUnavailableError, match="this model is on cpu"):
+                small.autoregressive_infer_cfg(**kw)
+
+
 # -- on a CUDA device --------------------------------------------------------------------------
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
