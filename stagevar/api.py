@@ -225,16 +225,14 @@ def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, exe
         finally:
             restore(model)
         return
-    before = patch.engine
-    inner = _engine(before.adapter, config, execution)
-    patch.engine = inner
+    inner = _engine(patch.engine.adapter, config, execution)
+    before = attach(model, inner)
     try:
         yield model
     finally:
         release_engine(inner)
-        now = _patch_of(model)
-        if now is not None:
-            now.engine = before
+        if is_accelerated(model):  # a restore inside the block is kept
+            attach(model, before)
 
 
 def report(model: Any) -> Report:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -212,13 +212,18 @@ class Engine:
             return self.run_eager(args, kwargs, observer=observer)
 
     # -- the eager executor ----------------------------------------------------------------------
-    def run_eager(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None, note: str = "") -> Any:
-        """One call, every planned scale issued by Python in turn."""
+    def run_eager(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None, note: str = "",
+                  before_end: Optional[Callable[[Call], None]] = None) -> Any:
+        """One call, every planned scale issued by Python in turn; ``before_end(call)`` sees the
+        finished call before the adapter ends it (e.g. to read its final tensors)."""
         t0 = time.perf_counter()
         self.last_report = None  # a call that fails leaves no report rather than the previous one
         call = self.setup(args, kwargs, observer=observer)
         try:
-            return self.loop_eager(call, t0, note=note)
+            out = self.loop_eager(call, t0, note=note)
+            if before_end is not None:
+                before_end(call)
+            return out
         finally:
             self.end(call)
 

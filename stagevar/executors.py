@@ -199,6 +199,10 @@ class _Entry:
     pool_bytes: int = 0
     failed: str = ""
 
+    def drop_graphs(self) -> None:
+        """Let go of the graphs, the tensors they were captured on and their pool."""
+        self.graphs = self.call = self.static = self.pool = self.stats = None
+
 
 class GraphExecutor:
     """Captures and replays one CUDA graph per scale index (see the module docstring).
@@ -287,7 +291,7 @@ class GraphExecutor:
                 while len(self._entries) > self.max_keys:
                     _, old = self._entries.popitem(last=False)
                     if old.graphs is not None:
-                        old.graphs = old.call = old.static = old.pool = None
+                        old.drop_graphs()
                         self.backend.release()
             self._entries.move_to_end(key)
             entry.calls += 1
@@ -297,7 +301,7 @@ class GraphExecutor:
                 return engine.loop_eager(call, t0, note="first call of this key runs eager; the next captures")
             if entry.graphs is None:
                 ended = True  # _capture ends the call
-                return self._capture(engine, entry, key, call, args, kwargs, t0)
+                return self._capture(engine, entry, call, args, kwargs, t0)
             error = ""
             try:
                 timeline = self._bind_and_replay(engine, entry, call)
@@ -305,22 +309,26 @@ class GraphExecutor:
                 error = f"replay failed ({type(e).__name__}: {e})"
             if error:  # outside the except: its traceback no longer holds the graphs
                 ended = True
-                engine.end(call)
-                self._fail(key, entry, error)
-                return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
+                return self._fall_back(engine, entry, call, error, args, kwargs)
             return self._finish_replay(engine, entry, timeline, t0)
         finally:
             if not ended:
                 engine.end(call)
 
-    def _fail(self, key: tuple, entry: _Entry, why: str) -> None:
+    def _fail(self, entry: _Entry, why: str) -> None:
         entry.failed = why
-        entry.graphs = entry.call = entry.static = entry.pool = entry.stats = None
+        entry.drop_graphs()
         warn_at_caller(f"stagevar: CUDA graphs disabled for this call shape, which runs eagerly from now on: {why}",
                        GraphFallbackWarning)
         self.backend.release()
 
-    def _capture(self, engine: Engine, entry: _Entry, key: tuple, call: Call, args: tuple, kwargs: dict,
+    def _fall_back(self, engine: Engine, entry: _Entry, call: Call, why: str, args: tuple, kwargs: dict) -> Any:
+        """End ``call``, turn its key's graphs off, and run the call anew, eagerly."""
+        engine.end(call)
+        self._fail(entry, why)
+        return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
+
+    def _capture(self, engine: Engine, entry: _Entry, call: Call, args: tuple, kwargs: dict,
                  t0: float) -> Any:
         """Capture every scale of ``call``, replay it, and check the result against an eager run.
         Ends ``call`` (its adapter's ``end``) whatever happens."""
@@ -353,25 +361,19 @@ class GraphExecutor:
             engine.end(call)
             raise
         if error:  # outside the except: its traceback no longer holds the partial graphs and their pool
-            engine.end(call)
             graphs.clear()
             pool = None
-            self._fail(key, entry, error)
-            return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
+            return self._fall_back(engine, entry, call, error, args, kwargs)
         try:
             out = self._finish_replay(engine, entry, timeline, t0)
             final = [t.clone() for t in ad.final_tensors(call.st)]
         finally:
             engine.end(call)
         report = engine._report  # not engine.last_report: that would wait for the device now
-        ref_call = engine.setup(args, kwargs)  # the same call, eagerly: its output and its final tensors
-        try:
-            reference = engine.loop_eager(ref_call, time.perf_counter())
-            ref_final = ad.final_tensors(ref_call.st)
-        finally:
-            engine.end(ref_call)
+        ref_final: List[torch.Tensor] = []  # the same call, eagerly: its output and its final tensors
+        reference = engine.run_eager(args, kwargs, before_end=lambda c: ref_final.extend(ad.final_tensors(c.st)))
         if not (outputs_equal(out, reference) and outputs_equal(final, ref_final)):
-            self._fail(key, entry, "the replayed output differs from the eager output (torch.equal)")
+            self._fail(entry, "the replayed output differs from the eager output (torch.equal)")
             engine._report.note = f"graphs off for this key: {entry.failed}"
             return reference
         report.note = "captured in this call, checked against eager"

@@ -359,9 +359,11 @@ def test_a_model_where_graphs_no_longer_run_goes_eager_or_raises(monkeypatch, sm
         backend.unavailable = available
         stagevar.accelerate(small, "var-d16", execution=execution)
         backend.unavailable = lambda device: f"CUDA graphs need a CUDA device; this model is on {device}"
-        if execution == "auto":
-            assert torch.equal(small.autoregressive_infer_cfg(**kw), want)
-            assert stagevar.report(small).executor == "eager" and backend.captures == 0
+        if execution == "auto":  # never captured, however often called (a key's second call would capture)
+            for _ in range(3):
+                assert torch.equal(small.autoregressive_infer_cfg(**kw), want)
+                assert stagevar.report(small).executor == "eager"
+            assert backend.captures == 0
         else:
             with pytest.raises(GraphsUnavailableError, match="this model is on cpu"):
                 small.autoregressive_infer_cfg(**kw)
