@@ -302,25 +302,22 @@ def _write(report: dict, out_dir: str, images) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "bench.json"), "w") as f:
         json.dump(report, f, indent=1)
-    by_method = {m["method"]: m for m in report["methods"]}
+    base = report["methods"][0]  # the unpatched call: methods and images are in the same order
 
-    base = report["methods"][0] if report["methods"] else {}
-
-    def row_label(label: str) -> str:
-        m = by_method.get(label)
-        if m is None or m["config"] is None:
-            return method_label(label, wall_ms=m and m["e2e_ms"], consistency=m and m["consistency"])
-        return method_label(label, m["e2e_speedup"], m["psnr"], m["ssim"], m["consistency"], base.get("consistency"),
-                            skipping=SKIPPING_LABEL if m["skipping"] else "")
+    def row_label(m: dict) -> str:
+        if m["config"] is None:
+            return method_label(m["method"], wall_ms=m["e2e_ms"], consistency=m["consistency"])
+        return method_label(m["method"], m["e2e_speedup"], m["psnr"], m["ssim"], m["consistency"],
+                            base["consistency"], skipping=SKIPPING_LABEL if m["skipping"] else "")
 
     imgs = [img for _, img in images]
-    image_grid_figure(imgs, [row_label(label) for label, _ in images],
+    image_grid_figure(imgs, [row_label(m) for m in report["methods"]],
                       [f"sample {i}" for i in range(imgs[0].shape[0])], os.path.join(out_dir, "images.png"),
                       title=report["title"] or "stagevar bench",
                       note="Rows: the unpatched call, then one per method, the same seed. Speedup: end to end against "
                            "the unpatched call; PSNR, SSIM: to the unpatched image of the same seed"
                            + ("; cons.: the share an independent classifier assigns to the class asked for, per "
-                              "view (a rough sign on this batch)." if base.get("consistency") else "."))
+                              "view (a rough sign on this batch)." if base["consistency"] else "."))
     with open(os.path.join(out_dir, "images.txt"), "w") as f:
         f.write("rows of images.png, top to bottom: " + ", ".join(label for label, _ in images) + "\n")
     Figure = matplotlib_figure()  # no pyplot: the user's backend and figures untouched

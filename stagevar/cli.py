@@ -56,15 +56,14 @@ def _default_conditions(model, B: int) -> list:
 
 
 def _demo_model(args):
-    """(description, model, generation kwargs with the conditions) for the demo."""
+    """(description, model, generation kwargs with the conditions, the conditions) for the demo."""
     from .adapters import adapter_for
 
     what, model, kw, encode = _cli_model(args, {"var": "d16", "infinity": "small", "star": "small"})
     args.batch = args.batch or (model.num_classes if args.model == "pretrained" else 2)
-    kw.update(adapter_for(model).condition_kwargs(_default_conditions(model, args.batch), encode))
-    if args.model == "pretrained":
-        what += f" (classes: {', '.join(model.class_names)})"
-    return what, model, kw
+    conditions = _default_conditions(model, args.batch)
+    kw.update(adapter_for(model).condition_kwargs(conditions, encode))
+    return what, model, kw, conditions
 
 
 def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
@@ -90,10 +89,11 @@ def _demo(args) -> int:
     from .quality import bundled_judges, consistency
 
     torch.manual_seed(0)
-    what, model, kw = _demo_model(args)
+    what, model, kw, conditions = _demo_model(args)
     adapter = adapter_for(model)
     machine = machine_name(args.device)
-    print(f"stagevar demo: {what}, B={args.batch}, on {machine}")
+    classes = f" (classes: {', '.join(model.class_names)})" if args.model == "pretrained" else ""
+    print(f"stagevar demo: {what}{classes}, B={args.batch}, on {machine}")
     configs = _demo_configs(args, model)
     images: Dict[int, torch.Tensor] = {}
     reports: Dict[int, object] = {}
@@ -106,7 +106,7 @@ def _demo(args) -> int:
     names = [reports[i + 1].config_name for i in range(len(configs))]
     base_img, acc_img = images[0], [images[i + 1] for i in range(len(configs))]
     judges = bundled_judges(model)  # semantic (block means) and texture (full image) classifiers
-    target = torch.arange(base_img.shape[0]) % max(getattr(model, "num_classes", 1), 1)
+    target = torch.tensor(conditions) if judges else None  # judges exist for class-conditional models only
 
     def judged(img) -> Dict[str, float]:
         return {view: consistency(clf, img, target) for view, clf in judges.items()}
@@ -132,7 +132,6 @@ def _demo(args) -> int:
     random = args.model != "pretrained"
     if random:
         print("(random weights: these differences say nothing about quality)")
-    conditions = _default_conditions(model, args.batch)
     note = (f"Rows: the unpatched model, then one per config, same seeds. Speedup: end-to-end median of "
             f"{args.repeats} call(s) against the unpatched model. PSNR, SSIM: to the baseline image of the same "
             f"seed (mean over the row).")
@@ -142,7 +141,7 @@ def _demo(args) -> int:
                  "(one image per class: a rough sign; see BENCHMARKS.md for the full evaluation).")
     backend = image_grid_figure(  # the title leaves the class list to the column labels
         [base_img] + acc_img, labels, condition_labels(conditions, getattr(model, "class_names", None)), args.out,
-        title=f"stagevar demo: {what.split(' (classes:')[0]}, B={args.batch}, seed {args.seed}, on {machine}",
+        title=f"stagevar demo: {what}, B={args.batch}, seed {args.seed}, on {machine}",
         note=note + (" Random weights: these differences say nothing about quality." if random else ""))
     print(f"\nwrote {args.out} with {backend} (top row: baseline; then one row per config: {', '.join(names)})")
     return 0
@@ -241,16 +240,17 @@ def _checkpoint_for_write_into(args) -> Optional[str]:
     """
     if not args.write_into:
         return None
-    from .models.pretrained import BUNDLED, checkpoint_file
+    from .models import MODEL_BUILDERS
+    from .models.pretrained import BUNDLED
 
-    if args.model != "pretrained":
+    if not MODEL_BUILDERS[args.model].checkpoints:
         raise ValueError(f"--write-into stores the config in the checkpoint of the calibrated model, and --model "
                          f"{args.model} has random weights and no checkpoint; use --model pretrained, or save the "
                          f"config alone with --config-out")
-    source = checkpoint_file(args.checkpoint or "stagevar-tiny-var")
+    bundled = BUNDLED["stagevar-tiny-var"]
+    source = getattr(args, "checkpoint_path", None) or bundled  # resolved by main
     if os.path.isdir(args.write_into):
         raise ValueError(f"--write-into {args.write_into} is a folder; give the checkpoint file's path (.safetensors)")
-    bundled = BUNDLED["stagevar-tiny-var"]
     if os.path.exists(args.write_into) and os.path.exists(bundled) and os.path.samefile(args.write_into, bundled):
         raise ValueError(f"--write-into {args.write_into} is the bundled checkpoint installed with stagevar: writing it "
                          f"would change what every run of this installation loads; give a new path")
@@ -500,7 +500,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         from .models.pretrained import checkpoint_file
 
         try:  # a missing file or unreachable Hub repo is an argument fault: refused before any work
-            checkpoint_file(args.checkpoint)
+            args.checkpoint_path = checkpoint_file(args.checkpoint)
         except OSError as e:
             ap.error(f"--checkpoint: {e}")
     if args.command in ("demo", "bench", "calibrate", "generate") and args.shape is not None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -36,6 +35,7 @@ import torch
 from . import api
 from ._files import atomic_path
 from ._progress import Progress
+from ._warnings import warn_at_caller
 from .adapters import adapter_for
 from .config import StageVARConfig
 from .methods import MODEL_DEFAULT, method_config
@@ -305,8 +305,8 @@ def _open(path: str, manifest: Dict[str, Any], batches: Sequence[Batch], out_dir
         old.setdefault("layout", "flat")  # manifests written before layouts existed are flat
         before, now = (old.get("written_by") or {}).get("device"), manifest["written_by"]["device"]
         if before != now:  # not refused: the same seeds, but kernels differ across devices
-            warnings.warn(f"{path}: resuming on {now} a set started on {before}; images of the two may differ in the "
-                          f"last bits (other kernels), so one set mixes both", UserWarning, stacklevel=3)
+            warn_at_caller(f"{path}: resuming on {now} a set started on {before}; images of the two may differ in the "
+                           f"last bits (other kernels), so one set mixes both", UserWarning)
         diff = [k for k in IDENTITY if old.get(k) != manifest[k]]
         if diff:
             what = "; ".join(f"{k}: {_shown(old, k)} there, {_shown(manifest, k)} now" for k in diff)
