@@ -38,7 +38,8 @@ def test_demo_and_bench_run_on_the_users_checkpoint(ckpt, tmp_path, capsys):
     assert "class consistency" not in out  # the bundled judges know other classes
     assert cli.main(["bench", "--model", "pretrained", "--checkpoint", str(ckpt), "--methods", "var-d16",
                      "--rounds", "1", "--quiet", "--out", str(tmp_path / "b")]) == 0
-    assert "var-d16" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"trained VAR '{ckpt}'" in out and "var-d16" in out  # the report's title names the benched model
 
 
 def test_calibrate_writes_into_the_users_checkpoint_in_place(ckpt, tmp_path):

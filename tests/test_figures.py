@@ -144,7 +144,19 @@ def test_bench_out_draws_the_pareto_chart(tmp_path):
         assert (tmp_path / name).exists(), name
 
 
-def test_demo_writes_a_labelled_figure(tmp_path, capsys):
+def test_demo_writes_a_labelled_figure(monkeypatch, tmp_path, capsys):
+    """The demo figure has its row labels, and each states every figure once (it once listed the
+    consistencies twice)."""
+    import stagevar.figures as figures
+
+    seen = {}
+    real = figures.image_grid_figure
+
+    def spy(rows, row_labels, *a, **k):
+        seen["labels"] = list(row_labels)
+        return real(rows, row_labels, *a, **k)
+
+    monkeypatch.setattr(figures, "image_grid_figure", spy)
     out = tmp_path / "d.png"
     assert main(["demo", "--model", "pretrained", "--batch", "2", "--repeats", "1", "--config", "var-d16",
                  "--out", str(out)]) == 0
@@ -154,6 +166,11 @@ def test_demo_writes_a_labelled_figure(tmp_path, capsys):
     # two rows (baseline, var-d16) of two 48-pixel images, upscaled 3x: the bare grid would be 96 x 96
     assert a.shape[0] > 2 * 144 and a.shape[1] > 2 * 144
     assert _dark(a[:, :100]) > 200  # row labels on the left
+    base, acc = seen["labels"]
+    for label in (base, acc):
+        lines = label.split("\n")
+        assert len(lines) == len(set(lines)) and sum("cons." in x for x in lines) == 2, label
+    assert acc.startswith("var-d16  ") and "PSNR" in acc and base.startswith("baseline (unpatched)")
 
 
 def test_quality_reference_replots_saved_rows(tmp_path, monkeypatch, capsys):
@@ -183,25 +200,3 @@ def test_method_label_says_each_figure_once():
     assert label == ("var-d16  2.00x faster\nPSNR 19.8 dB, SSIM 0.47\nsemantic cons. 0.80 (-0.10)\n"
                      "texture cons. 0.50 (+0.00)\n[scale skipping ON]")
     assert method_label("slow", 0.8).startswith("slow  1.25x slower")
-
-
-def test_demo_labels_each_row_once(monkeypatch, tmp_path, capsys):
-    """Each row label of the demo figure states every figure once (it once listed the consistencies twice)."""
-    import stagevar.figures as figures
-    from stagevar import cli
-
-    seen = {}
-    real = figures.image_grid_figure
-
-    def spy(rows, row_labels, *a, **k):
-        seen["labels"] = list(row_labels)
-        return real(rows, row_labels, *a, **k)
-
-    monkeypatch.setattr(figures, "image_grid_figure", spy)
-    assert cli.main(["demo", "--batch", "2", "--repeats", "1", "--config", "var-d16", "--out",
-                     str(tmp_path / "d.png")]) == 0
-    base, acc = seen["labels"]
-    for label in (base, acc):
-        lines = label.split("\n")
-        assert len(lines) == len(set(lines)) and sum("cons." in x for x in lines) == 2, label
-    assert acc.startswith("var-d16  ") and "PSNR" in acc and base.startswith("baseline (unpatched)")
