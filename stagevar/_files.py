@@ -1,4 +1,4 @@
-"""Files written whole or not at all."""
+"""Files written whole or not at all; output folders checked before any work."""
 from __future__ import annotations
 
 import contextlib
@@ -17,3 +17,16 @@ def atomic_path(path: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def folder_problem(folder: str, create_hint: str, write_hint: str) -> str:
+    """Create ``folder`` if needed; what is wrong with it as an output folder ('' if nothing), ending
+    with what to choose instead (``create_hint`` when it cannot be created, ``write_hint`` when it
+    cannot be written)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        return f"cannot create the output folder {folder!r} ({e.strerror}); {create_hint}"
+    if not os.access(folder, os.W_OK):
+        return f"the output folder {folder!r} is not writable; {write_hint}"
+    return ""

@@ -20,7 +20,7 @@ from .figures import grid_array, image_grid_figure, matplotlib_figure, method_la
 from .methods import METHODS_HELP, Method, arms_for, resolve_methods, run_interleaved
 from .metrics import psnr, ssim, token_agreement
 from .presets import preset
-from .quality import consistency
+from .quality import consistencies
 from .report import SKIPPING_LABEL
 from .timing import PeakMemory, machine_name
 
@@ -247,7 +247,7 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
             gflops=rep.gflops, flop_ratio=base_flops / rep.gflops if rep.gflops else None, memory=mem,
             psnr=float(psnr(img, base_img).mean()), ssim=float(ssim(img, base_img).mean()),
             token_agreement={str(k): v for k, v in token_agreement(tokens, base_tokens).items()},
-            consistency={view: consistency(clf, img, targets) for view, clf in (judges or {}).items()}))
+            consistency=consistencies(judges or {}, img, targets)))
     for r in results:
         r["consistency_change"] = {v: c - results[0]["consistency"][v] for v, c in r["consistency"].items()}
     report = dict(title=title, device=machine_name(device), repeats=repeats, warmup=warmup,

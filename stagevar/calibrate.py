@@ -180,10 +180,11 @@ class Calibration:
 
     def plot(self, path: str) -> None:
         """The per-scale curves with the recommended boundary (needs matplotlib)."""
-        try:
-            from matplotlib.figure import Figure  # no pyplot: the user's backend and figures untouched
-        except ImportError:
-            raise ImportError("Calibration.plot needs matplotlib: pip install 'stagevar[plot]'") from None
+        from .figures import matplotlib_figure
+
+        Figure = matplotlib_figure()  # no pyplot: the user's backend and figures untouched
+        if Figure is None:
+            raise ImportError("Calibration.plot needs matplotlib: pip install 'stagevar[plot]'")
         K = len(self.schedule)
         xs = list(range(K))
         start = self.recommend(alpha=self.alphas[0]).refine_start

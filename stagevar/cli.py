@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ._files import folder_problem
 from .config import ConfigError, StageVARConfig
 from .executors import EXECUTIONS, GraphsUnavailableError
 from .methods import METHODS_HELP, MODEL_DEFAULT, Arm, check_executions, method_config, run_interleaved
@@ -86,7 +87,7 @@ def _demo(args) -> int:
     from .figures import condition_labels, image_grid_figure, method_label
     from .report import SKIPPING_LABEL
     from .metrics import psnr, ssim
-    from .quality import bundled_judges, consistency
+    from .quality import bundled_judges, consistencies
 
     torch.manual_seed(0)
     what, model, kw, conditions = _demo_model(args)
@@ -108,11 +109,8 @@ def _demo(args) -> int:
     judges = bundled_judges(model)  # semantic (block means) and texture (full image) classifiers
     target = torch.tensor(conditions) if judges else None  # judges exist for class-conditional models only
 
-    def judged(img) -> Dict[str, float]:
-        return {view: consistency(clf, img, target) for view, clf in judges.items()}
-
     b = statistics.median(r.wall_s for r in result.of(0))
-    cb = judged(base_img)
+    cb = consistencies(judges, base_img, target)
     labels = [method_label("baseline", wall_ms=b * 1e3, consistency=cb)]
     for i, name in enumerate(names):
         print(f"\n[{name}]")
@@ -122,7 +120,7 @@ def _demo(args) -> int:
               f"speedup {b / a:.2f}x (config {name!r})")
         p, s = float(psnr(acc_img[i], base_img).mean()), float(ssim(acc_img[i], base_img).mean())
         print(f"per-seed PSNR to baseline {p:.1f} dB, SSIM {s:.3f}")
-        ca_views = judged(acc_img[i])
+        ca_views = consistencies(judges, acc_img[i], target)
         labels.append(method_label(name, b / a, p, s, ca_views, cb,
                                    skipping=SKIPPING_LABEL if reports[i + 1].skipping else ""))
         for view, ca in ca_views.items():
@@ -546,12 +544,9 @@ def _unwritable_outputs(args) -> str:
         if not path:
             continue
         folder = path if is_dir else (os.path.dirname(os.path.abspath(path)) or ".")
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            return f"cannot create the output folder {folder!r} ({e.strerror}); choose another --out"
-        if not os.access(folder, os.W_OK):
-            return f"the output folder {folder!r} is not writable; choose another output path"
+        problem = folder_problem(folder, "choose another --out", "choose another output path")
+        if problem:
+            return problem
     return ""
 
 

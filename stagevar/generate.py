@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from . import api
-from ._files import atomic_path
+from ._files import atomic_path, folder_problem
 from ._progress import Progress
 from ._warnings import warn_at_caller
 from .adapters import adapter_for
@@ -252,12 +252,9 @@ def _check_arguments(items: list, batch: Any, per_item: Any, seed: Any, call_kwa
 
 
 def _writable(out_dir: str) -> str:
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"cannot create the output folder {out_dir!r} ({e.strerror}); choose another one") from None
-    if not os.access(out_dir, os.W_OK):
-        raise ValueError(f"the output folder {out_dir!r} is not writable; choose another one")
+    problem = folder_problem(out_dir, "choose another one", "choose another one")
+    if problem:
+        raise ValueError(problem)
     return out_dir
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -231,6 +231,12 @@ def consistency(classifier: Callable[[torch.Tensor], torch.Tensor], img: torch.T
     device = next(params, img).device
     with torch.no_grad():
         return float((classifier(img.float().to(device)).argmax(-1).cpu() == torch.as_tensor(targets).cpu()).float().mean())
+
+
+def consistencies(judges: Dict[str, Callable[[torch.Tensor], torch.Tensor]], img: torch.Tensor,
+                  targets: Any) -> Dict[str, float]:
+    """:func:`consistency` under each judge (``{view: classifier}``, e.g. :func:`bundled_judges`)."""
+    return {view: consistency(clf, img, targets) for view, clf in judges.items()}
 
 
 def load_classifier(path: str, num_classes: int) -> CropClassifier:
