@@ -270,13 +270,17 @@ class InfinityAdapter(Adapter):
             sel = grid.index_select(-2, flat).unflatten(-2, (rows, r))  # (..., 1, H, rows, r, F)
             return sel.movedim(-3, -5).squeeze(-4)
 
-        scaled = rows_at(start)
-        full = scaled.new_zeros(*scaled.shape[:-2], start + r, scaled.shape[-1])
+        # the rows each block path reads: from the scale's offset (fused norms), from 0 (upstream's
+        # block without them), both where the two do not overlap; only those are selected
         from_zero = st.rope_from_zero
-        if start >= r or not from_zero:
+        scaled = rows_at(start) if start >= r or not from_zero else None
+        zero = rows_at(0) if start >= r or from_zero else None
+        like = zero if scaled is None else scaled
+        full = like.new_zeros(*like.shape[:-2], start + r, like.shape[-1])
+        if scaled is not None:
             full[..., start:, :] = scaled
-        if start >= r or from_zero:
-            full[..., :r, :] = rows_at(0)
+        if zero is not None:
+            full[..., :r, :] = zero
         st.rope = (positions, _AnyKey(full))
         return st.rope[1]
 
