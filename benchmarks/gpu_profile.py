@@ -75,7 +75,7 @@ def main():
             profile_call(f"Infinity-{args.inf_shape} {cfg or 'unpatched'}", lambda: b.model.autoregressive_infer_cfg(**kw),
                          dev, args.top)
             if cfg:
-                print(stagevar.report(b.model))
+                print(stagevar.last_report(b.model))
 
 
 if __name__ == "__main__":

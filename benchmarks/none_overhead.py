@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import stagevar  # noqa: E402
 from stagevar.models import reference_infinity, reference_var  # noqa: E402
-from stagevar.timing import machine_name  # noqa: E402
+from stagevar.tools.timing import machine_name  # noqa: E402
 
 
 def build(args):

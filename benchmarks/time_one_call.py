@@ -20,5 +20,5 @@ kw = dict(vae=b.vae, scale_schedule=sched, label_B_or_BLT=b.encode(["a red fox i
 stagevar.accelerate(b.model, sys.argv[1] if len(sys.argv) > 1 else "infinity-2b")
 with torch.no_grad():
     t = time.perf_counter(); b.model.autoregressive_infer_cfg(**kw); dt = time.perf_counter() - t
-rep = stagevar.report(b.model)
+rep = stagevar.last_report(b.model)
 print(f"{stagevar.__file__}: {dt:.1f} s; loop per scale ms:", [round(s.time_s * 1e3) for s in rep.scales])

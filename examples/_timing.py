@@ -11,9 +11,9 @@ from typing import Any, List, Optional
 import torch
 
 import stagevar
-from stagevar.bench import interleaved
+from stagevar.tools.bench import interleaved
 from stagevar.executors import EXECUTIONS
-from stagevar.methods import check_executions
+from stagevar.tools.runner import check_executions
 
 
 def parser(doc: str, rounds: Optional[int] = None) -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def time_with_report(model: Any, kw: dict, methods: List[tuple], args: argparse.
                                progress=True)
             stagevar.accelerate(model, methods[1][1])
             model.autoregressive_infer_cfg(**kw)
-            print(stagevar.report(model))
+            print(stagevar.last_report(model))
     finally:
         stagevar.restore(model)
     return rows

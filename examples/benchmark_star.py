@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 
 import stagevar  # noqa: E402
-from stagevar.bench import format_timing  # noqa: E402
+from stagevar.tools.bench import format_timing  # noqa: E402
 from stagevar.models.star import STAR_SHAPES, reference_star  # noqa: E402
-from stagevar.timing import machine_name  # noqa: E402
+from stagevar.tools.timing import machine_name  # noqa: E402
 
 
 def main():

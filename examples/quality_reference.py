@@ -34,13 +34,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from stagevar.figures import pareto_chart  # noqa: E402
-from stagevar.methods import resolve_methods  # noqa: E402
-from stagevar.metrics import lowpass  # noqa: E402
+from stagevar.tools.figures import pareto_chart  # noqa: E402
+from stagevar.tools.runner import resolve_methods  # noqa: E402
+from stagevar.tools.metrics import lowpass  # noqa: E402
 from stagevar.models import load_pretrained  # noqa: E402
 from stagevar.models.pretrained import BUNDLED_CLASSIFIERS, BUNDLED_SEMANTIC_CLASSIFIERS  # noqa: E402
-from stagevar.quality import evaluate, format_rows, load_classifier, save_classifier, train_classifier  # noqa: E402
-from stagevar.timing import machine_name  # noqa: E402
+from stagevar.tools.quality import evaluate, format_rows, load_classifier, save_classifier, train_classifier  # noqa: E402
+from stagevar.tools.timing import machine_name  # noqa: E402
 
 CLF_PATH = BUNDLED_CLASSIFIERS["stagevar-tiny-var"]
 # The semantic judge sees 8x8 block means of the 48x48 samples (downsample 6): on held-out real

@@ -1,4 +1,4 @@
-"""accelerate / restore / accelerated / report / release_graphs: attaching the engine to a model instance."""
+"""accelerate / restore / accelerated / last_report / release_graphs: attaching the engine to a model instance."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +13,7 @@ from .adapters import adapter_for
 from .config import ConfigError, StageVARConfig
 from .engine import Engine
 from .executors import make_executor
-from .presets import preset
+from .presets import named
 from .report import Report
 
 _ATTR = "_stagevar"
@@ -50,13 +50,14 @@ def _target(model: Any) -> Any:
 
 def _config(config: Union[None, str, StageVARConfig], default_name: str) -> StageVARConfig:
     if config is None:
-        return preset(default_name)
-    if isinstance(config, str):
-        return preset(config)
+        return named(default_name, None)
+    if isinstance(config, str):  # every name of stagevar.presets, relative ones against this model's family preset
+        return named(config, lambda: default_name)
     if isinstance(config, dict):
         return StageVARConfig.from_dict(config)
     if not isinstance(config, StageVARConfig):
-        raise ConfigError(f"config must be a StageVARConfig, a preset name or a dict, got {type(config).__name__}")
+        raise ConfigError(f"config must be a StageVARConfig, a config name (stagevar.preset_names()) or a dict, got "
+                          f"{type(config).__name__}")
     return config
 
 
@@ -86,7 +87,8 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
 
     Args:
         model: a loaded model with a supported interface (FoundationVision ``VAR`` or ``Infinity``).
-        config: a :class:`StageVARConfig`, a preset name, or None: the config the model carries
+        config: a :class:`StageVARConfig`, a config name (any of :func:`stagevar.preset_names`: a preset,
+            ``fastvar``, ``cfg-only``, ``skip-last-2``, ...), or None: the config the model carries
             (``model.stagevar_config``, set by ``load_pretrained`` from a checkpoint that stores one),
             else the family's default preset. The report names where the config came from.
         execution: how the scales are launched. ``"auto"``: one CUDA graph per scale, replayed,
@@ -235,12 +237,12 @@ def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, exe
             attach(model, before)
 
 
-def report(model: Any) -> Report:
+def last_report(model: Any) -> Report:
     """Per-scale statistics of the model's last accelerated call."""
     patch = _patch_of(model)
     if patch is None:
-        raise RuntimeError("stagevar.report: this model is not accelerated; call stagevar.accelerate(model) first")
+        raise RuntimeError("stagevar.last_report: this model is not accelerated; call stagevar.accelerate(model) first")
     if patch.engine.last_report is None:
-        raise RuntimeError("stagevar.report: no accelerated generation has completed with the current config "
+        raise RuntimeError("stagevar.last_report: no accelerated generation has completed with the current config "
                            "(none has run yet, or the last call raised)")
     return patch.engine.last_report

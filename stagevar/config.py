@@ -15,11 +15,14 @@ import numbers
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
+
+from .lowrank import REDUCERS
 
 BRANCHES = ("uncond", "cond", "both")
-PROJECTIONS = ("gaussian", "orthogonal", "sample")
-SELECTIONS = ("norm", "mean_distance")
+#: The format of :meth:`StageVARConfig.to_dict`. 1 (no ``"format"`` key): the reducer was given
+#: as ``projection`` + ``selection``; 2: one ``reducer`` name and ``reduce_blocks``.
+FORMAT = 2
 
 Ratio = Union[float, Tuple[float, ...]]
 
@@ -217,6 +220,39 @@ def _skip(value: Any) -> Tuple[int, ...]:
     return tuple(sorted({_scale_key(s, "skip", text_ok=False, noun="entry") for s in value}))
 
 
+def _reduce_blocks(value: Any) -> Optional[Tuple[float, float]]:
+    if value is None:
+        return None
+    pair = () if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable) else tuple(value)
+    if len(pair) != 2 or not all(_is_real(v) for v in pair):
+        raise ConfigError(f"reduce_blocks must be None or (lo, hi), two fractions of the depth with 0 <= lo < hi <= 1, "
+                          f"e.g. (0.1, 0.85) for the middle blocks; got {_kind(value)}")
+    lo, hi = (_float(v) for v in pair)
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ConfigError(f"reduce_blocks=({lo}, {hi}): give 0 <= lo < hi <= 1 (fractions of the depth), e.g. (0.1, 0.85)")
+    return (lo, hi)
+
+
+def _upgrade(d: Mapping) -> dict:
+    """A :meth:`StageVARConfig.to_dict` of any format as this format's fields (without ``format``)."""
+    d = dict(d)
+    version = d.pop("format", 1)
+    if not _is_int(version) or not 1 <= version <= FORMAT:
+        raise ConfigError(f"config format {version!r} is not one this stagevar reads (1..{FORMAT}); a newer stagevar "
+                          f"wrote it: upgrade stagevar, or write the config again with this one")
+    if version == 1 and ("projection" in d or "selection" in d):
+        projection, selection = d.pop("projection", "gaussian"), d.pop("selection", "norm")
+        if selection == "mean_distance" and projection == "sample":
+            d["reducer"] = "fastvar"
+        elif selection == "norm":
+            d["reducer"] = projection
+        else:
+            raise ConfigError(f"a format-1 config with projection={projection!r} and selection={selection!r}: no reducer "
+                              f"combines them; use reducer='fastvar' (the farthest-from-mean tokens themselves) or "
+                              f"reducer={projection!r} (norm-sampled representatives)")
+    return d
+
+
 @dataclass(frozen=True)
 class StageVARConfig:
     """How to run the refinement stage of a next-scale-prediction model.
@@ -246,18 +282,21 @@ class StageVARConfig:
             raising). Presets written for one depth set it so they run at any depth.
         unit_blocks: blocks per low-rank unit; ``None`` takes the model family's default
             (VAR: every block; Infinity: one block chunk).
-        projection: ``"gaussian"`` (random projection, the paper), ``"orthogonal"`` (an
-            orthonormalised Gaussian), or ``"sample"`` (run the representative tokens themselves).
-        selection: how the representative positions are chosen: ``"norm"`` (sampled without
-            replacement with probability proportional to ``||x_i||^2``, the paper) or
-            ``"mean_distance"`` (the ``r`` tokens farthest from the token-map mean,
-            deterministic, as FastVAR prunes).
+        reducer: how a low-rank unit computes on fewer tokens, a registered
+            :class:`~stagevar.lowrank.Reducer`: ``"gaussian"`` (random projection with
+            representative token restoration, the paper), ``"orthogonal"`` (an orthonormalised
+            Gaussian), ``"sample"`` (run the representative tokens themselves) or ``"fastvar"``
+            (FastVAR's pruning: keep the tokens farthest from the token-map mean, fill the rest
+            from the previous scale's output).
+        reduce_blocks: ``(lo, hi)`` fractions of the model's depth: only units whose blocks lie
+            in ``round(lo * depth) .. round(hi * depth) - 1`` are reduced, the others run intact
+            (FastVAR prunes the middle blocks). ``None``: every unit.
         skip: scale indices not run at all (opt-in; the image is decoded from what was
             generated). Never part of a default preset. Stored sorted, without repeats.
         cache_condition: compute each block's condition modulation (VAR's AdaLN ``ada_lin``)
             once per call instead of once per scale. Exact (bit-identical); it saves a weight
             read per block per scale, which matters when small scales are memory-bound.
-        seed: extra seed mixed into the projection/selection generator. Projection draws are
+        seed: extra seed mixed into the reducer's generator. Projection draws are
             seeded from the call's ``g_seed`` (if given) and this value; they never touch the
             sampling generator.
         name: a label carried into reports.
@@ -271,8 +310,8 @@ class StageVARConfig:
     alpha: Optional[float] = None
     unit_blocks: Optional[int] = None
     resample_units: bool = False
-    projection: str = "gaussian"
-    selection: str = "norm"
+    reducer: str = "gaussian"
+    reduce_blocks: Optional[Tuple[float, float]] = None
     skip: Tuple[int, ...] = ()
     cache_condition: bool = True
     seed: int = 0
@@ -283,8 +322,9 @@ class StageVARConfig:
         set_("refine_start", _optional_int(self.refine_start, "refine_start",
                                            "an integer scale index (e.g. -2 for the last two scales)"))
         set_("branch", _choice(self.branch, "branch", BRANCHES, "; 'uncond' drops the condition as in the paper"))
-        set_("projection", _choice(self.projection, "projection", PROJECTIONS))
-        set_("selection", _choice(self.selection, "selection", SELECTIONS))
+        set_("reducer", _choice(self.reducer, "reducer", tuple(sorted(REDUCERS)),
+                                "; 'gaussian' is the paper's random projection"))
+        set_("reduce_blocks", _reduce_blocks(self.reduce_blocks))
         if self.rank_ratio is not None:
             set_("rank_ratio", _ratio(self.rank_ratio, "rank_ratio"))
         set_("rank_ratios", _rank_ratios(self.rank_ratios))
@@ -317,19 +357,24 @@ class StageVARConfig:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        """A JSON-ready dict of plain, mutable values (scale and alpha keys become strings)."""
+        """A JSON-ready dict of plain, mutable values (scale and alpha keys become strings), with its
+        ``"format"`` (:data:`FORMAT`)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["rank_ratio"] = list(self.rank_ratio) if isinstance(self.rank_ratio, tuple) else self.rank_ratio
         d["rank_ratios"] = {str(k): (list(v) if isinstance(v, tuple) else v) for k, v in self.rank_ratios.items()}
         d["rank_table"] = {str(k): {repr(a): list(v) for a, v in row.items()} for k, row in self.rank_table.items()}
         d["skip"] = list(self.skip)
-        return d
+        d["reduce_blocks"] = None if self.reduce_blocks is None else list(self.reduce_blocks)
+        return {"format": FORMAT, **d}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "StageVARConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error that names them."""
+        """Inverse of :meth:`to_dict`, for every format so far (a dict without ``"format"`` is
+        format 1, whose ``projection`` and ``selection`` name the reducer); unknown keys are an
+        error that names them."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"expected a JSON object for StageVARConfig, got {type(d).__name__}")
+        d = _upgrade(d)
         _check_field_names(d, "StageVARConfig field(s)")
         return cls(**d)
 
@@ -365,55 +410,9 @@ class StageVARConfig:
         _check_field_names(changes, "StageVARConfig.replace field(s)")
         return dataclasses.replace(self, **changes)
 
-    @property
-    def has_lowrank(self) -> bool:
-        return self.rank_ratio is not None or bool(self.rank_ratios) or bool(self.rank_table)
-
 
 def _check_field_names(names: Iterable, what: str) -> None:
     known = {f.name for f in dataclasses.fields(StageVARConfig)}
     unknown = sorted((repr(k) for k in names if k not in known))
     if unknown:
         raise ConfigError(f"unknown {what} {', '.join(unknown)}; known fields: {sorted(known)}")
-
-
-def ratios_for_units(ratio: Ratio, num_units: int, where: str, resample: bool = False) -> List[float]:
-    """Expand one ratio, or a per-unit list, to ``num_units`` floats.
-
-    A per-unit list must have exactly ``num_units`` entries unless ``resample``: then it is
-    linearly interpolated over relative unit position (entry ``i`` of ``n`` sits at ``i/(n-1)``);
-    a single unit takes the mean.
-    """
-    if isinstance(ratio, tuple):
-        if len(ratio) != num_units and resample:
-            n = len(ratio)
-            if num_units == 1:  # one unit covers every position: the mean
-                return [sum(ratio) / n]
-            if n == 1:
-                return [ratio[0]] * num_units
-            out = []
-            for u in range(num_units):
-                pos = u * (n - 1) / (num_units - 1)
-                i = min(int(pos), n - 2)
-                t = pos - i
-                out.append(ratio[i] * (1 - t) + ratio[i + 1] * t)
-            return out
-        if len(ratio) != num_units:
-            raise ConfigError(
-                f"{where}: {len(ratio)} per-unit ratios given but the model has {num_units} low-rank units "
-                f"at this unit_blocks; give {num_units} values, one float, or change unit_blocks")
-        return list(ratio)
-    return [float(ratio)] * num_units
-
-
-def rank_from_ratio(ratio: float, M: int) -> int:
-    """Tokens kept at a scale of ``M`` tokens: ``int(ratio * M) + 1``, at most ``M``."""
-    return min(M, int(ratio * M) + 1)
-
-
-def normalise_index(index: int, n: int, what: str) -> int:
-    """Turn a possibly negative scale index into ``0..n-1`` or raise naming the valid range."""
-    j = index + n if index < 0 else index
-    if not 0 <= j < n:
-        raise ConfigError(f"{what}={index} is outside this model's schedule of {n} scales (valid: {-n}..{n - 1})")
-    return j

@@ -25,10 +25,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .adapters.base import Adapter, select_rows
-from .config import ConfigError, StageVARConfig
-from .lowrank import farthest_from_mean_indices, project, representative_indices, restore_tokens
-from .plan import ScalePlan, resolve_plan
-from .report import Report, ScaleStats
+from .config import StageVARConfig
+from .lowrank import reducer
+from .plan import ScalePlan, resolve_plan, unit_layout
+from .report import PlanStats, Report, ScaleStats, Timeline, plan_stats
 
 _MASK63 = (1 << 63) - 1
 
@@ -62,38 +62,6 @@ class Observer:
         """The token ids sampled at scale ``si``."""
 
 
-def block_flops(rows: int, n: int, kv_len: int, C: int) -> float:
-    """FLOP model of one block on ``n`` tokens attending to ``kv_len`` keys: QKV, output
-    projection and a 4C MLP (``24 C^2`` per token) plus attention (``4 C kv_len`` per token).
-    Cross-attention to text and AdaLN are not counted."""
-    return rows * n * (24.0 * C * C + 4.0 * C * kv_len)
-
-
-class Timeline:
-    """Marks between the parts of a call, without stalling the device: on CUDA, events recorded on
-    the current stream and read only when :meth:`seconds` is called; elsewhere, the host clock."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.stream = torch.cuda.current_stream(device) if self.cuda else None
-        self.marks: list = []
-
-    def mark(self) -> None:
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record(self.stream)
-            self.marks.append(ev)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def seconds(self) -> List[float]:
-        """Time between consecutive marks (waits for the last event on CUDA)."""
-        if self.cuda:
-            self.marks[-1].synchronize()
-            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
-        return [b - a for a, b in zip(self.marks, self.marks[1:])]
-
-
 @dataclass
 class Call:
     """The engine's side of one generation call. ``st`` is the adapter's call state.
@@ -112,46 +80,6 @@ class Call:
     branch: str = "both"
 
 
-@dataclass(frozen=True)
-class PlanStats:
-    """Per-scale bookkeeping derived from the plan alone (no device values)."""
-
-    rows: Tuple[int, ...]                     # rows run per scale (0 when skipped)
-    tokens: Tuple[Tuple[int, ...], ...]       # tokens per unit per scale
-    gflops: Tuple[float, ...]
-    cache_tokens: Tuple[Tuple[int, ...], ...]  # per scale, per block: tokens held after it
-    intact_rows: int
-
-
-def plan_stats(plans: List[ScalePlan], units: List[Tuple[int, int]], rows0: int, C: int) -> PlanStats:
-    """Rows, tokens, FLOP model and expected KV-cache lengths of a call, from its plan."""
-    n_blocks = units[-1][1] if units else 0
-    held = [0] * n_blocks
-    rows_l, tokens_l, flops_l, cache_l = [], [], [], []
-    branch = "both"
-    for p in plans:
-        if p.skip:
-            rows_l.append(0)
-            tokens_l.append(())
-            flops_l.append(0.0)
-            cache_l.append(tuple(held))
-            continue
-        branch = p.branch
-        rows = rows0 if branch == "both" else rows0 // 2
-        toks, flops = [], 0.0
-        for u, (lo, hi) in enumerate(units):
-            n = p.M if p.ranks is None else p.ranks[u]
-            for j in range(lo, hi):
-                held[j] += n
-                flops += block_flops(rows, n, held[j], C)
-            toks.append(n)
-        rows_l.append(rows)
-        tokens_l.append(tuple(toks))
-        flops_l.append(flops / 1e9)
-        cache_l.append(tuple(held))
-    return PlanStats(tuple(rows_l), tuple(tokens_l), tuple(flops_l), tuple(cache_l), rows0)
-
-
 class Engine:
     """Runs a model's generation call under one :class:`StageVARConfig`.
 
@@ -162,14 +90,9 @@ class Engine:
     def __init__(self, adapter: Adapter, config: StageVARConfig, executor: Any = None):
         self.adapter = adapter
         self.config = config
-        n = len(adapter.blocks())
-        ub = config.unit_blocks or adapter.default_unit_blocks
-        if ub > n:
-            raise ConfigError(f"unit_blocks={ub} exceeds the model's {n} blocks; use at most {n}")
-        if n == 0:
-            raise ConfigError("the model has no transformer blocks to run")
-        self.units: List[Tuple[int, int]] = [(lo, min(lo + ub, n)) for lo in range(0, n, ub)]
+        self.units = unit_layout(len(adapter.blocks()), config.unit_blocks or adapter.default_unit_blocks)
         adapter.check_units(self.units)
+        self.reducer = reducer(config.reducer)  # chosen once: every reduced unit of every call runs it
         self._plans: Dict[Tuple[Tuple[int, int], ...], List[ScalePlan]] = {}
         self._report: Optional[Report] = None
         self.executor = executor  # None: eager (stagevar.executors holds the others)
@@ -197,7 +120,7 @@ class Engine:
         """The resolved plan for a schedule (validated; warns if nothing is accelerated)."""
         key = tuple((int(h), int(w)) for h, w in schedule)
         if key not in self._plans:
-            self._plans[key] = resolve_plan(self.config, key, len(self.units), warn=warn)
+            self._plans[key] = resolve_plan(self.config, key, self.units, warn=warn)
         return self._plans[key]
 
     def __call__(self, *args, **kwargs) -> Any:
@@ -336,14 +259,13 @@ class Engine:
 
     def _lowrank_unit(self, st: Any, blocks, x_BMC: torch.Tensor, r: int, p: ScalePlan,
                       prev: Optional[Tuple[torch.Tensor, Tuple[int, int]]], gen: torch.Generator) -> torch.Tensor:
-        """Run ``blocks`` on ``r`` tokens of ``x_BMC`` (``(rows, M, C)``) and restore ``M`` outputs."""
+        """Run ``blocks`` on ``r`` tokens of ``x_BMC`` (``(rows, M, C)``), reduced and expanded back to
+        ``M`` outputs by the config's reducer."""
         if prev is None:
             raise RuntimeError(f"stagevar: low-rank scale {p.index} has no previous-scale unit output to restore from")
-        if self.config.selection == "mean_distance":
-            idx_Br = farthest_from_mean_indices(x_BMC, r)
-        else:
-            idx_Br = representative_indices(x_BMC, r, gen)
-        x_BrC = project(x_BMC, r, self.config.projection, idx_Br, gen)
+        red = self.reducer
+        idx_Br = red.select(x_BMC, r, gen)
+        x_BrC = red.reduce(x_BMC, idx_Br, gen)
         for b in blocks:
             x_BrC = self.adapter.run_block(st, b, x_BrC, p.index, positions=idx_Br)
-        return restore_tokens(prev[0], prev[1], x_BrC, idx_Br, p.hw)
+        return red.expand(x_BrC, idx_Br, prev[0], prev[1], p.hw)

@@ -29,7 +29,8 @@ from typing import Any, Callable, List, Optional
 import torch
 
 from ._warnings import warn_at_caller
-from .engine import Call, Engine, Timeline
+from .engine import Call, Engine
+from .report import Timeline
 
 EXECUTIONS = ("auto", "eager", "graphs")
 
@@ -259,8 +260,8 @@ class GraphExecutor:
             return "unseeded call (g_seed=None): a replay cannot reproduce the global generator's draws"
         if getattr(call.st, "rng", None) is None:
             return "the call has no sampling generator of its own"
-        if engine.config.projection == "orthogonal" and any(p.lowrank and not p.skip for p in call.plans):
-            return "projection='orthogonal' (QR) cannot be captured"
+        if not engine.reducer.graphable and any(p.lowrank and not p.skip for p in call.plans):
+            return f"reducer={engine.config.reducer!r} cannot be captured"
         return ""
 
     def key(self, engine: Engine, call: Call) -> tuple:

@@ -11,16 +11,21 @@ A unit of blocks runs on ``r`` tokens instead of the scale's ``M``:
    at the previous scale, area-interpolated to ``h x w``, with row ``j`` of the unit's ``r`` outputs
    written to position ``idx_Br[:, j]``.
 
+A :class:`Reducer` bundles steps 1, 2 and 4 as one registered technique (the paper's Gaussian
+projection, its orthogonal variant, the representatives themselves, FastVAR's pruning); the
+config names one (``StageVARConfig.reducer``) and the engine looks it up once.
+
 Nothing here knows a model. Randomness comes only from the generator passed in.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["representative_indices", "farthest_from_mean_indices", "projection_matrix", "project", "restore_tokens", "area_resize_tokens"]
+__all__ = ["representative_indices", "farthest_from_mean_indices", "projection_matrix", "project", "restore_tokens",
+           "area_resize_tokens", "Reducer", "REDUCERS", "register_reducer", "reducer"]
 
 
 def representative_indices(x_BMC: torch.Tensor, r: int, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -126,3 +131,97 @@ def restore_tokens(prev_BMC: torch.Tensor, prev_hw: Tuple[int, int], out_BrC: to
     """
     base_BMC = area_resize_tokens(prev_BMC, prev_hw, hw).to(out_BrC.dtype)
     return base_BMC.scatter(1, idx_Br.unsqueeze(-1).expand(-1, -1, out_BrC.shape[-1]), out_BrC)
+
+
+# ------------------------------------------------------------------------------------ reducers
+class Reducer:
+    """How a low-rank unit computes on fewer tokens: one registered object per technique.
+
+    A reducer is chosen once, from the config's ``reducer`` name (:func:`reducer`); for each
+    reduced unit the engine calls :meth:`select`, :meth:`reduce`, runs the unit's blocks on the
+    ``r`` reduced tokens (telling them the positions), and calls :meth:`expand`. Subclass it, set
+    ``name`` and register it with :func:`register_reducer` to add a technique.
+
+    Attributes:
+        name: what ``StageVARConfig.reducer`` names.
+        exact_at_full_rank: at ``r = M`` the reduced unit reproduces the intact one up to float
+            rounding (the tokens themselves are run, only reordered).
+        graphable: its ops can be captured in a CUDA graph.
+    """
+
+    name: str = ""
+    exact_at_full_rank: bool = False
+    graphable: bool = True
+
+    def select(self, x_BMC: torch.Tensor, r: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """``(B, r)`` positions that receive the unit's reduced outputs."""
+        return representative_indices(x_BMC, r, generator)
+
+    def reduce(self, x_BMC: torch.Tensor, idx_Br: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """``(B, r, C)`` tokens the unit runs on."""
+        raise NotImplementedError
+
+    def expand(self, out_BrC: torch.Tensor, idx_Br: torch.Tensor, prev_BMC: torch.Tensor, prev_hw: Tuple[int, int],
+               hw: Tuple[int, int]) -> torch.Tensor:
+        """``(B, h*w, C)`` unit output from the reduced outputs and the unit's output at the previous scale."""
+        return restore_tokens(prev_BMC, prev_hw, out_BrC, idx_Br, hw)
+
+
+class GaussianProjection(Reducer):
+    """The paper's random projection ``Q^T x`` (i.i.d. Gaussian ``Q``), restored at representatives
+    sampled with ``p_i ∝ ||x_i||^2`` over the previous scale's output."""
+
+    name = "gaussian"
+
+    def reduce(self, x_BMC, idx_Br, generator):
+        return project(x_BMC, idx_Br.shape[1], self.name, idx_Br, generator)
+
+
+class OrthogonalProjection(GaussianProjection):
+    """The Gaussian draw with orthonormal columns (QR, which a CUDA graph cannot capture)."""
+
+    name = "orthogonal"
+    graphable = False
+
+
+class Representatives(Reducer):
+    """The representative tokens themselves (sampled with ``p_i ∝ ||x_i||^2``), restored likewise."""
+
+    name = "sample"
+    exact_at_full_rank = True
+
+    def reduce(self, x_BMC, idx_Br, generator):
+        return project(x_BMC, idx_Br.shape[1], "sample", idx_Br, generator)
+
+
+class FarthestFromMean(Representatives):
+    """FastVAR's cached token pruning: keep the ``r`` tokens farthest from the token-map mean
+    (deterministic) and fill the pruned positions from the unit's previous-scale output, upsampled."""
+
+    name = "fastvar"
+
+    def select(self, x_BMC, r, generator):
+        return farthest_from_mean_indices(x_BMC, r)
+
+
+REDUCERS: Dict[str, Reducer] = {}
+
+
+def register_reducer(cls: type) -> type:
+    """Make ``StageVARConfig(reducer=cls.name)`` run ``cls`` (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Reducer)) or not cls.name:
+        raise TypeError(f"register_reducer expects a Reducer subclass with a name, got {cls!r}")
+    REDUCERS[cls.name] = cls()
+    return cls
+
+
+for _cls in (GaussianProjection, OrthogonalProjection, Representatives, FarthestFromMean):
+    register_reducer(_cls)
+
+
+def reducer(name: str) -> Reducer:
+    """The registered reducer called ``name``."""
+    try:
+        return REDUCERS[name]
+    except KeyError:
+        raise ValueError(f"unknown reducer {name!r}; registered: {sorted(REDUCERS)}") from None

@@ -1,11 +1,20 @@
-"""Named configs. Every preset is keyed by position in the schedule, never by side length.
+"""The one namespace of named configs: ``stagevar.accelerate(model, NAME)``, ``stagevar.preset(NAME)``
+and the tools' ``--config`` / ``--methods`` all resolve a name here, to the same config.
 
-A preset is one shared :class:`StageVARConfig`; configs are deeply immutable, so no caller can
-change what the next one gets. Derive a variant with ``preset(name).replace(...)``.
+- **Presets**: the paper's and the authors' recipes per family (``var-d16``, ``infinity-2b``,
+  ``star-d30``, ...), the bundled model's (``stagevar-tiny-var``) and ``none``.
+- **Named methods**, the ablations and peers: ``fastvar`` (FastVAR's cached token pruning),
+  ``skip-last-N``, ``uncond-last-N``, ``cond-last-N``; and, relative to a model's own family
+  preset, ``cfg-only`` (its branch cut without low rank) and ``lowrank-only`` (its low rank with
+  both CFG branches) -- these two need the model: ``preset("cfg-only", model)``.
+
+Every config is keyed by position in the schedule, never by side length, and is one shared,
+deeply immutable :class:`StageVARConfig`: derive a variant with ``preset(name).replace(...)``.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+import difflib
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .config import ConfigError, FrozenDict, StageVARConfig
 
@@ -19,7 +28,7 @@ _VAR_RATIOS = FrozenDict({-2: 0.16, -1: 0.05})
 
 def _var(depth: int) -> StageVARConfig:
     return StageVARConfig(refine_start=-2, branch="uncond", rank_ratios=_VAR_RATIOS, unit_blocks=1,
-                          projection="gaussian", name=f"var-d{depth}")
+                          reducer="gaussian", name=f"var-d{depth}")
 
 
 # Infinity (text-to-image, 13-scale 1024^2 schedule ...32, 40, 48, 64): the paper's recipe on
@@ -35,12 +44,12 @@ _INF_TABLE_096 = FrozenDict({
 
 
 def _infinity(name: str) -> StageVARConfig:
-    return StageVARConfig(refine_start=-3, branch="uncond", alpha=0.96, projection="gaussian", resample_units=True,
+    return StageVARConfig(refine_start=-3, branch="uncond", alpha=0.96, reducer="gaussian", resample_units=True,
                           rank_table={k: {0.96: v} for k, v in _INF_TABLE_096.items()}, name=name)
 
 
 def _infinity_paper(name: str) -> StageVARConfig:
-    return StageVARConfig(refine_start=-3, branch="uncond", alpha=0.96, projection="gaussian", resample_units=True,
+    return StageVARConfig(refine_start=-3, branch="uncond", alpha=0.96, reducer="gaussian", resample_units=True,
                           rank_table={-3: {0.96: _INF_TABLE_096[-3]}}, skip=(-2, -1), name=name)
 
 
@@ -73,7 +82,7 @@ def _star(name: str, last_scale_ratios) -> StageVARConfig:
     # resample_units: exact per block on the 30-block model; another depth (or unit_blocks) gets the
     # table linearly interpolated over relative block position.
     return StageVARConfig(refine_start=-2, branch="uncond", rank_ratios={-1: tuple(last_scale_ratios)}, unit_blocks=1,
-                          projection="gaussian", resample_units=True, name=name)
+                          reducer="gaussian", resample_units=True, name=name)
 
 
 _PRESETS: Dict[str, StageVARConfig] = {
@@ -96,19 +105,105 @@ _PRESETS: Dict[str, StageVARConfig] = {
 }
 
 
-def presets() -> List[str]:
-    """Names accepted by :func:`preset`."""
-    return sorted(_PRESETS)
+# FastVAR (csguoh/FastVAR) as a config: at the last two scales, in the middle blocks (from
+# round(0.1 * depth) to round(0.85 * depth)), keep the 60% / 50% of tokens farthest from the
+# token-map mean and fill the others from the block's previous-scale output, upsampled. Both CFG
+# branches run; nothing is skipped (skipping is its own method).
+_PRESETS["fastvar"] = StageVARConfig(refine_start=-2, branch="both", rank_ratios={-2: 0.6, -1: 0.5}, unit_blocks=1,
+                                     reducer="fastvar", reduce_blocks=(0.1, 0.85), name="fastvar")
+
+#: Names of the form PREFIX + N (N >= 1): the last N scales skipped, or run on one CFG branch at full rank.
+PATTERNS = ("skip-last-", "uncond-last-", "cond-last-")
 
 
-def preset(name: str) -> StageVARConfig:
-    """The named :class:`StageVARConfig` (``"none"`` runs stagevar's loop and accelerates nothing).
+def _last_n(name: str, prefix: str) -> StageVARConfig:
+    text = name[len(prefix):]
+    n = int(text) if text.isdigit() else 0
+    if n < 1:
+        raise ConfigError(f"config {name!r}: write {prefix}N with N >= 1, e.g. {prefix}2")
+    if prefix == "skip-last-":
+        return StageVARConfig(refine_start=None, skip=tuple(range(-n, 0)), name=name)
+    return StageVARConfig(refine_start=-n, branch=prefix.split("-")[0], name=name)
 
-    Every call returns the same immutable config; change a copy with ``.replace(...)``.
+
+# Relative to the model's family preset (``default``): the branch cut alone, or the low rank alone.
+_RELATIVE: Dict[str, Callable[[StageVARConfig, str], StageVARConfig]] = {
+    "cfg-only": lambda cfg, name: cfg.replace(rank_ratio=None, rank_ratios={}, rank_table={}, alpha=None, name=name),
+    "lowrank-only": lambda cfg, name: cfg.replace(branch="both", name=name),
+}
+
+#: The unpatched call in the tools; not a config (``preset("baseline")`` says so).
+BASELINE_NAME = "baseline"
+
+
+# What the tools compare with a model's family preset by default: its relatives, then the ablations.
+_RELATED: Dict[str, Tuple[str, ...]] = {
+    "infinity-2b": ("infinity-2b-paper",), "infinity-8b": ("infinity-8b-paper",),  # the authors' released behaviour
+    "star-d30": ("star-d16",), "star-d16": ("star-d30",),
+}
+_ABLATIONS = ("cfg-only", "lowrank-only", "fastvar", "skip-last-2")
+
+
+def compared(default: str, carried: Optional[str] = None) -> List[str]:
+    """The config names a tool compares by default for a model whose family preset is ``default``:
+    it, its relatives, the config the model carries (``carried``, when it is a name here), then the
+    ablations (``cfg-only``, ``lowrank-only``, ``fastvar``, ``skip-last-2``)."""
+    names = [default, *_RELATED.get(default, ())]
+    if carried in _PRESETS and carried not in names:
+        names.append(carried)
+    return names + list(_ABLATIONS)
+
+
+def preset_names() -> List[str]:
+    """The names :func:`preset` accepts besides the patterns (:data:`PATTERNS`, e.g. ``skip-last-2``):
+    the presets and named methods, ``cfg-only`` and ``lowrank-only`` (which take a model) last."""
+    return sorted(_PRESETS) + sorted(_RELATIVE)
+
+
+def preset(name: str, model: Any = None) -> StageVARConfig:
+    """The config called ``name`` (see the module's list; ``"none"`` runs stagevar's loop and
+    accelerates nothing).
+
+    Args:
+        name: a preset, a named method or a pattern (``skip-last-2``).
+        model: the model a relative name (``cfg-only``, ``lowrank-only``) is taken against: its
+            family preset (the one ``stagevar.accelerate(model)`` picks without a config).
+
+    Every call returns an immutable config; change a copy with ``.replace(...)``.
+
+    Raises:
+        ConfigError: an unknown name (with the close matches), or a relative name without a model.
     """
+    return named(name, None if model is None else lambda: _family_default(model))
+
+
+def named(name: str, family_default: Optional[Callable[[], str]]) -> StageVARConfig:
+    """:func:`preset` for callers that know the model's family preset (``family_default()`` gives
+    its name; None when no model is at hand)."""
     if not isinstance(name, str):
-        raise ConfigError(f"a preset name must be a string, one of: {', '.join(presets())}; got {type(name).__name__}")
-    try:
+        raise ConfigError(f"a config name must be a string (a preset or named method, e.g. 'var-d16' or 'fastvar'), "
+                          f"got {type(name).__name__}")
+    if name in _PRESETS:
         return _PRESETS[name]
-    except KeyError:
-        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(presets())}") from None
+    if name in _RELATIVE:
+        if family_default is None:
+            raise ConfigError(f"config {name!r} is taken from a model's family preset: pass the model, "
+                              f"stagevar.preset({name!r}, model), or call stagevar.accelerate(model, {name!r})")
+        return _RELATIVE[name](_PRESETS[family_default()], name)
+    for prefix in PATTERNS:
+        if name.startswith(prefix):
+            return _last_n(name, prefix)
+    if name == BASELINE_NAME:
+        raise ConfigError("'baseline' is the model's own unpatched call, not a config: generate without "
+                          "stagevar.accelerate (or call stagevar.restore(model))")
+    close = difflib.get_close_matches(name, sorted(_PRESETS) + sorted(_RELATIVE) + [p + "2" for p in PATTERNS], n=3)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    file_hint = (" To load a config file, pass stagevar.StageVARConfig.load(path)." if name.endswith(".json") else "")
+    names = ", ".join(preset_names() + [p + "N" for p in PATTERNS])
+    raise ConfigError(f"unknown config {name!r}; {hint}names: {names}.{file_hint}")
+
+
+def _family_default(model: Any) -> str:
+    from .adapters import adapter_for  # the adapters name their family's preset
+
+    return adapter_for(model).default_preset

@@ -1,11 +1,89 @@
-"""Per-scale statistics of one generation call."""
+"""Per-scale statistics of one generation call: the report, the timeline its times come from, and
+the FLOP model its work figures come from (derived from the plan alone, no device values)."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, List, Tuple
+from typing import TYPE_CHECKING, Any, List, Tuple
+
+import torch
+
+if TYPE_CHECKING:
+    from .plan import ScalePlan
 
 
 SKIPPING_LABEL = "[scale skipping ON]"  # wherever a result comes from a call that skipped scales
+
+
+def block_flops(rows: int, n: int, kv_len: int, C: int) -> float:
+    """FLOP model of one block on ``n`` tokens attending to ``kv_len`` keys: QKV, output
+    projection and a 4C MLP (``24 C^2`` per token) plus attention (``4 C kv_len`` per token).
+    Cross-attention to text and AdaLN are not counted."""
+    return rows * n * (24.0 * C * C + 4.0 * C * kv_len)
+
+
+class Timeline:
+    """Marks between the parts of a call, without stalling the device: on CUDA, events recorded on
+    the current stream and read only when :meth:`seconds` is called; elsewhere, the host clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.current_stream(device) if self.cuda else None
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(self.stream)
+            self.marks.append(ev)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> List[float]:
+        """Time between consecutive marks (waits for the last event on CUDA)."""
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+@dataclass(frozen=True)
+class PlanStats:
+    """Per-scale bookkeeping derived from the plan alone (no device values)."""
+
+    rows: Tuple[int, ...]                     # rows run per scale (0 when skipped)
+    tokens: Tuple[Tuple[int, ...], ...]       # tokens per unit per scale
+    gflops: Tuple[float, ...]
+    cache_tokens: Tuple[Tuple[int, ...], ...]  # per scale, per block: tokens held after it
+    intact_rows: int
+
+
+def plan_stats(plans: List["ScalePlan"], units: List[Tuple[int, int]], rows0: int, C: int) -> PlanStats:
+    """Rows, tokens, FLOP model and expected KV-cache lengths of a call, from its plan."""
+    n_blocks = units[-1][1] if units else 0
+    held = [0] * n_blocks
+    rows_l, tokens_l, flops_l, cache_l = [], [], [], []
+    branch = "both"
+    for p in plans:
+        if p.skip:
+            rows_l.append(0)
+            tokens_l.append(())
+            flops_l.append(0.0)
+            cache_l.append(tuple(held))
+            continue
+        branch = p.branch
+        rows = rows0 if branch == "both" else rows0 // 2
+        toks, flops = [], 0.0
+        for (lo, hi), n in zip(units, p.unit_tokens(len(units))):
+            for j in range(lo, hi):
+                held[j] += n
+                flops += block_flops(rows, n, held[j], C)
+            toks.append(n)
+        rows_l.append(rows)
+        tokens_l.append(tuple(toks))
+        flops_l.append(flops / 1e9)
+        cache_l.append(tuple(held))
+    return PlanStats(tuple(rows_l), tuple(tokens_l), tuple(flops_l), tuple(cache_l), rows0)
 
 
 @dataclass
@@ -14,7 +92,7 @@ class ScaleStats:
 
     ``tokens`` holds, per low-rank unit, the tokens that unit computed (``M`` when intact);
     ``rows`` is the batch rows run (``2B`` with CFG, ``B`` with one branch, 0 when skipped);
-    ``gflops`` the FLOP model of the scale's blocks (see ``stagevar.engine._block_flops``).
+    ``gflops`` the FLOP model of the scale's blocks (see :func:`block_flops`).
     """
 
     index: int

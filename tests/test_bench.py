@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import stagevar
-from stagevar.bench import format_report, run
-from stagevar.cli import main
+from stagevar.tools.bench import format_report, run
+from stagevar.tools.cli import main
 from stagevar.engine import Engine
-from stagevar.methods import fastvar_config, resolve_methods
+from stagevar.tools.runner import BASELINE, resolve_methods
 from stagevar.models import reference_infinity, reference_var
 
 ALL_VAR = ["baseline", "var-d16", "cfg-only", "lowrank-only", "fastvar", "skip-last-1", "cond-last-1"]
@@ -39,7 +39,7 @@ def test_var_report_for_every_method(tmp_path):
     assert by["skip-last-1"]["skipping"] and by["skip-last-1"]["token_agreement"]["3"] is None
     assert by["cfg-only"]["per_scale"][-1]["mode"] == "uncond-only"
     assert by["lowrank-only"]["per_scale"][-1]["mode"] == "low-rank" and by["lowrank-only"]["per_scale"][-1]["rows"] == 4
-    assert by["fastvar"]["config"]["selection"] == "mean_distance"
+    assert by["fastvar"]["config"]["reducer"] == "fastvar"
     last = by["cond-last-1"]["per_scale"]
     assert last[-1]["mode"] == "cond-only" and last[-1]["rows"] == 2 and last[-2]["rows"] == 4
     assert by["var-d16"]["flop_ratio"] > 1.0
@@ -70,16 +70,18 @@ def test_infinity_report_and_user_config_round_trip(tmp_path):
 
 
 def test_bad_methods_and_shapes_say_what_to_change(tmp_path, capsys):
-    with pytest.raises(stagevar.ConfigError, match="unknown method 'turbo'; methods: baseline"):
-        resolve_methods(["turbo"], "var-d16", 4)
+    tiny = reference_var("tiny")
+    with pytest.raises(stagevar.ConfigError, match="unknown config 'turbo'.*; a method may also be 'baseline'"):
+        resolve_methods(["turbo"], tiny)
     with pytest.raises(stagevar.ConfigError, match="skip-last-N with N >= 1"):
-        resolve_methods(["skip-last-0"], "var-d16", 4)
+        resolve_methods(["skip-last-0"], tiny)
     with pytest.raises(stagevar.ConfigError, match="write uncond-last-N with N >= 1, e.g. uncond-last-2"):
-        resolve_methods(["uncond-last-x"], "var-d16", 4)
-    (_, c), = resolve_methods(["uncond-last-2"], "var-d16", 4)[1:]
+        resolve_methods(["uncond-last-x"], tiny)
+    (_, c), = resolve_methods(["uncond-last-2"], tiny)[1:]
     assert (c.refine_start, c.branch, c.rank_ratio, c.rank_ratios, c.skip) == (-2, "uncond", None, {}, ())
+    assert resolve_methods(["var-d16"], tiny)[0] == ("baseline", BASELINE)  # the unpatched call first
     with pytest.raises(stagevar.ConfigError, match="no such config file"):
-        resolve_methods([str(tmp_path / "nope.json")], "var-d16", 4)
+        resolve_methods([str(tmp_path / "nope.json")], tiny)
     with pytest.raises(SystemExit):
         main(["bench", "--model", "infinity", "--shape", "d16"])
     assert "is not a infinity shape" in capsys.readouterr().err
@@ -107,10 +109,15 @@ def test_run_restores_the_model_when_a_method_raises(monkeypatch):
 
 
 def test_fastvar_plan_prunes_middle_blocks_only():
-    cfg = fastvar_config(20)
-    ratios = cfg.rank_ratios[-1]
-    assert ratios[:2] == (1.0, 1.0) and ratios[2] == 0.5 and ratios[16] == 0.5 and ratios[17:] == (1.0,) * 3
-    assert cfg.branch == "both" and cfg.skip == ()
+    from stagevar.plan import resolve_plan, unit_layout
+
+    cfg = stagevar.preset("fastvar")
+    plans = resolve_plan(cfg, [(p, p) for p in (1, 2, 4, 8, 16)], unit_layout(20, 1))
+    keep = {-2: int(0.6 * 64) + 1, -1: int(0.5 * 256) + 1}
+    for si, r in keep.items():  # blocks round(0.1 * 20) = 2 .. round(0.85 * 20) = 17 pruned, the others intact
+        assert plans[si].ranks == (None,) * 2 + (r,) * 15 + (None,) * 3
+    assert all(p.ranks is None for p in plans[:-2])
+    assert cfg.branch == "both" and cfg.skip == () and cfg.reducer == "fastvar"
 
 
 def test_cli_bench_runs(tmp_path, capsys):
@@ -121,9 +128,9 @@ def test_cli_bench_runs(tmp_path, capsys):
 
 
 def test_cli_bench_graphs_on_cpu_fails_before_measuring(tmp_path, capsys, monkeypatch):
-    import stagevar.bench
+    import stagevar.tools.bench
 
-    monkeypatch.setattr(stagevar.bench, "run", lambda *a, **k: pytest.fail("measured before refusing"))
+    monkeypatch.setattr(stagevar.tools.bench, "run", lambda *a, **k: pytest.fail("measured before refusing"))
     assert main(["bench", "--shape", "tiny", "--execution", "eager", "graphs", "--out", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and "execution='graphs' cannot run" in err and "CUDA" in err
@@ -159,7 +166,7 @@ def test_cli_calibrate_runs(tmp_path, capsys):
 
 def test_bench_reports_both_quality_views_where_the_model_has_judges():
     from stagevar.models import load_pretrained
-    from stagevar.quality import bundled_judges
+    from stagevar.tools.quality import bundled_judges
 
     var = load_pretrained("stagevar-tiny-var")
     judges = bundled_judges(var)
@@ -183,11 +190,13 @@ def test_bench_reports_both_quality_views_where_the_model_has_judges():
 def test_bench_default_methods_follow_the_models_preset():
     """The default method list is the preset accelerate() picks for this model and its relatives."""
     from stagevar.adapters import adapter_for
-    from stagevar.cli import _bench_methods
+    from stagevar.presets import compared
 
     for shape, want in (("tiny", "infinity-2b"), ("8b-tiny", "infinity-8b")):
-        names = _bench_methods("infinity", adapter_for(reference_infinity(shape).model).default_preset)
-        assert names[:3] == ["baseline", want, want + "-paper"]
-        resolve_methods(names, want, 4)  # every default name resolves
-    for model in ("var", "pretrained", "star"):
-        resolve_methods(_bench_methods(model, "var-d16"), "var-d16", 4)
+        model = reference_infinity(shape).model
+        names = compared(adapter_for(model).default_preset)
+        assert names[:2] == [want, want + "-paper"]
+        resolve_methods(names, model)  # every default name resolves
+    assert compared("var-d16", carried="stagevar-tiny-var")[:2] == ["var-d16", "stagevar-tiny-var"]
+    assert compared("var-d16", carried="calibrated-a0.96")[:2] == ["var-d16", "cfg-only"]  # not a name: left out
+    assert compared("star-d30")[:2] == ["star-d30", "star-d16"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import stagevar
-from stagevar.calibrate import Calibration, calibrate, energy_ranks
+from stagevar.tools.calibrate import Calibration, calibrate, energy_ranks
 from stagevar.models import reference_var
 
 
@@ -43,7 +43,7 @@ def test_calibration_report_shapes_and_ranges(small, tmp_path):
     stagevar.accelerate(small, cfg)
     img = small.autoregressive_infer_cfg(B=2, label_B=torch.tensor([0, 1]), g_seed=0, cfg=3.0)
     assert torch.isfinite(img).all()
-    assert stagevar.report(small).scales[-1].mode == "uncond-only+low-rank"
+    assert stagevar.last_report(small).scales[-1].mode == "uncond-only+low-rank"
     # scales whose measured ratio exceeds max_rank_ratio run one branch at full rank: thresholds
     # that put the refinement stage at scale 1 give several scales, with planted ratios
     planted = [[[0.1 * si] * len(cal.alphas)] * 2 for si in range(K)]  # mean ratio of scale si: 0.1 * si

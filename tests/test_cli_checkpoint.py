@@ -4,10 +4,10 @@ import os
 import pytest
 import torch
 
-from stagevar import cli
+from stagevar.tools import cli
 from stagevar.models import build_reference, load_pretrained, reference_var, save_pretrained
 from stagevar.models.pretrained import BUNDLED, class_names_of
-from stagevar.quality import bundled_judges
+from stagevar.tools.quality import bundled_judges
 
 CFG = dict(depth=2, embed_dim=64, num_heads=4, patch_nums=[1, 2, 3, 4], vocab_size=32, z_channels=8, ch=16,
            num_down=2, num_classes=3, seed=7)

@@ -4,8 +4,8 @@ import json
 import pytest
 
 import stagevar
-from stagevar import cli
-from stagevar.calibrate import Calibration, calibrate
+from stagevar.tools import cli
+from stagevar.tools.calibrate import Calibration, calibrate
 
 
 def _fails_fast(capsys, argv, *needles):
@@ -59,8 +59,8 @@ def test_config_takes_every_method_name_bench_takes(tmp_path, capsys):
 def test_other_errors_are_one_line_unless_debug(capsys):
     assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--config", "nope"]) == 1
     err = capsys.readouterr().err
-    assert "unknown method 'nope'" in err and "--debug" in err and "Traceback" not in err
-    with pytest.raises(ValueError, match="unknown method 'nope'"):
+    assert "unknown config 'nope'" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="unknown config 'nope'"):
         cli.main(["--debug", "demo", "--model", "var", "--shape", "tiny", "--config", "nope"])
 
 
@@ -69,9 +69,9 @@ def test_calibrate_refuses_a_zero_batch_and_keeps_the_models_report(tiny):
         calibrate(tiny, [0, 1], batch_size=0)
     stagevar.accelerate(tiny, "var-d16")
     tiny.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0)
-    rep = stagevar.report(tiny)
+    rep = stagevar.last_report(tiny)
     calibrate(tiny, [0, 1], one_branch_sweep=False)
-    assert stagevar.report(tiny) is rep and stagevar.current_config(tiny).name == "var-d16"
+    assert stagevar.last_report(tiny) is rep and stagevar.current_config(tiny).name == "var-d16"
 
 
 def test_calibration_load_names_unknown_keys(tmp_path):
@@ -79,3 +79,16 @@ def test_calibration_load_names_unknown_keys(tmp_path):
     path.write_text(json.dumps({"schedule": [], "bogus": 1}))
     with pytest.raises(ValueError, match=r"not a stagevar calibration \(unknown keys \['bogus'\]\)"):
         Calibration.load(path)
+
+
+def test_calibrate_uses_the_prompts_of_any_text_model_and_refuses_the_wrong_kind(tmp_path, capsys):
+    """--prompts reached only Infinity: STAR calibrated on eight built-in prompts instead of the given ones."""
+    out = str(tmp_path / "c.json")
+    assert cli.main(["calibrate", "--model", "star", "--shape", "tiny", "--prompts", "a cat", "a dog", "a boat",
+                     "--no-sweep", "--out", out]) == 0
+    assert "3 conditions x 1 seeds" in capsys.readouterr().out
+    assert json.load(open(out))["num_conditions"] == 3
+    assert cli.main(["calibrate", "--model", "var", "--shape", "tiny", "--prompts", "a cat", "--out", out]) == 1
+    assert "--model var takes class labels (--conditions), not --prompts" in capsys.readouterr().err
+    assert cli.main(["calibrate", "--model", "star", "--shape", "tiny", "--conditions", "1", "--out", out]) == 1
+    assert "--model star takes prompts (--prompts), not --conditions" in capsys.readouterr().err

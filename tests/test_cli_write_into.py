@@ -7,8 +7,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from stagevar import StageVARConfig, cli, preset
-from stagevar.calibrate import Calibration
+from stagevar import StageVARConfig, preset
+from stagevar.tools import cli
+from stagevar.tools.calibrate import Calibration
 from stagevar.models import load_pretrained, reference_var, save_pretrained
 from stagevar.models.pretrained import BUNDLED, write_config_into
 

@@ -15,11 +15,13 @@ from stagevar.models import reference_var
 from stagevar.plan import NoAccelerationWarning, resolve_plan
 
 VAR256 = [(p, p) for p in (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)]
+NAMES = stagevar.preset_names()
+MODEL = reference_var("tiny")  # what the relative names (cfg-only, lowrank-only) are taken against
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(branch="neg"), "branch='neg' is not one of"),
-    (dict(projection="svd"), "projection='svd'"),
+    (dict(reducer="svd"), "reducer='svd'"),
     (dict(rank_ratio=0.0), r"outside \(0, 1\]"),
     (dict(rank_ratio=1.5), r"outside \(0, 1\]"),
     (dict(rank_ratio=[]), "empty list"),
@@ -44,7 +46,7 @@ VAR256 = [(p, p) for p in (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)]
     (dict(refine_start=True), "refine_start must be an integer scale index"),
     (dict(refine_start="-2"), "refine_start must be an integer scale index"),
     (dict(branch=None), "branch=None is not one of"),
-    (dict(selection=b"norm"), "selection=b'norm' is not one of"),
+    (dict(reducer=b"gaussian"), "reducer=b'gaussian' is not one of"),
     (dict(rank_ratios=[(-1, 0.1)]), r"rank_ratios must be a dict \{scale_index"),
     (dict(rank_ratios=None), "rank_ratios must be a dict"),
     (dict(rank_ratios={-1: "0.1"}), r"rank_ratios\[-1\]: expected a float"),
@@ -89,15 +91,31 @@ def test_bad_configs_say_what_to_change(kwargs, match):
 def test_json_round_trip(tmp_path):
     cfg = StageVARConfig(refine_start=-3, branch="cond", rank_ratio=[0.1, 0.2], rank_ratios={-1: 0.05},
                          rank_table={-2: {0.96: [0.3, 0.4], 0.99: [0.5, 0.6]}}, alpha=0.96, unit_blocks=2,
-                         projection="orthogonal", skip=[-1], seed=7, name="mine")
+                         reducer="orthogonal", skip=[-1], seed=7, name="mine")
     assert StageVARConfig.from_json(cfg.to_json()) == cfg
     json.loads(cfg.to_json())
     path = tmp_path / "c.json"
     cfg.save(path)
     assert StageVARConfig.load(path) == cfg
-    for name in stagevar.presets():
-        p = stagevar.preset(name)
+    for name in NAMES:
+        p = stagevar.preset(name, MODEL)
         assert StageVARConfig.from_json(p.to_json()) == p
+
+
+def test_format_1_files_still_load_and_name_their_reducer():
+    # what stagevar wrote before the reducer field: no "format", projection + selection
+    old = {"refine_start": -2, "branch": "both", "rank_ratios": {"-1": 0.5}, "unit_blocks": 1,
+           "projection": "sample", "selection": "mean_distance", "name": "old-fastvar"}
+    assert StageVARConfig.from_dict(old).reducer == "fastvar"
+    assert StageVARConfig.from_dict(dict(old, selection="norm")).reducer == "sample"
+    assert StageVARConfig.from_dict({"projection": "orthogonal"}).reducer == "orthogonal"
+    assert StageVARConfig.from_dict({"name": "x"}) == StageVARConfig(name="x")
+    with pytest.raises(ConfigError, match="no reducer combines them; use reducer='fastvar'"):
+        StageVARConfig.from_dict({"projection": "gaussian", "selection": "mean_distance"})
+    with pytest.raises(ConfigError, match="config format 3 is not one this stagevar reads"):
+        StageVARConfig.from_dict({"format": 3})
+    with pytest.raises(ConfigError, match="unknown StageVARConfig field"):  # format 2 has no projection
+        StageVARConfig.from_dict({"format": 2, "projection": "sample"})
 
 
 def test_from_dict_rejects_unknown_fields():
@@ -123,8 +141,9 @@ def test_to_dict_layout_is_plain_json_data():
     d = stagevar.preset("infinity-2b-paper").to_dict()
     assert d == {"refine_start": -3, "branch": "uncond", "rank_ratio": None, "rank_ratios": {},
                  "rank_table": {"-3": {"0.96": [.0168, .1365, .2104, .2503, .2559, .1979, .1570, .1909]}},
-                 "alpha": 0.96, "unit_blocks": None, "resample_units": True, "projection": "gaussian",
-                 "selection": "norm", "skip": [-2, -1], "cache_condition": True, "seed": 0, "name": "infinity-2b-paper"}
+                 "alpha": 0.96, "unit_blocks": None, "resample_units": True, "reducer": "gaussian",
+                 "reduce_blocks": None, "skip": [-2, -1], "cache_condition": True, "seed": 0, "name": "infinity-2b-paper",
+                 "format": 2}
     assert type(d["rank_table"]) is dict and type(d["rank_table"]["-3"]) is dict  # plain, mutable copies
     d["rank_table"]["-3"]["0.96"][0] = 0.5
     assert stagevar.preset("infinity-2b-paper").rank_table[-3][0.96][0] == .0168
@@ -147,12 +166,12 @@ def test_preset_mappings_refuse_mutation(mutate):
         mutate(stagevar.preset("var-d16"))
     after = stagevar.preset("var-d16")
     assert after.to_json() == before and after.rank_ratios == {-2: 0.16, -1: 0.05}
-    assert resolve_plan(after, VAR256, num_units=16)[-1].ranks == (int(0.05 * 256) + 1,) * 16
+    assert resolve_plan(after, VAR256, units=16)[-1].ranks == (int(0.05 * 256) + 1,) * 16
 
 
 def test_every_preset_is_deeply_frozen():
-    for name in stagevar.presets():
-        cfg = stagevar.preset(name)
+    for name in NAMES:
+        cfg = stagevar.preset(name, MODEL)
         before = cfg.to_json()
         with pytest.raises(dataclasses.FrozenInstanceError):
             cfg.refine_start = 0
@@ -163,7 +182,7 @@ def test_every_preset_is_deeply_frozen():
         with pytest.raises(TypeError, match="read-only"):
             cfg.rank_table[-1] = {0.96: (0.5,)}
         assert isinstance(cfg.skip, tuple) and not isinstance(cfg.rank_ratio, list)
-        assert stagevar.preset(name).to_json() == before and stagevar.preset(name) == cfg
+        assert stagevar.preset(name, MODEL).to_json() == before and stagevar.preset(name, MODEL) == cfg
 
 
 def test_mutable_inputs_are_copied_in():
@@ -185,7 +204,7 @@ def test_equal_configs_hash_equal_and_work_as_dict_keys():
     assert hash(StageVARConfig.from_json(a.to_json())) == hash(a)
     cache = {a: "graph"}
     assert cache[b] == "graph" and cache.get(a.replace(seed=1)) is None
-    assert len({stagevar.preset(n) for n in stagevar.presets()} | {stagevar.preset("var-d16")}) == len(stagevar.presets())
+    assert len({stagevar.preset(n, MODEL) for n in NAMES} | {stagevar.preset("var-d16")}) == len(NAMES)
     assert stagevar.preset("var-d16") != stagevar.preset("var-d20")  # names differ
 
 
@@ -205,24 +224,24 @@ def test_replace_copy_and_pickle_keep_configs_frozen_and_equal():
 
 
 def test_presets():
-    names = stagevar.presets()
+    names = NAMES
     for n in ["none", "var-d16", "var-d20", "var-d24", "var-d30", "var-d36", "infinity-2b", "infinity-8b",
               "infinity-2b-paper", "infinity-8b-paper"]:
         assert n in names
     for n in names:  # never skip in a default; only the presets named after the authors' code do
-        assert (stagevar.preset(n).skip != ()) == n.endswith("-paper")
-    with pytest.raises(ConfigError, match="unknown preset 'var-d99'; available"):
+        assert (stagevar.preset(n, MODEL).skip != ()) == n.endswith("-paper")
+    with pytest.raises(ConfigError, match="unknown config 'var-d99'; did you mean 'var-d.*names: .*fastvar.*skip-last-N"):
         stagevar.preset("var-d99")
-    with pytest.raises(ConfigError, match="a preset name must be a string, one of: .*var-d16"):
+    with pytest.raises(ConfigError, match="a config name must be a string .*'var-d16'"):
         stagevar.preset(None)
-    with pytest.raises(ConfigError, match="a preset name must be a string"):
+    with pytest.raises(ConfigError, match="a config name must be a string"):
         stagevar.preset(["var-d16"])
 
 
 def test_plan_resolves_by_position_not_side():
     cfg = stagevar.preset("var-d16")
-    p256 = resolve_plan(cfg, VAR256, num_units=16)
-    p512 = resolve_plan(cfg, [(p, p) for p in (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)], num_units=16)
+    p256 = resolve_plan(cfg, VAR256, units=16)
+    p512 = resolve_plan(cfg, [(p, p) for p in (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)], units=16)
     for plans in (p256, p512):
         assert [p.mode for p in plans[-2:]] == ["uncond-only+low-rank"] * 2
         assert all(p.mode == "intact" for p in plans[:-2])
@@ -233,12 +252,12 @@ def test_plan_resolves_by_position_not_side():
 def test_plan_rank_sources_and_precedence():
     cfg = StageVARConfig(refine_start=-3, rank_ratio=0.5, rank_ratios={-1: [0.1, 0.2]},
                          rank_table={-2: {0.96: [0.25, 0.25]}}, alpha=0.96)
-    plans = resolve_plan(cfg, VAR256, num_units=2)
+    plans = resolve_plan(cfg, VAR256, units=2)
     assert plans[-3].ranks == (51, 51)        # rank_ratio: int(0.5*100)+1
     assert plans[-2].ranks == (43, 43)        # table: int(0.25*169)+1
     assert plans[-1].ranks == (26, 52)        # per-unit override
     with pytest.raises(ConfigError, match="3 per-unit ratios given but the model has 2"):
-        resolve_plan(StageVARConfig(rank_ratio=[0.1, 0.1, 0.1]), VAR256, num_units=2)
+        resolve_plan(StageVARConfig(rank_ratio=[0.1, 0.1, 0.1]), VAR256, units=2)
 
 
 def test_plan_errors_name_the_range():
@@ -282,16 +301,16 @@ def test_unsupported_objects_are_named():
 
 
 def test_resample_units_rule():
-    from stagevar.config import ratios_for_units
+    from stagevar.plan import ratios_for_units
     assert ratios_for_units((0.1, 0.3), 3, "x", resample=True) == pytest.approx([0.1, 0.2, 0.3])
     assert ratios_for_units((0.1, 0.2, 0.3, 0.4, 0.5), 2, "x", resample=True) == pytest.approx([0.1, 0.5])
     assert ratios_for_units((0.2, 0.4), 1, "x", resample=True) == pytest.approx([0.3])
     assert ratios_for_units((0.1, 0.2), 2, "x", resample=True) == [0.1, 0.2]
     inf = stagevar.preset("infinity-2b")
-    plans = resolve_plan(inf, [(1, 1), (2, 2), (4, 4), (8, 8)], num_units=2)
+    plans = resolve_plan(inf, [(1, 1), (2, 2), (4, 4), (8, 8)], units=2)
     assert plans[-1].ranks == (int(0.0082 * 64) + 1, int(0.0557 * 64) + 1)
     assert [p.mode for p in plans] == ["intact"] + ["uncond-only+low-rank"] * 3
-    paper = resolve_plan(stagevar.preset("infinity-2b-paper"), [(1, 1), (2, 2), (4, 4), (8, 8)], num_units=8)
+    paper = resolve_plan(stagevar.preset("infinity-2b-paper"), [(1, 1), (2, 2), (4, 4), (8, 8)], units=8)
     assert [p.mode for p in paper] == ["intact", "uncond-only+low-rank", "skip", "skip"]
 
 

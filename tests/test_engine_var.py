@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import stagevar
-import stagevar.engine as engine_mod
+import stagevar.lowrank as engine_mod
 import stagevar.models.var as ref_var_module
 from stagevar import StageVARConfig
 from stagevar.models import reference_var
@@ -21,7 +21,7 @@ def test_none_preset_is_bit_identical(B, layout):
     stagevar.accelerate(var, "none")
     got = var.autoregressive_infer_cfg(**kw)
     assert torch.equal(got, want)
-    rep = stagevar.report(var)
+    rep = stagevar.last_report(var)
     assert [s.mode for s in rep.scales] == ["intact"] * len(var.patch_nums)
     assert rep.token_rows == rep.intact_token_rows
 
@@ -55,7 +55,7 @@ def test_one_branch_rows_equal_the_2B_run(small, B, branch):
     kept = base[t][:B] if branch == "cond" else base[t][B:]
     assert acc[t].shape[0] == B
     torch.testing.assert_close(acc[t], kept, atol=1e-5, rtol=1e-5)
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     assert [s.rows for s in rep.scales] == [2 * B] * (K - 2) + [B, B]
 
 
@@ -89,11 +89,11 @@ def test_every_cache_holds_B_rows_after_transition(small, B):
 def test_full_rank_sample_reproduces_intact_scale(small):
     kw = gen_kwargs(2, seed=9)
     want = small.autoregressive_infer_cfg(**kw)
-    cfg = StageVARConfig(refine_start=-2, branch="both", rank_ratio=1.0, projection="sample", name="t")
+    cfg = StageVARConfig(refine_start=-2, branch="both", rank_ratio=1.0, reducer="sample", name="t")
     with pytest.warns(stagevar.NoAccelerationWarning):  # full rank computes no less: said, not silent
         stagevar.accelerate(small, cfg)
     got = small.autoregressive_infer_cfg(**kw)
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     assert [s.mode for s in rep.scales][-2:] == ["low-rank", "low-rank"]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -260,7 +260,7 @@ def test_default_preset_runs_and_reports(small):
     assert stagevar.current_config(small).name == "var-d16"
     img = small.autoregressive_infer_cfg(**gen_kwargs(2))
     assert img.shape[0] == 2 and torch.isfinite(img).all()
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     d = rep.to_dict()
     assert d["scales"][-1]["mode"] == "uncond-only+low-rank" and d["scales"][-1]["rows"] == 2
     assert d["token_rows"] < d["intact_token_rows"]
@@ -271,7 +271,7 @@ def test_default_preset_runs_and_reports(small):
 def test_skip_is_explicit_and_reported(small):
     stagevar.accelerate(small, StageVARConfig(refine_start=None, skip=(-1,), name="t"))
     img = small.autoregressive_infer_cfg(**gen_kwargs(1))
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     assert rep.skipping and rep.scales[-1].mode == "skip" and rep.scales[-1].rows == 0
     assert "scale skipping ON" in str(rep) and torch.isfinite(img).all()
 
@@ -290,10 +290,10 @@ def test_bf16_autocast_on_cpu(small):
 
 def test_report_requires_a_call(small):
     with pytest.raises(RuntimeError, match="not accelerated"):
-        stagevar.report(small)
+        stagevar.last_report(small)
     stagevar.accelerate(small)
     with pytest.raises(RuntimeError, match="no accelerated generation"):
-        stagevar.report(small)
+        stagevar.last_report(small)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -312,7 +312,7 @@ def test_cuda_none_bit_identical_and_preset_runs():
         a = var.autoregressive_infer_cfg(**kw)
         b = var.autoregressive_infer_cfg(**kw)
         assert torch.equal(a, b) and a.device.type == "cuda"
-        assert stagevar.report(var).device.startswith("cuda")
+        assert stagevar.last_report(var).device.startswith("cuda")
 
 
 def test_deepcopy_of_an_accelerated_model_is_independent(small):
@@ -324,7 +324,7 @@ def test_deepcopy_of_an_accelerated_model_is_independent(small):
     assert stagevar.current_config(twin).name == "var-d16"
     kw = gen_kwargs(1, seed=2)
     assert torch.equal(twin.autoregressive_infer_cfg(**kw), small.autoregressive_infer_cfg(**kw))
-    stagevar.report(twin)
+    stagevar.last_report(twin)
     stagevar.restore(twin)
     assert stagevar.is_accelerated(small) and not stagevar.is_accelerated(twin)
     assert list(inspect.signature(small.autoregressive_infer_cfg).parameters)[:2] == ["B", "label_B"]
@@ -333,11 +333,11 @@ def test_deepcopy_of_an_accelerated_model_is_independent(small):
 def test_report_after_failure_and_scoped_override(small):
     stagevar.accelerate(small, "var-d16")
     small.autoregressive_infer_cfg(**gen_kwargs(1))
-    first = stagevar.report(small)
+    first = stagevar.last_report(small)
     with stagevar.accelerated(small, "none"):
         pass
-    assert stagevar.report(small) is first  # the outer config's engine and report are back
+    assert stagevar.last_report(small) is first  # the outer config's engine and report are back
     with pytest.raises(ValueError):
         small.autoregressive_infer_cfg(B=2, label_B=torch.tensor([1]))
     with pytest.raises(RuntimeError, match="the last call raised"):
-        stagevar.report(small)
+        stagevar.last_report(small)

@@ -57,7 +57,7 @@ def test_graphs_refused_on_cpu_and_auto_runs_eager(small):
         stagevar.accelerate(small, "var-d16", execution="fast")
     stagevar.accelerate(small, "var-d16")
     small.autoregressive_infer_cfg(**gen_kwargs(2))
-    assert stagevar.report(small).executor == "eager"
+    assert stagevar.last_report(small).executor == "eager"
 
 
 @pytest.mark.parametrize("config", VAR_CONFIGS)
@@ -65,10 +65,10 @@ def test_var_replays_equal_eager_for_new_labels_and_seeds(monkeypatch, small, co
     backend = _graphs(monkeypatch, small, config)
     kw = gen_kwargs(3, seed=1)
     out1 = small.autoregressive_infer_cfg(**kw)
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     assert rep.executor == "eager" and "first call" in rep.note
     out2 = small.autoregressive_infer_cfg(**kw)
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     assert rep.executor == "graphs" and "captured" in rep.note and backend.captures == len(rep.scales)
     assert torch.equal(out1, out2)
     counter = _count_block_python(small, backend)
@@ -76,10 +76,10 @@ def test_var_replays_equal_eager_for_new_labels_and_seeds(monkeypatch, small, co
         kw = gen_kwargs(3, seed=seed, label_B=torch.tensor(labels))
         counter[0] = 0
         got = small.autoregressive_infer_cfg(**kw)
-        assert stagevar.report(small).executor == "graphs"
+        assert stagevar.last_report(small).executor == "graphs"
         assert counter[0] == 0, "a replayed call ran per-block Python"
         assert torch.equal(got, _eager(small, config, kw))
-    assert backend.captures == len(stagevar.report(small).scales)  # never captured again
+    assert backend.captures == len(stagevar.last_report(small).scales)  # never captured again
 
 
 def test_infinity_replays_equal_eager_for_new_prompts_and_seeds(monkeypatch):
@@ -91,12 +91,12 @@ def test_infinity_replays_equal_eager_for_new_prompts_and_seeds(monkeypatch):
     kw = call_kwargs(bundle, 2, "16:9", seed=3)
     m.autoregressive_infer_cfg(**kw)
     m.autoregressive_infer_cfg(**kw)
-    assert stagevar.report(m).executor == "graphs"
+    assert stagevar.last_report(m).executor == "graphs"
     counter = _count_block_python(m, backend)
     # same token count per prompt, other words: the same key
     kw2 = dict(kw, label_B_or_BLT=bundle.encode(["a green dog lying on a rug", "sea"]), g_seed=11)
     got = m.autoregressive_infer_cfg(**kw2)[2]
-    assert stagevar.report(m).executor == "graphs" and counter[0] == 0
+    assert stagevar.last_report(m).executor == "graphs" and counter[0] == 0
     assert torch.equal(got, _eager(m, "infinity-2b", kw2)[2])
     assert len(_executor(m).keys) == 1
 
@@ -122,7 +122,7 @@ def test_every_static_input_is_copied_in(monkeypatch, small):
     with warnings.catch_warnings():
         warnings.simplefilter("error", GraphFallbackWarning)
         assert torch.equal(small.autoregressive_infer_cfg(**kw2), want)
-    assert stagevar.report(small).executor == "graphs"
+    assert stagevar.last_report(small).executor == "graphs"
 
     # removing any one copy is caught: a stale output, or NaN probabilities reaching the sampler (the
     # replay fails: that key falls back to eager with a warning)
@@ -140,7 +140,7 @@ def test_every_static_input_is_copied_in(monkeypatch, small):
         assert failed or not torch.equal(got, want), \
             f"input {skip} {tuple(entry.static[skip].shape)} is not read from the captured tensors"
         if failed:  # the fallback ran the call eagerly: the right images, and the key stays eager
-            assert torch.equal(got, want) and stagevar.report(small).executor == "eager"
+            assert torch.equal(got, want) and stagevar.last_report(small).executor == "eager"
         monkeypatch.setattr(ex.GraphExecutor, "_copy_inputs", staticmethod(real))
 
 
@@ -153,9 +153,9 @@ def test_replays_draw_from_each_calls_seed(monkeypatch, small):
         warnings.simplefilter("error", GraphFallbackWarning)
         a = small.autoregressive_infer_cfg(**kw)
         b = small.autoregressive_infer_cfg(**kw)
-        assert torch.equal(a, b) and stagevar.report(small).executor == "graphs"
+        assert torch.equal(a, b) and stagevar.last_report(small).executor == "graphs"
         c = small.autoregressive_infer_cfg(**gen_kwargs(2, seed=5))
-    assert not torch.equal(a, c) and stagevar.report(small).executor == "graphs"
+    assert not torch.equal(a, c) and stagevar.last_report(small).executor == "graphs"
 
 
 @pytest.mark.parametrize("change", ["B", "cfg", "top_k", "block", "weights_reloaded", "quantizer_reloaded"])
@@ -181,7 +181,7 @@ def test_a_changed_call_or_model_captures_anew(monkeypatch, small, change):
     else:  # new storage for a parameter (e.g. a re-load that replaces tensors)
         small.blocks[0].attn.proj.weight = torch.nn.Parameter(small.blocks[0].attn.proj.weight.detach().clone())
     got = small.autoregressive_infer_cfg(**kw)
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     assert rep.executor == "eager" and "first call" in rep.note
     assert len(_executor(small).keys) == 2
     assert torch.equal(got, _eager(small, "var-d16", kw))
@@ -195,7 +195,7 @@ def test_schedule_change_captures_anew_on_infinity(monkeypatch):
     _graphs(monkeypatch, m, "none")
     for aspect in ["1:1", "1:1", "16:9"]:
         m.autoregressive_infer_cfg(**call_kwargs(bundle, 1, aspect))
-    assert len(_executor(m).keys) == 2 and "first call" in stagevar.report(m).note
+    assert len(_executor(m).keys) == 2 and "first call" in stagevar.last_report(m).note
 
 
 def test_lru_eviction_and_release(monkeypatch, small):
@@ -210,7 +210,7 @@ def test_lru_eviction_and_release(monkeypatch, small):
     stagevar.release_graphs(small)
     assert ex_.keys == [] and backend.released > released
     small.autoregressive_infer_cfg(**gen_kwargs(3))
-    assert "first call" in stagevar.report(small).note
+    assert "first call" in stagevar.last_report(small).note
     stagevar.restore(small)
     assert ex_.keys == []
 
@@ -228,7 +228,7 @@ def test_capture_error_falls_back_once_without_retry(monkeypatch, small):
         warnings.simplefilter("error")
         got = small.autoregressive_infer_cfg(**kw)
     assert torch.equal(got, want) and backend.captures == tries
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     assert rep.executor == "eager" and "capture failed" in rep.note
     assert all(b.attn.cached_k is None for b in small.blocks)
 
@@ -242,7 +242,7 @@ def test_inexact_replay_falls_back_to_eager(monkeypatch, small):
         got = small.autoregressive_infer_cfg(**kw)
     assert torch.equal(got, want)
     assert torch.equal(small.autoregressive_infer_cfg(**kw), want)
-    assert stagevar.report(small).executor == "eager"
+    assert stagevar.last_report(small).executor == "eager"
 
 
 def test_unseeded_calls_stay_eager(monkeypatch, small):
@@ -250,7 +250,7 @@ def test_unseeded_calls_stay_eager(monkeypatch, small):
     stagevar.accelerate(small, "var-d16", execution="auto")
     for _ in range(3):
         small.autoregressive_infer_cfg(**gen_kwargs(2, seed=None))
-    rep = stagevar.report(small)
+    rep = stagevar.last_report(small)
     assert rep.executor == "eager" and "unseeded" in rep.note and backend.captures == 0
     stagevar.accelerate(small, "var-d16", execution="graphs")
     with pytest.raises(GraphsUnavailableError, match="unseeded"):
@@ -266,7 +266,7 @@ def test_copies_of_the_model_carry_no_graphs(monkeypatch, small):
     twin = copy.deepcopy(small)
     assert _executor(twin).keys == [] and len(_executor(small).keys) == 1
     twin.autoregressive_infer_cfg(**kw)
-    assert "first call" in stagevar.report(twin).note
+    assert "first call" in stagevar.last_report(twin).note
 
 
 def test_observed_calls_run_eager(monkeypatch, small):
@@ -296,7 +296,7 @@ def test_random_labels_drawn_at_setup_replay_as_eager(monkeypatch, small, rng):
         for seed in (3, 8):
             kw = dict(gen_kwargs(2, seed=seed), label_B=None)
             got = small.autoregressive_infer_cfg(**kw)
-            assert stagevar.report(small).executor == "graphs"
+            assert stagevar.last_report(small).executor == "graphs"
             assert torch.equal(got, _eager(small, "var-d16", kw))
 
 
@@ -307,9 +307,9 @@ def test_inference_mode_is_part_of_the_key(monkeypatch, small):
     with torch.inference_mode():
         small.autoregressive_infer_cfg(**kw)
         small.autoregressive_infer_cfg(**kw)
-    assert stagevar.report(small).executor == "graphs"
+    assert stagevar.last_report(small).executor == "graphs"
     got = small.autoregressive_infer_cfg(**gen_kwargs(2, seed=2))
-    assert "first call" in stagevar.report(small).note and len(_executor(small).keys) == 2
+    assert "first call" in stagevar.last_report(small).note and len(_executor(small).keys) == 2
     assert torch.equal(got, _eager(small, "var-d16", gen_kwargs(2, seed=2)))
 
 
@@ -327,12 +327,12 @@ def test_a_failing_replay_falls_back_once(monkeypatch, small):
     kw2 = gen_kwargs(2, seed=6)
     with pytest.warns(GraphFallbackWarning, match="replay failed"):
         got = small.autoregressive_infer_cfg(**kw2)
-    assert torch.equal(got, _eager(small, "var-d16", kw2)) and stagevar.report(small).executor == "eager"
+    assert torch.equal(got, _eager(small, "var-d16", kw2)) and stagevar.last_report(small).executor == "eager"
     monkeypatch.setattr(backend, "replay", replay)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         small.autoregressive_infer_cfg(**kw2)
-    assert "replay failed" in stagevar.report(small).note and backend.captures == len(stagevar.report(small).scales)
+    assert "replay failed" in stagevar.last_report(small).note and backend.captures == len(stagevar.last_report(small).scales)
 
 
 def test_exactness_check_sees_codes_when_the_call_returns_no_image(monkeypatch):
@@ -346,7 +346,7 @@ def test_exactness_check_sees_codes_when_the_call_returns_no_image(monkeypatch):
     m.autoregressive_infer_cfg(**kw)
     with pytest.warns(GraphFallbackWarning, match="differs"):
         m.autoregressive_infer_cfg(**kw)
-    assert stagevar.report(m).executor == "eager"
+    assert stagevar.last_report(m).executor == "eager"
 
 
 def test_a_model_where_graphs_no_longer_run_goes_eager_or_raises(monkeypatch, small):
@@ -362,7 +362,7 @@ def test_a_model_where_graphs_no_longer_run_goes_eager_or_raises(monkeypatch, sm
         if execution == "auto":  # never captured, however often called (a key's second call would capture)
             for _ in range(3):
                 assert torch.equal(small.autoregressive_infer_cfg(**kw), want)
-                assert stagevar.report(small).executor == "eager"
+                assert stagevar.last_report(small).executor == "eager"
             assert backend.captures == 0
         else:
             with pytest.raises(GraphsUnavailableError, match="this model is on cpu"):
@@ -408,7 +408,7 @@ def test_cuda_graphs_none_equals_unpatched_and_presets_equal_eager(family, B, au
             stagevar.accelerate(model, config, execution="graphs")
             ref = want if config == "none" else [out(_eager(model, config, kw)) for kw in kws]
             got = [_no_fallback(lambda kw=kw: out(model.autoregressive_infer_cfg(**kw))) for kw in kws]
-            assert stagevar.report(model).executor == "graphs", stagevar.report(model).note
+            assert stagevar.last_report(model).executor == "graphs", stagevar.last_report(model).note
             for g, w in zip(got, ref):
                 assert torch.equal(g, w), config
             stagevar.restore(model)
@@ -425,7 +425,7 @@ def test_cuda_random_labels_replay_as_eager():
         stagevar.accelerate(model, "var-d16", execution="graphs")
         kws = [dict(gen_kwargs(4, seed=s), label_B=None) for s in (0, 1, 2)]
         got = [_no_fallback(lambda kw=kw: model.autoregressive_infer_cfg(**kw)) for kw in kws]
-        assert stagevar.report(model).executor == "graphs", stagevar.report(model).note
+        assert stagevar.last_report(model).executor == "graphs", stagevar.last_report(model).note
         for g, kw in zip(got, kws):
             assert torch.equal(g, _eager(model, "var-d16", kw))
         stagevar.restore(model)
@@ -441,7 +441,7 @@ def test_cuda_release_graphs_lowers_reserved_memory():
     kw = gen_kwargs(8, seed=0, label_B=torch.arange(8, device=dev) % 10)
     for _ in range(3):
         _no_fallback(lambda: model.autoregressive_infer_cfg(**kw))
-    rep = stagevar.report(model)
+    rep = stagevar.last_report(model)
     assert rep.executor == "graphs" and rep.pool_bytes > 0
     torch.cuda.synchronize()
     torch.cuda.empty_cache()  # what the eager calls left cached, so that only the pool can be freed below

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stagevar import bench
-from stagevar.cli import main
-from stagevar.figures import (GAP, MIN_CELL, _wrap, condition_labels, grid_array, image_grid_figure, pareto_chart,
+from stagevar.tools import bench
+from stagevar.tools.cli import main
+from stagevar.tools.figures import (GAP, MIN_CELL, _wrap, condition_labels, grid_array, image_grid_figure, pareto_chart,
                               pareto_front, write_png)
 from stagevar.models import reference_var
 
@@ -88,10 +88,10 @@ def test_figure_refuses_mismatched_labels_and_unknown_backend(tmp_path):
         image_grid_figure(_rows(), ["a", "b"], ["x", "y", "z"], str(tmp_path / "f.png"), backend="svg")
 
 
-def test_write_png_and_save_grid_read_back_exactly(tmp_path):
+def test_write_png_and_grid_array_read_back_exactly(tmp_path):
     g = torch.Generator().manual_seed(0)
     rows = [torch.rand(2, 3, 5, 7, generator=g) for _ in range(3)]
-    bench.save_grid(rows, str(tmp_path / "g.png"))
+    write_png(grid_array(rows), str(tmp_path / "g.png"))
     want = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1).permute(1, 2, 0).numpy()
     assert np.array_equal(_read(tmp_path / "g.png"), (want * 255).round().astype(np.uint8))
     arr = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
@@ -147,16 +147,16 @@ def test_bench_out_draws_the_pareto_chart(tmp_path):
 def test_demo_writes_a_labelled_figure(monkeypatch, tmp_path, capsys):
     """The demo figure has its row labels, and each states every figure once (it once listed the
     consistencies twice)."""
-    import stagevar.figures as figures
+    import stagevar.tools.demo as demo
 
     seen = {}
-    real = figures.image_grid_figure
+    real = demo.image_grid_figure
 
     def spy(rows, row_labels, *a, **k):
         seen["labels"] = list(row_labels)
         return real(rows, row_labels, *a, **k)
 
-    monkeypatch.setattr(figures, "image_grid_figure", spy)
+    monkeypatch.setattr(demo, "image_grid_figure", spy)
     out = tmp_path / "d.png"
     assert main(["demo", "--model", "pretrained", "--batch", "2", "--repeats", "1", "--config", "var-d16",
                  "--out", str(out)]) == 0
@@ -191,7 +191,7 @@ def test_quality_reference_replots_saved_rows(tmp_path, monkeypatch, capsys):
 
 def test_method_label_says_each_figure_once():
     """The demo's and bench's row labels: one format, every figure once."""
-    from stagevar.figures import method_label
+    from stagevar.tools.figures import method_label
 
     assert method_label("baseline", wall_ms=812.4, consistency={"semantic": 0.9}) == (
         "baseline (unpatched)\n812 ms per call\nsemantic cons. 0.90")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stagevar import cli, generate as gen
-from stagevar.generate import MANIFEST, batch_seed, generate, plan_batches
-from stagevar.methods import MODEL_DEFAULT
+from stagevar.tools import cli, generate as gen
+from stagevar.tools.generate import MANIFEST, batch_seed, generate, plan_batches
+from stagevar.tools.runner import MODEL_DEFAULT
 from stagevar.models import build_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +82,7 @@ def test_a_failing_rank_stops_every_rank(tmp_path):
     (hook / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
-        "    import stagevar.generate as g\n"
+        "    import stagevar.tools.generate as g\n"
         "    def broken(*a, **k):\n"
         "        raise OSError('disk full on rank 1')\n"
         "    g.save_png = broken\n")
@@ -155,7 +155,7 @@ def test_the_config_is_recorded_and_applied(ref, tmp_path):
 
 
 def test_an_interrupted_image_write_leaves_no_file(tmp_path, monkeypatch):
-    from stagevar import figures
+    from stagevar.tools import figures
 
     def broken(arr, path):
         with open(path, "wb") as f:
@@ -171,7 +171,7 @@ def test_an_interrupted_image_write_leaves_no_file(tmp_path, monkeypatch):
 def test_bad_input_is_refused_with_what_to_change(ref, tmp_path, capsys):
     for kw, msg in ((dict(items=[]), "no items"), (dict(batch=0), "batch=0"), (dict(per_item=0), "per_item=0"),
                     (dict(seed=-1), "seed=-1"), (dict(items=[0, "a fox"]), "all class labels"),
-                    (dict(items=[99]), "outside 0..9"), (dict(config="nope"), "unknown method")):
+                    (dict(items=[99]), "outside 0..9"), (dict(config="nope"), "unknown config")):
         with pytest.raises(ValueError, match=msg):
             _run(ref, tmp_path / "o", **kw)
     blocker = tmp_path / "file"

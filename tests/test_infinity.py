@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import stagevar
-import stagevar.engine as engine_mod
+import stagevar.lowrank as engine_mod
 import stagevar.models.infinity as ref_inf
 from stagevar import StageVARConfig
 from stagevar.models import reference_infinity
@@ -48,7 +48,7 @@ def test_none_preset_bit_identical_with_hidden_state_cfg_and_trunk(bundle):
     want = generate(bundle.model, kw)
     with stagevar.accelerated(bundle.model, "none"):
         got = generate(bundle.model, kw)
-        assert len(stagevar.report(bundle.model).scales) == 5
+        assert len(stagevar.last_report(bundle.model).scales) == 5
     assert torch.equal(got, want)
 
 
@@ -156,7 +156,7 @@ def test_presets_run_at_any_aspect_ratio(bundle, aspect):
     for name in ["infinity-2b", "infinity-2b-paper"]:
         with stagevar.accelerated(m, name):
             img = generate(m, kw)
-            rep = stagevar.report(m)
+            rep = stagevar.last_report(m)
         assert img.shape == (2, h * bundle.vae.upsample, w * bundle.vae.upsample, 3) and img.dtype == torch.uint8
         modes = [s.mode for s in rep.scales]
         assert modes[-3] == "uncond-only+low-rank"
@@ -228,7 +228,7 @@ def test_full_rank_units_reproduce_intact_with_per_chunk_level_embedding():
     b = reference_infinity("tiny", add_lvl_embeding_only_first_block=0)
     kw = call_kwargs(b, 2, "16:9")
     want = generate(b.model, kw)
-    cfg = StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, projection="sample", name="t")
+    cfg = StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, reducer="sample", name="t")
     with pytest.warns(stagevar.NoAccelerationWarning):
         stagevar.accelerate(b.model, cfg)
     got = generate(b.model, kw)
@@ -259,7 +259,7 @@ def test_full_rank_units_get_the_rope_each_block_path_reads(fused_norm):
     b = reference_infinity("tiny", fused_norm=fused_norm)
     kw = call_kwargs(b, 2)
     want = generate(b.model, kw)
-    cfg = StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, projection="sample", name="t")
+    cfg = StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, reducer="sample", name="t")
     with pytest.warns(stagevar.NoAccelerationWarning), stagevar.accelerated(b.model, cfg):
         got = generate(b.model, kw)
     # float reordering may move a rare pixel by one level; the wrong RoPE rows moved 6-8% of them
@@ -270,7 +270,7 @@ def test_report_counts_rows_the_call_started_with(bundle):
     kw = call_kwargs(bundle, 2, cfg=1.0)  # no CFG: B rows throughout
     with stagevar.accelerated(bundle.model, "none"):
         generate(bundle.model, kw)
-        rep = stagevar.report(bundle.model)
+        rep = stagevar.last_report(bundle.model)
     assert rep.intact_rows == 2 and rep.token_rows == rep.intact_token_rows
 
 
@@ -318,7 +318,7 @@ def test_trunk_scale_zero_under_none_returns_what_the_unpatched_call_returns(bun
     want = m.autoregressive_infer_cfg(**kw)
     with stagevar.accelerated(m, "none"):
         assert m.autoregressive_infer_cfg(**kw) == want == ([], [], [])
-        assert stagevar.report(m).scales == []
+        assert stagevar.last_report(m).scales == []
 
 
 # -- Infinity-8B's layout: apply_spatial_patchify=1 ---------------------------------------------------

@@ -1,14 +1,14 @@
-"""The interleaved runner (stagevar.methods) and executor-aware timing (stagevar.bench.interleaved),
+"""The interleaved runner (stagevar.tools.runner) and executor-aware timing (stagevar.bench.interleaved),
 on tiny models; graphs through the replaying stand-in backend of tests/graph_fake.py."""
 import pytest
 import torch
 
 import stagevar
 import stagevar.executors as ex
-import stagevar.methods as methods
+import stagevar.tools.runner as methods
 from stagevar import GraphFallbackWarning, StageVARConfig
-from stagevar.bench import format_timing, interleaved
-from stagevar.methods import Arm, arms_for, run_interleaved
+from stagevar.tools.bench import format_timing, interleaved
+from stagevar.tools.runner import BASELINE, Arm, arms_for, run_interleaved
 
 from conftest import gen_kwargs
 from graph_fake import ReplayingBackend
@@ -35,11 +35,11 @@ def _count_calls(monkeypatch):
 
 
 def test_arms_cross_methods_with_executors():
-    arms = arms_for([("baseline", None), ("a", LOWRANK)], ["eager", "graphs", "eager"])
+    arms = arms_for([("baseline", BASELINE), ("a", LOWRANK)], ["eager", "graphs", "eager"])
     assert [(a.label, a.execution) for a in arms] == [("baseline", "eager"), ("a", "eager"), ("a", "graphs")]
     assert arms[2].name == "a [graphs]" and arms[1].name == "a"
     with pytest.raises(ValueError, match="runs eagerly"):
-        Arm("baseline", None, "graphs")
+        Arm("baseline", BASELINE, "graphs")
     with pytest.raises(ValueError, match="execution"):
         Arm("a", LOWRANK, "fast")
 
@@ -48,7 +48,7 @@ def test_runner_interleaves_round_robin_with_the_same_arguments(monkeypatch, tin
     """Every round runs every batch under every arm in order; every arm gets each batch's own
     arguments (seeds) every round: 'none' equals the unpatched call batch by batch, an arm repeats
     itself round after round, and the batches differ."""
-    arms = [Arm("baseline", None), Arm("lowrank", LOWRANK), Arm("none", stagevar.preset("none"))]
+    arms = [Arm("baseline", BASELINE), Arm("lowrank", LOWRANK), Arm("none", stagevar.preset("none"))]
     batches = [gen_kwargs(2, seed=0), gen_kwargs(2, seed=5, label_B=torch.tensor([3, 7]))]
     calls = _count_calls(monkeypatch)
     seen, outs = [], {}
@@ -73,17 +73,17 @@ def test_runner_interleaves_round_robin_with_the_same_arguments(monkeypatch, tin
 
 def test_runner_refuses_a_patched_model_and_bad_rounds(tiny):
     with pytest.raises(ValueError, match="rounds"):
-        run_interleaved(tiny, [Arm("baseline", None)], [gen_kwargs(1)], rounds=0)
+        run_interleaved(tiny, [Arm("baseline", BASELINE)], [gen_kwargs(1)], rounds=0)
     stagevar.accelerate(tiny, "var-d16")
     with pytest.raises(ValueError, match="unpatched model"):
-        run_interleaved(tiny, [Arm("baseline", None)], [gen_kwargs(1)])
+        run_interleaved(tiny, [Arm("baseline", BASELINE)], [gen_kwargs(1)])
     assert stagevar.current_config(tiny).name == "var-d16"
 
 
 @pytest.mark.parametrize("where", ["call", "on_call", "config"])
 def test_runner_restores_the_model_on_any_exception(monkeypatch, tiny, where):
     backend = _fake_graphs(monkeypatch, tiny)
-    arms = [Arm("baseline", None), Arm("lowrank", LOWRANK, "graphs"), Arm("none", stagevar.preset("none"))]
+    arms = [Arm("baseline", BASELINE), Arm("lowrank", LOWRANK, "graphs"), Arm("none", stagevar.preset("none"))]
     on_call = None
     if where == "call":  # 'none' raises once the graphs arm has replayed: in the first timed round
         real = stagevar.engine.Engine.run_scale
@@ -115,7 +115,7 @@ def test_graph_arms_capture_once_and_replay_while_interleaved(monkeypatch, tiny)
     """Each graphs arm keeps its engine across the other arms' calls: one capture per scale for
     the run, every timed call a replay."""
     backend = _fake_graphs(monkeypatch, tiny)
-    arms = arms_for([("baseline", None), ("lowrank", LOWRANK), ("none", stagevar.preset("none"))], ["eager", "graphs"])
+    arms = arms_for([("baseline", BASELINE), ("lowrank", LOWRANK), ("none", stagevar.preset("none"))], ["eager", "graphs"])
     calls = _count_calls(monkeypatch)
     result = run_interleaved(tiny, arms, [gen_kwargs(2, seed=1)], rounds=2, warmup=1)
     K = len(tiny.patch_nums)
@@ -125,14 +125,14 @@ def test_graph_arms_capture_once_and_replay_while_interleaved(monkeypatch, tiny)
         reps = [r.report for r in result.of(i)]
         if arm.execution == "graphs":
             assert all(r.executor == "graphs" for r in reps)
-        elif arm.config is not None:
+        elif arm.config is not BASELINE:
             assert all(r.executor == "eager" for r in reps)
     assert not stagevar.is_accelerated(tiny)
 
 
 def test_interleaved_rows_per_executor_with_the_stand_in_backend(monkeypatch, tiny):
     _fake_graphs(monkeypatch, tiny)
-    rows = interleaved(tiny, gen_kwargs(2, seed=3), [("baseline", None), ("lowrank", LOWRANK)], repeats=2,
+    rows = interleaved(tiny, gen_kwargs(2, seed=3), [("baseline", BASELINE), ("lowrank", LOWRANK)], repeats=2,
                        warmup=0, executions=["eager", "graphs"])
     got = [(r["method"], r["execution"]) for r in rows]
     assert got == [("baseline", "eager"), ("none", "eager"), ("none", "graphs"), ("lowrank", "eager"),

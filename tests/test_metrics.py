@@ -3,7 +3,7 @@ import torch
 
 import torch.nn.functional as F
 
-from stagevar.metrics import (downsample, feature_distance, frechet_distance, lowfreq_features, lowfreq_psnr, lowpass,
+from stagevar.tools.metrics import (downsample, feature_distance, frechet_distance, lowfreq_features, lowfreq_psnr, lowpass,
                               mean_se, paired_change_stats, psnr, ssim, token_agreement)
 
 

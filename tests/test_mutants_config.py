@@ -10,7 +10,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from stagevar.config import ConfigError, FrozenDict, StageVARConfig, normalise_index, ratios_for_units
+from stagevar.config import ConfigError, FrozenDict, StageVARConfig
+from stagevar.plan import normalise_index, ratios_for_units
 
 
 def refuses(message, **kwargs):
@@ -80,7 +81,7 @@ def test_frozendict_fromkeys():
     (dict(refine_start=None, rank_table={-1: {0.9: [0.1]}}, alpha=0.9),
      "low-rank settings are given but refine_start is None: set refine_start to the first refinement scale"),
     (dict(branch="x"), "branch='x' is not one of ('uncond', 'cond', 'both'); 'uncond' drops the condition as in the paper"),
-    (dict(projection="x"), "projection='x' is not one of ('gaussian', 'orthogonal', 'sample')"),
+    (dict(reducer="x"), "reducer='x' is not one of ('fastvar', 'gaussian', 'orthogonal', 'sample'); 'gaussian' is the paper's random projection"),
 ])
 def test_errors_say_the_field_the_value_and_what_to_give(kwargs, message):
     refuses(message, **kwargs)

@@ -1,7 +1,7 @@
 """stagevar.engine: behaviours the sampled mutation run (TESTING.md) found untested."""
 import torch
 
-from stagevar.engine import Timeline
+from stagevar.report import Timeline
 
 
 def test_timeline_gives_the_time_between_each_pair_of_consecutive_marks():

@@ -10,15 +10,15 @@ from stagevar.plan import NoAccelerationWarning, ScalePlan, describe, resolve_pl
 SCHEDULE = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]
 
 
-def silent(cfg, schedule=SCHEDULE, num_units=2):
+def silent(cfg, schedule=SCHEDULE, units=2):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        return resolve_plan(cfg, schedule, num_units)
+        return resolve_plan(cfg, schedule, units)
 
 
-def refused(cfg, schedule=SCHEDULE, num_units=2):
+def refused(cfg, schedule=SCHEDULE, units=2):
     with pytest.raises(ConfigError) as e:
-        resolve_plan(cfg, schedule, num_units, warn=False)
+        resolve_plan(cfg, schedule, units, warn=False)
     return str(e.value)
 
 
@@ -70,11 +70,11 @@ def test_errors_name_the_setting_that_is_out_of_range():
 
 @pytest.mark.parametrize("cfg, says", [
     (StageVARConfig(refine_start=-2, branch="both", name="c"), "every scale runs intact"),
-    (StageVARConfig(refine_start=-1, branch="both", rank_ratio=1.0, projection="sample", name="c"),
+    (StageVARConfig(refine_start=-1, branch="both", rank_ratio=1.0, reducer="sample", name="c"),
      "scales [5] run the low-rank path at full rank (r = M, the representative tokens are all tokens), which reproduces "
      "the intact scales up to float rounding; the others run intact"),
-    (StageVARConfig(refine_start=-1, branch="both", rank_ratio=1.0, projection="orthogonal", name="c"),
-     "scales [5] run the low-rank path at full rank (r = M) through the orthogonal projection, which mixes tokens: the "
+    (StageVARConfig(refine_start=-1, branch="both", rank_ratio=1.0, reducer="orthogonal", name="c"),
+     "scales [5] run the low-rank path at full rank (r = M) through the 'orthogonal' reducer, which mixes tokens: the "
      "output differs from the intact model's without computing less; the others run intact"),
 ])
 def test_the_no_acceleration_warning_says_why(cfg, says):

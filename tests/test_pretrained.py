@@ -52,7 +52,7 @@ def test_errors_say_what_to_do(tmp_path, monkeypatch):
 def test_bundled_model_generates_its_classes():
     """The shipped weights and classifier: most samples are recognised as the class asked for."""
     from stagevar.models.pretrained import BUNDLED_CLASSIFIERS
-    from stagevar.quality import load_classifier
+    from stagevar.tools.quality import load_classifier
 
     var = load_pretrained("stagevar-tiny-var")
     assert len(var.class_names) == var.num_classes == 12 and var.class_names[0] == "astronaut"
@@ -72,7 +72,7 @@ def test_bundled_model_preset_cuts_only_the_last_scale_to_the_conditional_rows()
     kw = dict(B=2, label_B=labels, g_seed=5, cfg=4.0, top_p=0.95)
     with stagevar.accelerated(var, "stagevar-tiny-var"):
         img = var.autoregressive_infer_cfg(**kw)
-        rep = stagevar.report(var)
+        rep = stagevar.last_report(var)
     assert [s.mode for s in rep.scales] == ["intact"] * 8 + ["cond-only"]
     assert rep.scales[-1].rows == 2 and rep.scales[-2].rows == 4
     base = var.autoregressive_infer_cfg(**kw)
@@ -210,11 +210,11 @@ def test_the_bundled_checkpoint_carries_its_config_and_accelerate_uses_it():
     assert var.stagevar_config == stagevar.preset("stagevar-tiny-var")
     stagevar.accelerate(var)
     var.autoregressive_infer_cfg(B=1, label_B=torch.tensor([0]), g_seed=0)
-    rep = stagevar.report(var)
+    rep = stagevar.last_report(var)
     assert rep.config_name == "stagevar-tiny-var" and "checkpoint" in rep.config_source
     stagevar.accelerate(var, "none")  # an explicit config wins
     var.autoregressive_infer_cfg(B=1, label_B=torch.tensor([0]), g_seed=0)
-    assert stagevar.report(var).config_source == "given"
+    assert stagevar.last_report(var).config_source == "given"
     del var.stagevar_config
     stagevar.restore(var)
     stagevar.accelerate(var)

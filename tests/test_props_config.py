@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stagevar.config import BRANCHES, PROJECTIONS, SELECTIONS, ConfigError, FrozenDict, StageVARConfig
+from stagevar.config import BRANCHES, ConfigError, FrozenDict, StageVARConfig
+from stagevar.lowrank import REDUCERS
 
 SMALL = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -28,8 +29,8 @@ def valid_kwargs(draw):
     kw = dict(
         refine_start=draw(st.one_of(st.none(), st.integers())),
         branch=draw(st.sampled_from(BRANCHES)),
-        projection=draw(st.sampled_from(PROJECTIONS)),
-        selection=draw(st.sampled_from(SELECTIONS)),
+        reducer=draw(st.sampled_from(sorted(REDUCERS))),
+        reduce_blocks=draw(st.one_of(st.none(), st.tuples(st.floats(0, 1), st.floats(0, 1)).filter(lambda t: t[0] < t[1]))),
         unit_blocks=draw(st.one_of(st.none(), st.integers(min_value=1))),
         resample_units=draw(st.booleans()),
         skip=draw(st.one_of(st.lists(scale, max_size=5), st.sets(scale, max_size=5), scale)),
@@ -121,8 +122,10 @@ INVALID = {
     "refine_start": st.one_of(st.floats(), st.text(max_size=3), st.booleans(), st.binary(max_size=3),
                               st.lists(st.integers(), max_size=2)),
     "branch": st.one_of(st.text(max_size=8).filter(lambda s: s not in BRANCHES), not_text),
-    "projection": st.one_of(st.text(max_size=8).filter(lambda s: s not in PROJECTIONS), not_text),
-    "selection": st.one_of(st.text(max_size=8).filter(lambda s: s not in SELECTIONS), not_text),
+    "reducer": st.one_of(st.text(max_size=8).filter(lambda s: s not in REDUCERS), not_text),
+    "reduce_blocks": st.one_of(st.text(max_size=3), st.integers(), st.lists(st.floats(0, 1), max_size=3).filter(lambda v: len(v) != 2),
+                               st.tuples(st.floats(), st.floats()).filter(lambda t: not 0 <= t[0] < t[1] <= 1),
+                               st.tuples(st.text(max_size=2), st.floats(0, 1))),
     "rank_ratio": bad_ratio.filter(lambda v: v is not None),
     "rank_ratios": st.one_of(not_a_mapping, st.dictionaries(bad_scale_key, ratio, min_size=1, max_size=2),
                              st.dictionaries(scale, bad_ratio, min_size=1, max_size=2)),

@@ -8,7 +8,8 @@ import torch
 import stagevar
 from stagevar import StageVARConfig
 from stagevar.models import build_reference, reference_var
-from stagevar.quality import CropClassifier, evaluate, format_rows, load_classifier, save_classifier, train_classifier
+from stagevar.tools.quality import CropClassifier, evaluate, format_rows, load_classifier, save_classifier, train_classifier
+from stagevar.tools.runner import BASELINE
 
 LOWRANK = StageVARConfig(refine_start=-2, rank_ratio=0.3, name="t")
 SEMANTIC = ("semantic_consistency", "semantic_consistency_change", "semantic_change_se", "semantic_fd_to_baseline")
@@ -49,7 +50,7 @@ def _judges(num_classes):
 def test_evaluate_var_gives_both_views():
     var = reference_var("tiny")
     clf, sem = _judges(var.num_classes)
-    rows = evaluate(var, [("baseline", None), ("t", LOWRANK)], classifier=clf, semantic_classifier=sem, per_class=1,
+    rows = evaluate(var, [("baseline", BASELINE), ("t", LOWRANK)], classifier=clf, semantic_classifier=sem, per_class=1,
                     cfg=2.0)
     base, t = rows
     assert [r["method"] for r in rows] == ["baseline", "t"] and base["n"] == var.num_classes
@@ -67,7 +68,7 @@ def test_evaluate_same_seeds_same_numbers():
     """The unpatched baseline is deterministic for the same seeds: every figure repeats exactly."""
     var = reference_var("tiny")
     clf, sem = _judges(var.num_classes)
-    methods = [("baseline", None), ("t", LOWRANK)]
+    methods = [("baseline", BASELINE), ("t", LOWRANK)]
     runs = [evaluate(var, methods, classifier=clf, semantic_classifier=sem, per_class=1, seed=5, cfg=2.0)
             for _ in range(2)]
     other = evaluate(var, methods, classifier=clf, semantic_classifier=sem, per_class=1, seed=6, cfg=2.0)
@@ -87,7 +88,7 @@ def test_evaluate_prompts_with_a_feature_function_and_no_classifier():
         return conv(img).flatten(1)
 
     prompts = ["a red fox", "a lighthouse", "cherries"]
-    methods = [("baseline", None), ("star-d16", stagevar.preset("star-d16"))]
+    methods = [("baseline", BASELINE), ("star-d16", stagevar.preset("star-d16"))]
     with torch.no_grad():
         rows = evaluate(ref.model, methods, prompts, feature_fn=feature_fn, encode=ref.encode, batch=2,
                         **ref.call_kwargs)
@@ -115,7 +116,7 @@ def test_evaluate_interleaves_without_leaking_state():
 
     var = reference_var("tiny")
     clf = CropClassifier(var.num_classes).eval()
-    methods = [("baseline", None), ("lowrank", LOWRANK.replace(name="lowrank")), ("none", preset("none"))]
+    methods = [("baseline", BASELINE), ("lowrank", LOWRANK.replace(name="lowrank")), ("none", preset("none"))]
     rows = evaluate(var, methods, classifier=clf, per_class=2, batch=3, cfg=2.0)
     assert rows[2]["psnr"] == 100.0 and rows[2]["lost"] == rows[2]["gained"] == 0
     assert rows[1]["psnr"] < 100.0 and not stagevar.is_accelerated(var)
@@ -131,7 +132,7 @@ def test_evaluate_failure_leaves_the_model_unpatched(monkeypatch):
 
     monkeypatch.setattr(Engine, "_lowrank_unit", boom)
     with pytest.raises(RuntimeError, match="unit failed"):
-        evaluate(var, [("baseline", None), ("lowrank", LOWRANK)], per_class=1, cfg=2.0)
+        evaluate(var, [("baseline", BASELINE), ("lowrank", LOWRANK)], per_class=1, cfg=2.0)
     assert not stagevar.is_accelerated(var)
     var.autoregressive_infer_cfg(B=1, label_B=torch.tensor([0]), g_seed=0, cfg=2.0)
 
@@ -153,7 +154,7 @@ def test_bundled_judges_on_real_crops():
 
 def test_consistency_runs_where_the_classifier_is():
     """Images from a model on another device are judged on the classifier's (the bundled judges load on the CPU)."""
-    from stagevar.quality import CropClassifier, consistency
+    from stagevar.tools.quality import CropClassifier, consistency
 
     clf = CropClassifier(3, width=8).eval()
     img = torch.rand(4, 3, 16, 16)

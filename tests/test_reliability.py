@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import stagevar
-import stagevar.engine as engine_mod
 import stagevar.lowrank as lowrank
 import stagevar.models.var as ref_var_module
 from stagevar import StageVARConfig
@@ -90,7 +89,7 @@ def test_full_rank_warning_says_what_runs(small):
     assert not torch.equal(small.autoregressive_infer_cfg(**kw), want)
     with pytest.warns(stagevar.NoAccelerationWarning, match="reproduces the intact scales"):
         stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="both", rank_ratio=1.0,
-                                                  projection="sample", name="t"))
+                                                  reducer="sample", name="t"))
     with pytest.warns(stagevar.NoAccelerationWarning, match="every scale runs intact"):
         stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="both", name="t"))
 
@@ -127,7 +126,7 @@ def test_a_torch_compile_wrapper_is_accepted(small):
         assert stagevar.accelerate(compiled, "none") is compiled
     assert stagevar.is_accelerated(compiled) and stagevar.is_accelerated(small)
     assert torch.equal(compiled.autoregressive_infer_cfg(**kw), want)
-    assert stagevar.report(compiled).config_name == "none"
+    assert stagevar.last_report(compiled).config_name == "none"
     stagevar.restore(compiled)
     assert not stagevar.is_accelerated(small)
 
@@ -206,10 +205,9 @@ def test_fastvar_selection_keeps_the_tokens_farthest_from_the_mean(small, monkey
         kept = set(idx[row].tolist())
         assert min(d[row, sorted(kept)]) >= max(d[row, [i for i in range(30) if i not in kept]])
     seen = []
-    real = engine_mod.farthest_from_mean_indices
-    monkeypatch.setattr(engine_mod, "farthest_from_mean_indices", lambda x, r: seen.append(r) or real(x, r))
-    stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.4, projection="sample",
-                                              selection="mean_distance", name="t"))
+    real = lowrank.farthest_from_mean_indices
+    monkeypatch.setattr(lowrank, "farthest_from_mean_indices", lambda x, r: seen.append(r) or real(x, r))
+    stagevar.accelerate(small, StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.4, reducer="fastvar", name="t"))
     small.autoregressive_infer_cfg(**gen_kwargs(1))
     assert len(seen) == 2 * len(small.blocks)
 
@@ -224,7 +222,7 @@ def test_orthogonal_projection_runs_through_the_engine(small, monkeypatch):
         return Q
 
     monkeypatch.setattr(lowrank, "projection_matrix", spy)
-    stagevar.accelerate(small, StageVARConfig(refine_start=-2, rank_ratio=0.3, projection="orthogonal", name="t"))
+    stagevar.accelerate(small, StageVARConfig(refine_start=-2, rank_ratio=0.3, reducer="orthogonal", name="t"))
     small.autoregressive_infer_cfg(**gen_kwargs(1))
     assert seen and all(kind == "orthogonal" for kind, _ in seen)
     for _, Q in seen:

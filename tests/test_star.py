@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import stagevar
-import stagevar.engine as engine_mod
+import stagevar.lowrank as engine_mod
 import stagevar.models.star as ref_star
 from stagevar import StageVARConfig
 from stagevar.adapters import STARAdapter, UnsupportedModelError, adapter_for
-from stagevar.config import rank_from_ratio, ratios_for_units
+from stagevar.plan import rank_from_ratio, ratios_for_units
 from stagevar.models.star import PATCH_NUMS_1024, STAR, reference_star
 from stagevar.presets import _STAR_D30_096_OF_MIN_MC
 
@@ -59,7 +59,7 @@ def test_the_adapter_is_stars_and_the_default_preset_goes_by_depth(bundle):
     assert adapter_for(reference_star("tiny", depth=16).model).default_preset == "star-d16"
     stagevar.accelerate(bundle.model)
     generate(bundle.model, call_kwargs(bundle, 1))
-    rep = stagevar.report(bundle.model)
+    rep = stagevar.last_report(bundle.model)
     assert rep.config_name == "star-d30"
     assert [s.mode for s in rep.scales[-2:]] == ["uncond-only", "uncond-only+low-rank"]
     assert all(s.mode == "intact" for s in rep.scales[:-2])
@@ -267,13 +267,13 @@ def test_star_d30_ranks_are_the_authors_at_1024():
     from stagevar.plan import resolve_plan
 
     sched = [(pn, pn) for pn in PATCH_NUMS_1024]
-    plans = resolve_plan(stagevar.preset("star-d30"), sched, num_units=30)
+    plans = resolve_plan(stagevar.preset("star-d30"), sched, units=30)
     assert [p.mode for p in plans[-2:]] == ["uncond-only", "uncond-only+low-rank"]
     assert all(p.mode == "intact" for p in plans[:-2])
     M, C = 64 * 64, 1920
     assert list(plans[-1].ranks) == [int(q * min(M, C)) + 1 for q in _STAR_D30_096_OF_MIN_MC]
     # star-d16: the same table over 16 blocks, as ratios of M (at 256^2, min(M, C) = M)
-    d16 = resolve_plan(stagevar.preset("star-d16"), [(pn, pn) for pn in ref_star.PATCH_NUMS_256], num_units=16)
+    d16 = resolve_plan(stagevar.preset("star-d16"), [(pn, pn) for pn in ref_star.PATCH_NUMS_256], units=16)
     want = [rank_from_ratio(q, 256) for q in ratios_for_units(_STAR_D30_096_OF_MIN_MC, 16, "t", resample=True)]
     assert list(d16[-1].ranks) == want and d16[-2].mode == "uncond-only"
 
@@ -339,9 +339,8 @@ def test_a_forks_extra_argument_is_refused_by_name():
 
 # -- no host traffic inside a scale ----------------------------------------------------------------------
 _SYNC_CONFIGS = ["none", "star-d30", "star-d16",
-                 StageVARConfig(refine_start=-2, branch="cond", rank_ratio=0.3, projection="sample", name="cond-sample"),
-                 StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.4, selection="mean_distance",
-                                projection="sample", name="fastvar-like"),
+                 StageVARConfig(refine_start=-2, branch="cond", rank_ratio=0.3, reducer="sample", name="cond-sample"),
+                 StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.4, reducer="fastvar", name="fastvar-like"),
                  StageVARConfig(refine_start=-3, branch="uncond", rank_ratio=0.2, skip=(-1,), name="skip-last")]
 
 

@@ -61,12 +61,12 @@ def watched(monkeypatch):
 
 
 def _family_presets(prefixes):
-    return [n for n in stagevar.presets() if n == "none" or n.startswith(prefixes)]
+    return [n for n in stagevar.preset_names() if n == "none" or n.startswith(prefixes)]
 
 
 _EXTRA = [
-    StageVARConfig(refine_start=-2, branch="cond", rank_ratio=0.3, projection="sample", name="cond-sample"),
-    StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.4, selection="mean_distance", projection="sample",
+    StageVARConfig(refine_start=-2, branch="cond", rank_ratio=0.3, reducer="sample", name="cond-sample"),
+    StageVARConfig(refine_start=-2, branch="both", rank_ratio=0.4, reducer="fastvar",
                    name="fastvar-like"),
     StageVARConfig(refine_start=-3, branch="uncond", rank_ratio=0.2, skip=(-1,), name="skip-last"),
 ]

@@ -299,7 +299,7 @@ def presets_run(model, vae, name: str, seed: int) -> str:
         with stagevar.accelerated(model, name):
             a = model.autoregressive_infer_cfg(**kw)[2]
             b = model.autoregressive_infer_cfg(**kw)[2]
-            modes = [sc.mode for sc in stagevar.report(model).scales]
+            modes = [sc.mode for sc in stagevar.last_report(model).scales]
         back = model.autoregressive_infer_cfg(**kw)[2]
     except Exception as e:  # noqa: BLE001
         return f"FAIL {type(e).__name__}: {str(e)[:200]}"
@@ -318,7 +318,7 @@ def full_rank_run(model, vae, seed: int) -> str:
 
     kw = call_kwargs(vae, "1:1", 2, 0, "3", "plain", seed)
     want = model.autoregressive_infer_cfg(**kw)[2]
-    cfg = stagevar.StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, projection="sample", name="full-rank")
+    cfg = stagevar.StageVARConfig(refine_start=-3, branch="both", rank_ratio=1.0, reducer="sample", name="full-rank")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stagevar.NoAccelerationWarning)
         with stagevar.accelerated(model, cfg):

@@ -48,8 +48,25 @@ class CallState:
     rng: Optional[torch.Generator]
 
 
+#: The prompts the tools use for a text-to-image model when none are given.
+DEFAULT_PROMPTS = ("a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ripe cherries",
+                   "an astronaut riding a horse")
+
+
 class ToolHooks:
-    """What calibration, bench and quality ask of a family, beyond the loop."""
+    """What calibration, bench and quality ask of a family, beyond the loop.
+
+    ``takes_prompts``: the family's conditions are prompts (with an ``encode``), not class labels."""
+
+    takes_prompts: bool = False
+
+    def default_conditions(self, n: int) -> list:
+        """``n`` conditions for the tools when none are given: the class labels in turn, or the
+        built-in prompts in turn (:data:`DEFAULT_PROMPTS`)."""
+        if self.takes_prompts:
+            return [DEFAULT_PROMPTS[i % len(DEFAULT_PROMPTS)] for i in range(n)]
+        classes = int(self.model.num_classes)  # type: ignore[attr-defined]
+        return [i % classes for i in range(n)]
 
     def condition_kwargs(self, conditions: Sequence, encode: Optional[Any] = None) -> dict:
         """Generation-call arguments that generate one image per condition (for calibration)."""

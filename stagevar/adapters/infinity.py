@@ -153,6 +153,8 @@ class InfinityAdapter(Adapter):
     def schedule(self, st: _InfinityCall):
         return [(int(h), int(w)) for _, h, w in st.schedule[:st.run_scales]]
 
+    takes_prompts = True
+
     def condition_kwargs(self, conditions, encode=None) -> dict:
         if encode is None:
             raise ValueError("Infinity conditions are prompts: pass encode= (prompts -> the packed text condition, "

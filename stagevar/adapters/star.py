@@ -90,6 +90,8 @@ class STARAdapter(VARLoopAdapter):
     def device(self) -> torch.device:
         return self.model.pos_start.device
 
+    takes_prompts = True
+
     def condition_kwargs(self, conditions, encode=None) -> dict:
         if encode is None:
             raise ValueError("STAR conditions are prompts: pass encode= (prompts -> the call's text arguments for the "

@@ -43,7 +43,11 @@ class VARAdapter(VARLoopAdapter):
 
     @property
     def default_preset(self) -> str:  # type: ignore[override]
-        depth = len(self.model.blocks)
+        return self.preset_for_depth(len(self.model.blocks))
+
+    @staticmethod
+    def preset_for_depth(depth: int) -> str:
+        """The family preset of a VAR of ``depth`` blocks: upstream's depths have their own."""
         return f"var-d{depth}" if depth in (16, 20, 24, 30, 36) else "var-d16"
 
     def device(self) -> torch.device:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -173,7 +173,9 @@ class ModelBuilder:
     (``build(..., checkpoint=NAME_OR_PATH)`` for a builder that loads weights).
 
     ``shapes``: the shapes it accepts (empty: the model has one shape); ``aspects``: the aspect
-    ratios it accepts (empty: fixed); ``checkpoints``: whether it loads a checkpoint of the user's choice."""
+    ratios it accepts (empty: fixed); ``checkpoints``: whether it loads trained weights, from a
+    checkpoint of the user's choice too; ``tool_shapes``: per tool (``demo``, ``bench``,
+    ``calibrate``, ``generate``) the shape it builds when none is given."""
 
     name: str
     summary: str
@@ -182,6 +184,11 @@ class ModelBuilder:
     build: Callable[..., ReferenceModel]
     available: Callable[[], bool] = lambda: True
     checkpoints: bool = False
+    tool_shapes: Dict[str, str] = field(default_factory=dict)
+
+    def shape_for(self, tool: str, shape: Optional[str]) -> Optional[str]:
+        """``shape`` if given, else the one ``tool`` builds by default (None for a model of one shape)."""
+        return (shape or self.tool_shapes[tool]) if self.shapes else None
 
 
 def _build_pretrained(shape, device, aspect, cfg, checkpoint: Optional[str] = None) -> ReferenceModel:
@@ -214,11 +221,13 @@ MODEL_BUILDERS: Dict[str, ModelBuilder] = {
     "pretrained": ModelBuilder("pretrained", "the trained stagevar-tiny-var (bundled weights), or the "
                                "checkpoint --checkpoint names", (), (), _build_pretrained,
                                available=lambda: os.path.exists(BUNDLED["stagevar-tiny-var"]), checkpoints=True),
-    "var": ModelBuilder("var", "a reference VAR with random weights", tuple(VAR_SHAPES), (), _build_var),
+    "var": ModelBuilder("var", "a reference VAR with random weights", tuple(VAR_SHAPES), (), _build_var,
+                        tool_shapes=dict(demo="d16", bench="tiny", calibrate="small", generate="d16")),
     "infinity": ModelBuilder("infinity", "a reference Infinity with random weights", tuple(INFINITY_SHAPES),
-                             tuple(ASPECTS), _build_infinity),
+                             tuple(ASPECTS), _build_infinity,
+                             tool_shapes=dict(demo="small", bench="tiny", calibrate="tiny", generate="small")),
     "star": ModelBuilder("star", "a reference STAR (text-to-image) with random weights", tuple(_STAR_SHAPES), (),
-                         _build_star),
+                         _build_star, tool_shapes=dict(demo="small", bench="tiny", calibrate="small", generate="small")),
 }
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .helpers import sample_with_top_k_top_p_ as sample_with_top_k_top_p_also_inplace_modifying_logits_
+from ..sampling import sample_with_top_k_top_p_ as sample_with_top_k_top_p_also_inplace_modifying_logits_
 from .var import AdaLNBeforeHead, SharedAdaLin
 
 Schedule = List[Tuple[int, int, int]]

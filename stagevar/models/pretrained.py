@@ -108,6 +108,19 @@ def write_config_into(checkpoint: str, config: Any, out: Optional[str] = None) -
     return target
 
 
+def same_tensors(a: str, b: str) -> bool:
+    """Whether two safetensors files hold the same tensors (names, dtypes and values)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(a, framework="pt") as fa, safe_open(b, framework="pt") as fb:
+            if set(fa.keys()) != set(fb.keys()):
+                return False
+            return all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
+    except (SafetensorError, OSError):
+        return False
+
+
 def checkpoint_file(name_or_path: str) -> str:
     """The local file a checkpoint name, path, folder or Hub repo id stands for (downloaded if need be).
 

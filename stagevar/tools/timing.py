@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 
-from .engine import Timeline
+from ..report import Timeline
 
 DeviceLike = Union[None, str, torch.device]
 

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .adapters import adapter_for
-from .methods import Arm, Method, run_interleaved
+from ..adapters import adapter_for
+from .runner import BASELINE, Arm, Method, run_interleaved
 from .metrics import (downsample, feature_distance, frechet_distance, lowfreq_psnr, mean_se, paired_change_stats, psnr,
                       ssim)
 
@@ -112,8 +112,8 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
     Args:
         model: any supported family (VAR, Infinity, STAR), unpatched; it is unpatched again on
             return and on error.
-        methods: ``[(label, config or None)]`` as :func:`stagevar.methods.resolve_methods` gives;
-            the first must be the baseline (None).
+        methods: ``[(label, config)]`` as :func:`stagevar.tools.runner.resolve_methods` gives;
+            the first must be the baseline (:data:`~stagevar.tools.runner.BASELINE`).
         conditions: one per sample, as the family's ``condition_kwargs`` takes them (class labels,
             or prompts with ``encode``); default, for a class-conditional model, ``per_class``
             samples of every class.
@@ -144,7 +144,7 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
     next), so the time ratios share the machine's conditions. The change in a consistency is
     paired (the same samples under both): its standard error comes from the samples that flipped.
     """
-    if methods[0][1] is not None:
+    if methods[0][1] is not BASELINE:
         raise ValueError("the first method must be the unpatched baseline")
     adapter = adapter_for(model)
     if conditions is None:
@@ -210,7 +210,7 @@ def bundled_judges(model) -> Dict[str, CropClassifier]:
     """``{"semantic": ..., "texture": ...}``: the independent classifiers shipped with the bundled trained
     model, for a model drawing its classes (``model.class_names``, set by
     :func:`stagevar.models.load_pretrained`, equal to the bundled checkpoint's); empty for any other model."""
-    from .models.pretrained import BUNDLED, BUNDLED_CLASSIFIERS, BUNDLED_SEMANTIC_CLASSIFIERS, class_names_of
+    from ..models.pretrained import BUNDLED, BUNDLED_CLASSIFIERS, BUNDLED_SEMANTIC_CLASSIFIERS, class_names_of
 
     names = getattr(model, "class_names", None)
     paths = {"semantic": BUNDLED_SEMANTIC_CLASSIFIERS["stagevar-tiny-var"],

@@ -1,9 +1,10 @@
-"""Named methods, and the one interleaved runner the demo, the benchmark and the quality
-evaluation measure them with.
+"""The one interleaved runner the demo, the benchmark and the quality evaluation measure methods with.
 
-A method is ``(label, config)``: ``config`` None is the model's own unpatched call (the
-baseline). :func:`resolve_methods` turns names (presets, ``cfg-only``, ``lowrank-only``,
-``skip-last-N``, ``uncond-last-N``, ``cond-last-N``, ``fastvar``, JSON files) into methods.
+A method is ``(label, config)``: ``config`` is a :class:`StageVARConfig`, :data:`MODEL_DEFAULT`
+(what ``stagevar.accelerate(model)`` picks) or :data:`BASELINE` (the model's own unpatched call).
+:func:`resolve_methods` turns names -- ``baseline``, any name of :func:`stagevar.preset_names`
+(presets, ``cfg-only``, ``lowrank-only``, ``skip-last-N``, ``fastvar``, ...) or a JSON file --
+into methods.
 
 :func:`run_interleaved` runs ``arms x rounds x batches``: an :class:`Arm` is a method under one
 executor (``eager`` / ``graphs`` / ``auto``). Every round runs every batch under every arm in
@@ -20,108 +21,86 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 import torch
 
-from . import api
+from .. import api
 from ._progress import Progress
-from .adapters import adapter_for
-from .config import ConfigError, StageVARConfig
-from .engine import Engine
-from .executors import EXECUTIONS, make_executor
-from .presets import preset, presets
-from .report import Report
+from ..adapters import adapter_for
+from ..config import ConfigError, StageVARConfig
+from ..engine import Engine
+from ..executors import EXECUTIONS, make_executor
+from ..presets import BASELINE_NAME, PATTERNS, named
+from ..report import Report
 from .timing import DecodeTimer, timed
 
-Method = Tuple[str, Optional[StageVARConfig]]
 
-METHODS_HELP = ("baseline (the unpatched call), any preset name, cfg-only, lowrank-only, skip-last-N, "
-                "uncond-last-N, cond-last-N, fastvar, or a path to a StageVARConfig JSON file")
+class _Sentinel:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def __reduce__(self):  # copies and pickles stay the one object
+        return self.name
+
+
+#: A method's config meaning the model's own unpatched call (no stagevar at all).
+BASELINE: Any = _Sentinel("BASELINE")
+#: A method's config meaning "what ``stagevar.accelerate(model)`` picks without one": the config the
+#: model carries (``model.stagevar_config``), else its family's default preset.
+MODEL_DEFAULT: Any = _Sentinel("MODEL_DEFAULT")
+
+Method = Tuple[str, Any]  # (label, StageVARConfig | BASELINE | MODEL_DEFAULT)
+
+METHODS_HELP = ("baseline (the unpatched call), any config name of stagevar.preset_names() (a preset, cfg-only, "
+                "lowrank-only, fastvar, " + ", ".join(p + "N" for p in PATTERNS) + "), or a path to a "
+                "StageVARConfig JSON file")
 
 
 # -- named methods -------------------------------------------------------------------------------
-def _last_n(name: str, prefix: str) -> int:
-    try:
-        n = int(name[len(prefix):])
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ConfigError(f"method {name!r}: write {prefix}N with N >= 1, e.g. {prefix}2")
-    return n
-
-
-def fastvar_config(depth: int) -> StageVARConfig:
-    """FastVAR-style cached token pruning as a plan: at the last two scales, in the middle blocks
-    (from ``round(0.1 * depth)`` to ``round(0.85 * depth)``), keep the 60% / 50% of tokens farthest
-    from the token-map mean and fill the others from the previous scale's output, upsampled.
-    Both CFG branches run; nothing is skipped (skipping is its own method)."""
-    lo, hi = round(0.1 * depth), round(0.85 * depth)
-
-    def per_block(keep: float) -> List[float]:
-        return [keep if lo <= j < hi else 1.0 for j in range(depth)]
-
-    return StageVARConfig(refine_start=-2, branch="both", rank_ratios={-2: per_block(0.6), -1: per_block(0.5)},
-                          unit_blocks=1, projection="sample", selection="mean_distance", name="fastvar")
-
-
-def method_config(name: str, default_preset: str, depth: int) -> Optional[StageVARConfig]:
-    """The config of one method name (None for ``baseline``); errors name the accepted methods.
-
-    ``default_preset``: the family's preset that ``cfg-only`` / ``lowrank-only`` take apart;
-    ``depth``: the model's block count (``fastvar`` prunes its middle blocks)."""
-    if name == "baseline":
-        return None
-    if name in presets():
-        return preset(name)
-    if name == "cfg-only":
-        return preset(default_preset).replace(rank_ratio=None, rank_ratios={}, rank_table={}, alpha=None, name=name)
-    if name == "lowrank-only":
-        return preset(default_preset).replace(branch="both", name=name)
-    if name.startswith("skip-last-"):
-        n = _last_n(name, "skip-last-")
-        return StageVARConfig(refine_start=None, skip=tuple(range(-n, 0)), name=name)
-    if name.startswith(("uncond-last-", "cond-last-")):  # one CFG branch on the last N scales, full rank
-        branch = name.split("-", 1)[0]
-        return StageVARConfig(refine_start=-_last_n(name, f"{branch}-last-"), branch=branch, name=name)
-    if name == "fastvar":
-        return fastvar_config(depth)
+def method_config(name: str, model: Any = None, family_default: Optional[Callable[[], str]] = None) -> Any:
+    """The config of one method name for ``model``: :data:`BASELINE` for ``baseline``, a config
+    file's config, else the config of that name (:func:`stagevar.preset`, relative names against
+    the model's family preset, or the preset ``family_default()`` names); errors name the accepted
+    methods."""
+    if name == BASELINE_NAME:
+        return BASELINE
     if name.endswith(".json") or os.path.isfile(name):
         try:
             return StageVARConfig.load(name)
         except FileNotFoundError:
             raise ConfigError(f"method {name!r}: no such config file") from None
-    raise ConfigError(f"unknown method {name!r}; methods: {METHODS_HELP}")
+    try:
+        if family_default is None and model is not None:
+            family_default = lambda: adapter_for(model).default_preset  # noqa: E731
+        return named(name, family_default)
+    except ConfigError as e:
+        raise ConfigError(f"{str(e).rstrip('.')}; a method may also be 'baseline' (the unpatched call) or a "
+                          f"StageVARConfig JSON file") from None
 
 
-def resolve_methods(names: Sequence[str], default_preset: str, depth: int) -> List[Method]:
-    """Method names -> ``[(label, config or None)]``, the unpatched ``baseline`` first (added if
-    missing: ratios and fidelity are against it). A JSON file is labelled by its config's name."""
+def resolve_methods(names: Sequence[str], model: Any) -> List[Method]:
+    """Method names -> ``[(label, config)]``, the unpatched ``baseline`` first (added if missing:
+    ratios and fidelity are against it). A JSON file is labelled by its config's name."""
     out: List[Method] = []
     for name in names:
-        cfg = method_config(name, default_preset, depth)
-        label = name if cfg is None or not name.endswith(".json") or cfg.name == "custom" else cfg.name
+        cfg = method_config(name, model)
+        label = name if cfg is BASELINE or not name.endswith(".json") or cfg.name == "custom" else cfg.name
         out.append((label, cfg))
     labels = [label for label, _ in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"methods repeat a name: {labels}")
-    if not out or out[0][1] is not None:
-        out.insert(0, ("baseline", None))
+    if not out or out[0][1] is not BASELINE:
+        out = [m for m in out if m[1] is not BASELINE]
+        out.insert(0, (BASELINE_NAME, BASELINE))
     return out
 
 
 # -- the runner ----------------------------------------------------------------------------------
-class _ModelDefault:
-    def __repr__(self) -> str:
-        return "MODEL_DEFAULT"
-
-
-#: An arm's config meaning "what ``stagevar.accelerate(model)`` picks without one": the config the
-#: model carries (``model.stagevar_config``), else its family's default preset.
-MODEL_DEFAULT: Any = _ModelDefault()
-
-
 @dataclass(frozen=True)
 class Arm:
     """One method under one executor. ``config``: a :class:`StageVARConfig`, :data:`MODEL_DEFAULT`,
-    or None for the model's own unpatched call, which has no executor (its ``execution`` is
-    ``"eager"``)."""
+    or :data:`BASELINE` for the model's own unpatched call, which has no executor (its
+    ``execution`` is ``"eager"``)."""
 
     label: str
     config: Any
@@ -130,7 +109,10 @@ class Arm:
     def __post_init__(self):
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution={self.execution!r} is not one of {EXECUTIONS}")
-        if self.config is None and self.execution != "eager":
+        if not (self.config is BASELINE or self.config is MODEL_DEFAULT or isinstance(self.config, StageVARConfig)):
+            raise ValueError(f"arm {self.label!r}: config must be a StageVARConfig, MODEL_DEFAULT or BASELINE, got "
+                             f"{self.config!r}")
+        if self.config is BASELINE and self.execution != "eager":
             raise ValueError(f"arm {self.label!r}: the unpatched call runs eagerly; give it execution='eager'")
 
     @property
@@ -151,7 +133,7 @@ def arms_for(methods: Sequence[Method], executions: Sequence[str] = ("eager",)) 
         raise ValueError("give at least one execution")
     out: List[Arm] = []
     for label, cfg in methods:
-        out.extend([Arm(label, None)] if cfg is None else [Arm(label, cfg, e) for e in executions])
+        out.extend([Arm(label, BASELINE)] if cfg is BASELINE else [Arm(label, cfg, e) for e in executions])
     return out
 
 
@@ -209,7 +191,7 @@ class _Switch:
     def __init__(self, model: Any, arms: Sequence[Arm]):
         self.model = model
         self.engines: Dict[int, Engine] = {i: api.build_engine(model, arm.given, execution=arm.execution)
-                                           for i, arm in enumerate(arms) if arm.config is not None}
+                                           for i, arm in enumerate(arms) if arm.config is not BASELINE}
 
     def to(self, i: int) -> None:
         engine = self.engines.get(i)
@@ -300,7 +282,7 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
                 for b in range(len(batches)):
                     for i, arm in enumerate(arms):
                         out, t, decode_s = call(i, b)
-                        rep = api.report(model) if arm.config is not None else None
+                        rep = api.last_report(model) if arm.config is not BASELINE else None
                         rec = Record(arm=i, round=r, batch=b, wall_s=t.wall_s, host_s=t.host_s, decode_s=decode_s,
                                      report=rep)
                         records.append(rec)
@@ -315,6 +297,5 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
     return RunResult(arms=list(arms), records=records, rounds=rounds, warmup=warmup)
 
 
-__all__ = ["Method", "METHODS_HELP", "fastvar_config", "method_config", "resolve_methods", "MODEL_DEFAULT", "Arm",
-           "arms_for",
+__all__ = ["Method", "METHODS_HELP", "BASELINE", "MODEL_DEFAULT", "method_config", "resolve_methods", "Arm", "arms_for",
            "check_executions", "Record", "RunResult", "run_interleaved"]

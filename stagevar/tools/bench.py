@@ -12,19 +12,19 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from . import api
-from .adapters import adapter_for
-from .engine import Engine, Observer
-from .executors import outputs_equal
-from .figures import grid_array, image_grid_figure, matplotlib_figure, method_label, pareto_chart, write_png
-from .methods import METHODS_HELP, Method, arms_for, resolve_methods, run_interleaved
+from .. import api
+from ..adapters import adapter_for
+from ..engine import Engine, Observer
+from ..executors import outputs_equal
+from .figures import image_grid_figure, matplotlib_figure, method_label, pareto_chart
+from .runner import BASELINE, METHODS_HELP, Method, arms_for, resolve_methods, run_interleaved
 from .metrics import psnr, ssim, token_agreement
-from .presets import preset
+from ..presets import preset
 from .quality import consistencies
-from .report import SKIPPING_LABEL
+from ..report import SKIPPING_LABEL
 from .timing import PeakMemory, machine_name
 
-__all__ = ["interleaved", "format_timing", "run", "format_report", "save_grid", "METHODS_HELP"]
+__all__ = ["interleaved", "format_timing", "run", "format_report", "METHODS_HELP"]
 
 
 def _clone(out: Any) -> Any:
@@ -51,7 +51,7 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
     Args:
         model: a supported model, unpatched (unpatched again on return or error).
         call_kwargs: the generation call's arguments; the same (seed included) for every call.
-        methods: ``[(label, config or None)]``; None is the unpatched call, run once, eagerly (added
+        methods: ``[(label, config)]``; :data:`~.runner.BASELINE` is the unpatched call, run once, eagerly (added
             first if missing). The ``none`` preset is added if missing: each executor's rows are
             also compared with ``none`` under that executor.
         repeats: timed rounds (every arm once per round, in order).
@@ -68,11 +68,11 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
         (``none_wall_ratio``, ``none_device_ratio``).
     """
     methods = list(methods)
-    if not any(cfg is None for _, cfg in methods):
-        methods.insert(0, ("baseline", None))
+    if not any(cfg is BASELINE for _, cfg in methods):
+        methods.insert(0, ("baseline", BASELINE))
     none = preset("none")
     if not any(cfg == none for _, cfg in methods):
-        at = next(i for i, (_, cfg) in enumerate(methods) if cfg is None) + 1
+        at = next(i for i, (_, cfg) in enumerate(methods) if cfg is BASELINE) + 1
         methods.insert(at, ("none", none))
     arms = arms_for(methods, executions)
     last: Dict[int, Any] = {}
@@ -106,7 +106,7 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
             capture_ms=max(r.capture_s for r in graphs) * 1e3 if graphs else None,
             pool_mib=max(r.pool_bytes for r in graphs) / 2 ** 20 if graphs else None,
             exact=exact.get(i)))
-    base = next(r for r, a in zip(rows, arms) if a.config is None)
+    base = next(r for r, a in zip(rows, arms) if a.config is BASELINE)
     nones = {a.execution: r for r, a in zip(rows, arms) if a.config == none}
     for row, arm in zip(rows, arms):
         ref = nones.get(arm.execution, nones.get("eager"))
@@ -221,7 +221,7 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
     if api.is_accelerated(model):
         raise ValueError("stagevar.bench.run needs the unpatched model: call stagevar.restore(model) first")
     adapter = adapter_for(model)
-    ms = resolve_methods(methods, adapter.default_preset, len(adapter.blocks()))
+    ms = resolve_methods(methods, model)
     device = adapter.device()
     timing = interleaved(model, call_kwargs, ms, repeats, warmup=warmup, executions=executions, progress=progress)
     first = list(dict.fromkeys(executions))[0]
@@ -234,15 +234,15 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
     for label, cfg in ms:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokens, img, rep, mem = _inspect(adapter, cfg or preset("none"), call_kwargs, device)
+            tokens, img, rep, mem = _inspect(adapter, preset("none") if cfg is BASELINE else cfg, call_kwargs, device)
         images.append((label, img))
-        if cfg is None:
+        if cfg is BASELINE:
             base_tokens, base_img, base_flops = tokens, img, rep.gflops
         t = by_label[label]
         results.append(dict(
             method=label, execution=t["execution"],
             **{k: t[k] for k in ("loop_ms", "loop_min_ms", "loop_max_ms", "e2e_ms", "loop_speedup", "e2e_speedup")},
-            config=None if cfg is None else cfg.to_dict(), skipping=rep.skipping,
+            config=None if cfg is BASELINE else cfg.to_dict(), skipping=rep.skipping,
             per_scale=rep.to_dict()["scales"],  # the report's own serialisation (time_s, like every report)
             gflops=rep.gflops, flop_ratio=base_flops / rep.gflops if rep.gflops else None, memory=mem,
             psnr=float(psnr(img, base_img).mean()), ssim=float(ssim(img, base_img).mean()),
@@ -287,12 +287,6 @@ def format_report(report: dict) -> str:
         lines.append("")
         lines.append(format_timing(f"per method x executor ({', '.join(report['executions'])})", report["timing"]))
     return "\n".join(lines)
-
-
-def save_grid(rows: List[torch.Tensor], path: str) -> None:
-    """Save image rows (each ``(B, 3, H, W)`` in [0, 1]) as one PNG, one row per tensor, no labels
-    (:func:`stagevar.figures.image_grid_figure` writes the labelled figure)."""
-    write_png(grid_array(rows), path)
 
 
 def _write(report: dict, out_dir: str, images) -> None:

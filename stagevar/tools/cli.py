@@ -1,176 +1,117 @@
 """Command line: ``stagevar demo | bench | plan | calibrate | generate`` (also ``python -m stagevar ...``).
 
-It parses and prints; the measuring lives in the tools (:mod:`stagevar.methods`,
-:mod:`stagevar.bench`, :mod:`stagevar.calibrate`), and nothing in the package imports this module.
+It parses and prints; the work lives in the tools (:mod:`.demo`, :mod:`.bench`,
+:mod:`.calibrate`, :mod:`.generate` over :mod:`.runner`), what a family's model needs in its
+adapter, its presets and the reference-model registry, and nothing in the package imports this
+module.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 
-from ._files import folder_problem
-from .config import ConfigError, StageVARConfig
-from .executors import EXECUTIONS, GraphsUnavailableError
-from .methods import METHODS_HELP, MODEL_DEFAULT, Arm, check_executions, method_config, run_interleaved
-from .presets import preset
+from .._files import folder_problem
+from ..adapters import adapter_for
+from ..config import ConfigError
+from ..executors import EXECUTIONS, GraphsUnavailableError
+from ..presets import compared
+from .runner import BASELINE, METHODS_HELP, MODEL_DEFAULT, check_executions, method_config
 from .timing import machine_name
 
 
-def _load_config(arg: Optional[str], default_preset: str, depth: int, baseline: str) -> Optional[StageVARConfig]:
-    """``--config``: any method name ``stagevar bench --methods`` takes (a preset, ``cfg-only``,
-    ``fastvar``, ``skip-last-N``, ...) or a config file; None when not given. ``baseline``: why
-    the unpatched call is no answer here."""
-    if arg is None:
-        return None
-    cfg = method_config(arg, default_preset, depth)
-    if cfg is None:
+def _named_config(arg: str, model, baseline: str, family_default=None):
+    """``--config``: any method name ``stagevar bench --methods`` takes but ``baseline`` (a preset,
+    ``cfg-only``, ``fastvar``, ``skip-last-N``, ...) or a config file. ``baseline``: why the
+    unpatched call is no answer here."""
+    cfg = method_config(arg, model, family_default)
+    if cfg is BASELINE:
         raise ConfigError(f"--config {arg!r}: {baseline}; name a config ({METHODS_HELP})")
     return cfg
 
 
-PROMPTS = ["a red fox in the snow", "a lighthouse on a cliff at dusk", "a bowl of ripe cherries",
-           "an astronaut riding a horse"]
-
-
-def _cli_model(args, default_shapes: Dict[str, str]):
+def _cli_model(args, tool: str):
     """``(description, model, generation kwargs without conditions, encode or None)`` for ``--model``,
-    built by the registry of reference models; ``default_shapes``: per model, when ``--shape`` is not given."""
-    from .models import MODEL_BUILDERS, build_reference
+    built by the registry of reference models (at the shape ``tool`` builds by default)."""
+    from ..models import MODEL_BUILDERS, build_reference
 
-    shape = (args.shape or default_shapes[args.model]) if MODEL_BUILDERS[args.model].shapes else None
+    shape = MODEL_BUILDERS[args.model].shape_for(tool, args.shape)
     ref = build_reference(args.model, shape, device=torch.device(args.device), aspect=args.aspect, cfg=args.cfg,
                           checkpoint=args.checkpoint)
     kw = dict(ref.call_kwargs, g_seed=getattr(args, "seed", 0), top_k=args.top_k, top_p=args.top_p)
     return ref.description, ref.model, kw, ref.encode
 
 
-def _default_conditions(model, B: int) -> list:
-    """Class labels cycling over the classes, or the built-in prompts cycled."""
-    if hasattr(model, "num_classes"):
-        return [i % model.num_classes for i in range(B)]
-    return [PROMPTS[i % len(PROMPTS)] for i in range(B)]
+def _trained(args) -> bool:
+    from ..models import MODEL_BUILDERS
 
-
-def _demo_model(args):
-    """(description, model, generation kwargs with the conditions, the conditions) for the demo."""
-    from .adapters import adapter_for
-
-    what, model, kw, encode = _cli_model(args, {"var": "d16", "infinity": "small", "star": "small"})
-    args.batch = args.batch or (model.num_classes if args.model == "pretrained" else 2)
-    conditions = _default_conditions(model, args.batch)
-    kw.update(adapter_for(model).condition_kwargs(conditions, encode))
-    return what, model, kw, conditions
-
-
-def _demo_configs(args, model) -> List[Optional[StageVARConfig]]:
-    """``--config`` values, or the model's default (None: the config it carries, else the family's
-    preset) -- for the trained model, the family's preset (the paper's recipe) and then the config
-    its checkpoint carries (calibrated for it)."""
-    from .adapters import adapter_for
-
-    if args.config:
-        ad = adapter_for(model)
-        return [_load_config(c, ad.default_preset, len(ad.blocks()), "the unpatched model is always the first row")
-                for c in args.config]
-    if args.model == "pretrained" and getattr(model, "stagevar_config", None) is not None:
-        return [preset(adapter_for(model).default_preset), None]
-    return [None]
+    return MODEL_BUILDERS[args.model].checkpoints
 
 
 def _demo(args) -> int:
-    from .adapters import adapter_for
-    from .figures import condition_labels, image_grid_figure, method_label
-    from .report import SKIPPING_LABEL
-    from .metrics import psnr, ssim
-    from .quality import bundled_judges, consistencies
+    from .demo import demo, demo_configs
 
     torch.manual_seed(0)
-    what, model, kw, conditions = _demo_model(args)
+    what, model, kw, encode = _cli_model(args, "demo")
     adapter = adapter_for(model)
+    trained = _trained(args)
+    args.batch = args.batch or (model.num_classes if trained and not adapter.takes_prompts else 2)
+    conditions = adapter.default_conditions(args.batch)
+    kw.update(adapter.condition_kwargs(conditions, encode))
     machine = machine_name(args.device)
-    classes = f" (classes: {', '.join(model.class_names)})" if args.model == "pretrained" else ""
+    names = getattr(model, "class_names", None)
+    classes = f" (classes: {', '.join(names)})" if trained and names else ""
     print(f"stagevar demo: {what}{classes}, B={args.batch}, on {machine}")
-    configs = _demo_configs(args, model)
-    images: Dict[int, torch.Tensor] = {}
-    reports: Dict[int, object] = {}
-
-    def keep(rec, out):  # the last round's images and reports
-        images[rec.arm], reports[rec.arm] = adapter.images_of(out).float().cpu(), rec.report
-
-    arms = [Arm("baseline", None)] + [Arm(cfg.name if cfg else "default", cfg or MODEL_DEFAULT) for cfg in configs]
-    result = run_interleaved(model, arms, [kw], rounds=args.repeats, warmup=1, on_call=keep)
-    names = [reports[i + 1].config_name for i in range(len(configs))]
-    base_img, acc_img = images[0], [images[i + 1] for i in range(len(configs))]
-    judges = bundled_judges(model)  # semantic (block means) and texture (full image) classifiers
-    target = torch.tensor(conditions) if judges else None  # judges exist for class-conditional models only
-
-    b = statistics.median(r.wall_s for r in result.of(0))
-    cb = consistencies(judges, base_img, target)
-    labels = [method_label("baseline", wall_ms=b * 1e3, consistency=cb)]
-    for i, name in enumerate(names):
-        print(f"\n[{name}]")
-        print(reports[i + 1])
-        a = statistics.median(r.wall_s for r in result.of(i + 1))
-        print(f"end-to-end median of {args.repeats}: baseline {b * 1e3:.0f} ms, accelerated {a * 1e3:.0f} ms, "
-              f"speedup {b / a:.2f}x (config {name!r})")
-        p, s = float(psnr(acc_img[i], base_img).mean()), float(ssim(acc_img[i], base_img).mean())
-        print(f"per-seed PSNR to baseline {p:.1f} dB, SSIM {s:.3f}")
-        ca_views = consistencies(judges, acc_img[i], target)
-        labels.append(method_label(name, b / a, p, s, ca_views, cb,
-                                   skipping=SKIPPING_LABEL if reports[i + 1].skipping else ""))
-        for view, ca in ca_views.items():
-            print(f"class consistency, {view} view (independent classifier): baseline {cb[view]:.3f}, accelerated "
-                  f"{ca:.3f} ({ca - cb[view]:+.3f}); one sample per class here, see BENCHMARKS.md for the full "
+    configs = demo_configs(model, args.config and [_named_config(c, model, "the unpatched model is always the first "
+                                                                  "row") for c in args.config])
+    result = demo(model, configs, kw, conditions, repeats=args.repeats, out=args.out, trained=trained,
+                  title=f"stagevar demo: {what}, B={args.batch}, seed {args.seed}, on {machine}")
+    for row in result.rows:
+        print(f"\n[{row.name}]")
+        print(row.report)
+        print(f"end-to-end median of {args.repeats}: baseline {row.baseline_ms:.0f} ms, accelerated {row.ms:.0f} ms, "
+              f"speedup {row.speedup:.2f}x (config {row.name!r})")
+        print(f"per-seed PSNR to baseline {row.psnr:.1f} dB, SSIM {row.ssim:.3f}")
+        for view, ca in row.consistency.items():
+            cb = row.baseline_consistency[view]
+            print(f"class consistency, {view} view (independent classifier): baseline {cb:.3f}, accelerated "
+                  f"{ca:.3f} ({ca - cb:+.3f}); one sample per class here, see BENCHMARKS.md for the full "
                   f"evaluation")
-    random = args.model != "pretrained"
-    if random:
+    if not trained:
         print("(random weights: these differences say nothing about quality)")
-    note = (f"Rows: the unpatched model, then one per config, same seeds. Speedup: end-to-end median of "
-            f"{args.repeats} call(s) against the unpatched model. PSNR, SSIM: to the baseline image of the same "
-            f"seed (mean over the row).")
-    if judges:
-        note += (" Cons.: the share of the row an independent classifier assigns to the class asked for -- semantic: "
-                 "one that sees only 8x8 block means (class, colours, layout); texture: one that sees the full image "
-                 "(one image per class: a rough sign; see BENCHMARKS.md for the full evaluation).")
-    backend = image_grid_figure(  # the title leaves the class list to the column labels
-        [base_img] + acc_img, labels, condition_labels(conditions, getattr(model, "class_names", None)), args.out,
-        title=f"stagevar demo: {what}, B={args.batch}, seed {args.seed}, on {machine}",
-        note=note + (" Random weights: these differences say nothing about quality." if random else ""))
-    print(f"\nwrote {args.out} with {backend} (top row: baseline; then one row per config: {', '.join(names)})")
+    print(f"\nwrote {args.out} with {result.backend} (top row: baseline; then one row per config: "
+          f"{', '.join(r.name for r in result.rows)})")
     return 0
 
 
 def _plan(args) -> int:
-    from .models import VAR_SHAPES
-    from .plan import describe
+    from ..adapters import VARAdapter
+    from ..models import VAR_SHAPES
+    from ..plan import describe, resolve_plan, unit_layout
 
-    pn = VAR_SHAPES[args.shape]["patch_nums"]
-    depth = VAR_SHAPES[args.shape]["depth"]
-    cfg = _load_config(args.config, "var-d16", depth, "the unpatched call runs every scale in full, it has no plan") \
-        or preset("var-d16")
-    from .plan import resolve_plan
-
-    ub = cfg.unit_blocks or 1
-    print(describe(resolve_plan(cfg, [(p, p) for p in pn], num_units=-(-depth // ub))))
+    shape = VAR_SHAPES[args.shape]
+    cfg = _named_config(args.config or "var-d16", None, "the unpatched call runs every scale in full, it has no plan",
+                        family_default=lambda: VARAdapter.preset_for_depth(shape["depth"]))
+    units = unit_layout(shape["depth"], cfg.unit_blocks or 1)
+    print(describe(resolve_plan(cfg, [(p, p) for p in shape["patch_nums"]], units)))
     return 0
 
 
 def _bench(args) -> int:
-    from .adapters import adapter_for
     from .bench import format_report, run
     from .quality import bundled_judges
 
     check_executions(args.execution, args.device)  # before building or measuring anything
-    what, model, kw, encode = _cli_model(args, {"var": "tiny", "infinity": "tiny", "star": "tiny"})
-    conditions = _default_conditions(model, args.batch)
-    kw.update(adapter_for(model).condition_kwargs(conditions, encode))
+    what, model, kw, encode = _cli_model(args, "bench")
+    adapter = adapter_for(model)
+    conditions = adapter.default_conditions(args.batch)
+    kw.update(adapter.condition_kwargs(conditions, encode))
     judges = bundled_judges(model)  # the trained model's independent classifiers, else none
-    methods = args.methods or _bench_methods(args.model, adapter_for(model).default_preset)
+    carried = getattr(getattr(model, "stagevar_config", None), "name", None)
+    methods = args.methods or ["baseline"] + compared(adapter.default_preset, carried)
     title = f"stagevar bench: {what}, B={args.batch}, executors: {', '.join(args.execution)}"
     if not args.quiet:
         print(title, flush=True)
@@ -183,25 +124,20 @@ def _bench(args) -> int:
     return 0
 
 
-def _bench_methods(model_name: str, default_preset: str) -> List[str]:
-    """The default methods of ``stagevar bench``: the family's preset (the one ``accelerate`` picks for
-    this model, e.g. infinity-8b for a patchified Infinity) and its relatives, then the ablations."""
-    family = {"infinity": [default_preset, default_preset + "-paper"], "star": ["star-d30", "star-d16"],
-              "pretrained": ["var-d16", "stagevar-tiny-var"]}.get(model_name, ["var-d16"])
-    return ["baseline"] + family + ["cfg-only", "lowrank-only", "fastvar", "skip-last-2"]
-
-
 def _calibrate(args) -> int:
     from .calibrate import calibrate
 
     source = args.write_into_source  # checked by main before any work
-    what, model, gen, encode = _cli_model(args, {"var": "small", "infinity": "tiny", "star": "small"})
+    what, model, gen, encode = _cli_model(args, "calibrate")
+    adapter = adapter_for(model)
     gen.pop("g_seed")
     gen.update(one_branch_sweep=not args.no_sweep, unit_blocks=args.unit_blocks, seeds=args.seeds, encode=encode)
-    if args.model == "infinity":
-        conditions = args.prompts or PROMPTS
-    else:
-        conditions = args.conditions or _default_conditions(model, model.num_classes if args.model == "pretrained" else 8)
+    given, wrong = (args.prompts, args.conditions) if adapter.takes_prompts else (args.conditions, args.prompts)
+    if wrong:
+        takes = "prompts (--prompts)" if adapter.takes_prompts else "class labels (--conditions)"
+        raise ValueError(f"--model {args.model} takes {takes}, not --{'conditions' if adapter.takes_prompts else 'prompts'}")
+    default_n = 4 if adapter.takes_prompts else (model.num_classes if _trained(args) else 8)
+    conditions = given or adapter.default_conditions(default_n)
     print(f"stagevar calibrate: {what}, {len(conditions)} conditions x {len(args.seeds)} seeds, "
           f"on {machine_name(args.device)}")
     cal = calibrate(model, conditions, **gen)
@@ -220,65 +156,32 @@ def _calibrate(args) -> int:
         cal.plot(args.plot)
         print(f"wrote {args.plot}")
     if args.write_into:
-        from .models.pretrained import write_config_into
+        from ..models.pretrained import write_config_into
 
         write_config_into(source, cfg, out=args.write_into)
         print(f"wrote {args.write_into} (the calibrated model's checkpoint, carrying the recommended config)")
     return 0
 
 
-def _checkpoint_for_write_into(args) -> Optional[str]:
-    """The file the calibrated model was loaded from, whose tensors and metadata ``--write-into`` writes
-    with the recommended config (None without the flag). An existing ``--write-into`` must hold the same
-    tensors: only its config changes.
-
-    Raises:
-        ValueError: the model was not loaded from a checkpoint, or ``--write-into`` is a file with other
-            weights (it is not overwritten).
-    """
-    if not args.write_into:
-        return None
-    from .models import MODEL_BUILDERS
-    from .models.pretrained import BUNDLED
-
-    if not MODEL_BUILDERS[args.model].checkpoints:
-        raise ValueError(f"--write-into stores the config in the checkpoint of the calibrated model, and --model "
-                         f"{args.model} has random weights and no checkpoint; use --model pretrained, or save the "
-                         f"config alone with --config-out")
-    bundled = BUNDLED["stagevar-tiny-var"]
-    source = getattr(args, "checkpoint_path", None) or bundled  # resolved by main
-    if os.path.isdir(args.write_into):
-        raise ValueError(f"--write-into {args.write_into} is a folder; give the checkpoint file's path (.safetensors)")
-    if os.path.exists(args.write_into) and os.path.exists(bundled) and os.path.samefile(args.write_into, bundled):
-        raise ValueError(f"--write-into {args.write_into} is the bundled checkpoint installed with stagevar: writing it "
-                         f"would change what every run of this installation loads; give a new path")
-    if os.path.exists(args.write_into) and not _same_tensors(source, args.write_into):
-        raise ValueError(f"--write-into {args.write_into} exists and holds other weights than the calibrated model "
-                         f"({source}); it is left as it is. Give a new path, or a copy of that checkpoint")
-    return source
-
-
-def _same_tensors(a: str, b: str) -> bool:
-    """Whether two safetensors files hold the same tensors (names, dtypes and values)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(a, framework="pt") as fa, safe_open(b, framework="pt") as fb:
-            if set(fa.keys()) != set(fb.keys()):
-                return False
-            return all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys())
-    except (SafetensorError, OSError):
-        return False
-
-
 def _generate(args) -> int:
-    from .generate import generate
+    from .generate import generate, join_ranks, read_prompts
 
-    rank, world = _join_ranks(args)
+    rank, world, args.device = join_ranks(args.device)
     try:
-        what, model, kw, encode = _cli_model(args, {"var": "d16", "infinity": "small", "star": "small"})
+        what, model, kw, encode = _cli_model(args, "generate")
         kw.pop("g_seed")
-        items, metadata = _generate_items(args, model)
+        adapter = adapter_for(model)
+        if args.classes is not None and adapter.takes_prompts:
+            raise ValueError(f"--model {args.model} takes prompts, not class labels: give --prompts or --prompts-file")
+        if (args.prompts is not None or args.prompts_file is not None) and not adapter.takes_prompts:
+            raise ValueError(f"--model {args.model} takes class labels, not prompts: give --classes")
+        metadata = None
+        if args.prompts_file is not None:
+            items, metadata = read_prompts(args.prompts_file)
+        elif args.classes is not None or args.prompts is not None:
+            items = list(args.classes if args.classes is not None else args.prompts)
+        else:  # every class, or the built-in prompts
+            items = adapter.default_conditions(4 if adapter.takes_prompts else model.num_classes)
         result = generate(model, items, args.out, batch=args.batch, seed=args.seed,
                           config=MODEL_DEFAULT if args.config is None else args.config, call_kwargs=kw,
                           per_item=args.per_item, encode=encode, description=what, rank=rank, world=world,
@@ -298,65 +201,6 @@ def _generate(args) -> int:
     return 0
 
 
-def _join_ranks(args) -> Tuple[int, int]:
-    """``(rank, world)``: under torchrun (``WORLD_SIZE`` > 1) the process group is initialised from
-    its environment (nccl on CUDA, each rank on the GPU ``LOCAL_RANK``; gloo on a CPU); else ``(0, 1)``."""
-    from datetime import timedelta
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    cuda = args.device.startswith("cuda")
-    if cuda and args.device != "cuda":
-        raise ValueError(f"--device {args.device} under torchrun would put all {world} ranks on one GPU; give "
-                         f"--device cuda (each rank takes the GPU of its LOCAL_RANK)")
-    if args.device == "cuda":
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if cuda:
-        torch.cuda.set_device(torch.device(args.device))
-    # a rank waits at the final barrier for the slowest one: one batch of a large model can take minutes
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=6))
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _generate_items(args, model) -> Tuple[list, Optional[List[dict]]]:
-    """``(items, metadata)``: ``--classes``, ``--prompts`` or ``--prompts-file`` (default: every class, or
-    the built-in prompts); metadata: a ``.jsonl`` file's objects, else None."""
-    classes = hasattr(model, "num_classes")
-    if args.classes is not None and not classes:
-        raise ValueError(f"--model {args.model} takes prompts, not class labels: give --prompts or --prompts-file")
-    if (args.prompts is not None or args.prompts_file is not None) and classes:
-        raise ValueError(f"--model {args.model} takes class labels, not prompts: give --classes")
-    if args.prompts_file is not None:
-        return _read_prompts(args.prompts_file)
-    if args.classes is not None or args.prompts is not None:
-        return list(args.classes if args.classes is not None else args.prompts), None
-    return (list(range(model.num_classes)) if classes else list(PROMPTS)), None
-
-
-def _read_prompts(path: str) -> Tuple[List[str], Optional[List[dict]]]:
-    """``(prompts, metadata)``: one prompt per non-empty line (metadata None); a ``.jsonl`` file
-    (GenEval's metadata) one JSON object with a ``"prompt"`` per line, each object kept as metadata."""
-    import json
-
-    with open(path) as f:
-        lines = [line.strip() for line in f if line.strip()]
-    if not path.endswith(".jsonl"):
-        return lines, None
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-            str(record["prompt"])
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{path}: line {i + 1} is not a JSON object with a 'prompt' (a .jsonl prompts file holds "
-                             f"one per line; for plain text, one prompt per line, use another extension)") from None
-        records.append(record)
-    return [str(r["prompt"]) for r in records], records
-
-
 def _generation_args(p: argparse.ArgumentParser, top_k: int, top_p: float) -> None:
     """The sampling and device options demo, bench and calibrate share."""
     p.add_argument("--cfg", type=float, default=4.0)
@@ -368,7 +212,7 @@ def _generation_args(p: argparse.ArgumentParser, top_k: int, top_p: float) -> No
 
 def _model_args(p: argparse.ArgumentParser, default: str, shape_help: str) -> None:
     """``--model`` (the registry of reference models), ``--shape`` and ``--aspect``."""
-    from .models import ASPECTS, MODEL_BUILDERS
+    from ..models import ASPECTS, MODEL_BUILDERS
 
     p.add_argument("--model", default=default, choices=list(MODEL_BUILDERS),
                    help="; ".join(f"{n}: {m.summary}" for n, m in MODEL_BUILDERS.items()) + f" (default {default})")
@@ -381,7 +225,7 @@ def _model_args(p: argparse.ArgumentParser, default: str, shape_help: str) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import MODEL_BUILDERS, VAR_SHAPES
+    from ..models import MODEL_BUILDERS, VAR_SHAPES
 
     ap = argparse.ArgumentParser(prog="stagevar", description="Stage-aware acceleration of VAR image generators")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -423,8 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bench)
     c = sub.add_parser("calibrate", help="measure stages and ranks of a reference model from its own generations")
     _model_args(c, "var", "reference shape (default: small for var, tiny for infinity)")
-    c.add_argument("--conditions", type=int, nargs="*", default=None, help="VAR class labels (default: 0..7)")
-    c.add_argument("--prompts", nargs="*", default=None, help="Infinity prompts (default: four built-in prompts)")
+    c.add_argument("--conditions", type=int, nargs="*", default=None,
+                   help="class labels, for a class-conditional model (default: 0..7, or every class of a trained one)")
+    c.add_argument("--prompts", nargs="*", default=None,
+                   help="prompts, for a text-to-image model (Infinity, STAR; default: four built-in prompts)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     _generation_args(c, top_k=900, top_p=0.95)
     c.add_argument("--unit-blocks", type=int, default=None)
@@ -484,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .models import MODEL_BUILDERS
+    from ..models import MODEL_BUILDERS
 
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -495,7 +341,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error(f"--checkpoint loads trained weights: use it with --model {with_ckpt} (--model {args.model} has "
                  f"random weights)")
     if getattr(args, "checkpoint", None) is not None:
-        from .models.pretrained import checkpoint_file
+        from ..models.pretrained import checkpoint_file
 
         try:  # a missing file or unreachable Hub repo is an argument fault: refused before any work
             args.checkpoint_path = checkpoint_file(args.checkpoint)
@@ -520,8 +366,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     if problem:
         ap.error(problem)
     if args.command == "calibrate":
+        from .calibrate import write_into_source
+
+        if args.write_into and not MODEL_BUILDERS[args.model].checkpoints:
+            ap.error(f"--write-into stores the config in the checkpoint of the calibrated model, and --model "
+                     f"{args.model} has random weights and no checkpoint; use --model pretrained, or save the "
+                     f"config alone with --config-out")
         try:  # like every argument fault: refused before any work, exit status 2
-            args.write_into_source = _checkpoint_for_write_into(args)
+            args.write_into_source = write_into_source(args.write_into, getattr(args, "checkpoint_path", None))
         except (ValueError, OSError) as e:
             ap.error(str(e))
     try:

@@ -32,13 +32,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from . import api
-from ._files import atomic_path, folder_problem
+from .. import api
+from .._files import atomic_path, folder_problem
 from ._progress import Progress
-from ._warnings import warn_at_caller
-from .adapters import adapter_for
-from .config import StageVARConfig
-from .methods import MODEL_DEFAULT, method_config
+from .._warnings import warn_at_caller
+from ..adapters import adapter_for
+from ..config import StageVARConfig
+from .runner import BASELINE, MODEL_DEFAULT, method_config
 
 SEED_STRIDE = 1_000_003  # g_seed of batch k = seed * SEED_STRIDE + k: distinct for k < SEED_STRIDE
 MANIFEST = "manifest.json"
@@ -111,10 +111,11 @@ def generate(model: torch.nn.Module, items: Sequence[Union[int, str]], out_dir: 
         out_dir: the folder for the PNGs and ``manifest.json`` (created).
         batch: images per generation call, ``B``. Batch ``k`` holds samples ``kB ... kB+B-1``.
         seed: batch ``k`` is generated with ``g_seed = seed * SEED_STRIDE + k``.
-        config: a method name (a preset, ``baseline``, ``cfg-only``, ... or a JSON file: see
-            :func:`stagevar.methods.method_config`), a :class:`StageVARConfig`, None for the model's
-            own unpatched call, or :data:`~stagevar.methods.MODEL_DEFAULT` (default): what
-            ``stagevar.accelerate(model)`` picks (the config the model carries, else its family preset).
+        config: a method name (``baseline``, any name of :func:`stagevar.preset_names`, or a JSON file:
+            see :func:`stagevar.tools.runner.method_config`), a :class:`StageVARConfig`,
+            :data:`~stagevar.tools.runner.BASELINE` for the model's own unpatched call, or
+            :data:`~stagevar.tools.runner.MODEL_DEFAULT` (default): what ``stagevar.accelerate(model)``
+            picks (the config the model carries, else its family preset).
         call_kwargs: the rest of the generation call (VAR: ``cfg``, ``top_k``, ``top_p``; Infinity:
             ``vae``, ``scale_schedule``, ``cfg_list``, ...), without conditions or ``g_seed``. Its
             JSON-able values are recorded in the manifest and checked on resume.
@@ -275,17 +276,17 @@ def _applied(model: Any, config: Any, adapter: Any, execution: str) -> Iterator[
     """Apply ``config`` to ``model`` for the block; yields ``(method name, where the config came from,
     the config's dict or None for the unpatched call)``."""
     if isinstance(config, str):
-        method, config = config, method_config(config, adapter.default_preset, len(adapter.blocks()))
+        method, config = config, method_config(config, model)
     elif config is MODEL_DEFAULT:
         method = "default"
     elif isinstance(config, StageVARConfig):
         method = config.name
-    elif config is None:
+    elif config is BASELINE:
         method = "baseline"
     else:
-        raise ValueError(f"config must be a method name, a StageVARConfig, None (the unpatched call) or "
+        raise ValueError(f"config must be a method name, a StageVARConfig, BASELINE (the unpatched call) or "
                          f"MODEL_DEFAULT, got {type(config).__name__}")
-    if config is None:
+    if config is BASELINE:
         yield method, "the model's own generation call (unpatched)", None
         return
     with api.accelerated(model, None if config is MODEL_DEFAULT else config, execution=execution):
@@ -404,3 +405,46 @@ def _from_rank0(obj: Any, world: int) -> Any:
 
 __all__ = ["SEED_STRIDE", "MANIFEST", "LAYOUTS", "batch_seed", "file_name", "Batch", "plan_batches", "GenerateResult",
            "generate", "save_png"]
+
+
+# -- what the command line hands over ---------------------------------------------------------------
+def read_prompts(path: str) -> Tuple[List[str], Optional[List[dict]]]:
+    """``(prompts, metadata)``: one prompt per non-empty line (metadata None); a ``.jsonl`` file
+    (GenEval's metadata) one JSON object with a ``"prompt"`` per line, each object kept as metadata."""
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not path.endswith(".jsonl"):
+        return lines, None
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+            str(record["prompt"])
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path}: line {i + 1} is not a JSON object with a 'prompt' (a .jsonl prompts file holds "
+                             f"one per line; for plain text, one prompt per line, use another extension)") from None
+        records.append(record)
+    return [str(r["prompt"]) for r in records], records
+
+
+def join_ranks(device: str) -> Tuple[int, int, str]:
+    """``(rank, world, device)``: under torchrun (``WORLD_SIZE`` > 1) the process group is initialised
+    from its environment (nccl on CUDA, each rank on the GPU ``LOCAL_RANK``; gloo on a CPU); else
+    ``(0, 1, device)``. ``device``: where the model runs (``"cuda"`` becomes the rank's GPU)."""
+    from datetime import timedelta
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda and device != "cuda":
+        raise ValueError(f"--device {device} under torchrun would put all {world} ranks on one GPU; give "
+                         f"--device cuda (each rank takes the GPU of its LOCAL_RANK)")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(device))
+    # a rank waits at the final barrier for the slowest one: one batch of a large model can take minutes
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(hours=6))
+    return dist.get_rank(), dist.get_world_size(), device

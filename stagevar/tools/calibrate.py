@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .adapters import adapter_for
-from .config import ConfigError, StageVARConfig
-from .engine import Engine, Observer
+from ..adapters import adapter_for
+from ..config import ConfigError, StageVARConfig
+from ..engine import Engine, Observer
+from ..presets import preset
 from .metrics import feature_distance, lowfreq_features, psnr, ssim
-from .presets import preset
 
 ALPHAS = (0.90, 0.95, 0.96, 0.97, 0.98, 0.99, 0.999)
 
@@ -118,7 +119,7 @@ class Calibration:
         return None
 
     def recommend(self, alpha: float = 0.96, min_psnr: float = 25.0, max_feature_dist: float = 0.02,
-                  min_ssim: float = 0.8, branch: str = "uncond", projection: str = "gaussian",
+                  min_ssim: float = 0.8, branch: str = "uncond", reducer: str = "gaussian",
                   max_rank_ratio: Optional[float] = 0.3) -> StageVARConfig:
         """A config: the refinement stage starts at the first scale after semantics (feature
         distance <= ``max_feature_dist``) and structure (PSNR >= ``min_psnr`` dB and SSIM >=
@@ -143,7 +144,7 @@ class Calibration:
             if max_rank_ratio is None or sum(ratios) / len(ratios) <= max_rank_ratio:
                 table[si] = {alpha: ratios}
         return StageVARConfig(refine_start=start, branch=branch, rank_table=table, alpha=alpha if table else None,
-                              unit_blocks=self.unit_blocks, projection=projection, name=f"calibrated-a{alpha}")
+                              unit_blocks=self.unit_blocks, reducer=reducer, name=f"calibrated-a{alpha}")
 
     # ---- persistence and display
     def to_dict(self) -> dict:
@@ -249,7 +250,7 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
     reserved = sorted({"B", "label_B", "label_B_or_BLT", "g_seed"} & set(generation_kwargs))
     if reserved:
         raise ValueError(f"pass conditions and seeds to calibrate, not {' / '.join(reserved)}")
-    from . import api
+    from .. import api
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: give a positive number of conditions per generation call")
@@ -312,3 +313,30 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
     finally:
         if kept is not None:
             api.attach(model, kept)
+
+
+def write_into_source(write_into: Optional[str], checkpoint: Optional[str]) -> Optional[str]:
+    """The checkpoint file whose tensors and metadata ``--write-into`` writes with the recommended
+    config: ``checkpoint`` (the file the calibrated model was loaded from), else the bundled model;
+    None without ``write_into``. An existing ``write_into`` must hold the same tensors: only its
+    config changes. Checked before any work.
+
+    Raises:
+        ValueError: ``write_into`` is a folder, the installed bundled checkpoint, or a file with
+            other weights (it is not overwritten).
+    """
+    if not write_into:
+        return None
+    from ..models.pretrained import BUNDLED, same_tensors
+
+    bundled = BUNDLED["stagevar-tiny-var"]
+    source = checkpoint or bundled
+    if os.path.isdir(write_into):
+        raise ValueError(f"--write-into {write_into} is a folder; give the checkpoint file's path (.safetensors)")
+    if os.path.exists(write_into) and os.path.exists(bundled) and os.path.samefile(write_into, bundled):
+        raise ValueError(f"--write-into {write_into} is the bundled checkpoint installed with stagevar: writing it "
+                         f"would change what every run of this installation loads; give a new path")
+    if os.path.exists(write_into) and not same_tensors(source, write_into):
+        raise ValueError(f"--write-into {write_into} exists and holds other weights than the calibrated model "
+                         f"({source}); it is left as it is. Give a new path, or a copy of that checkpoint")
+    return source
