@@ -65,12 +65,12 @@ def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: s
     """A validated engine: the config checked against the model's schedules before anything is patched."""
     carried = getattr(adapter.model, "stagevar_config", None)
     if config is None and isinstance(carried, StageVARConfig):
-        cfg, source = carried, "carried by the model: model.stagevar_config, from its checkpoint"
+        resolved, source = carried, "carried by the model: model.stagevar_config, from its checkpoint"
     elif config is None:
-        cfg, source = _config(None, adapter.default_preset), f"{adapter.family} family default"
+        resolved, source = _config(None, adapter.default_preset), f"{adapter.family} family default"
     else:
-        cfg, source = _config(config, adapter.default_preset), "given"
-    engine = Engine(adapter, cfg, executor=make_executor(execution, adapter.device()))
+        resolved, source = _config(config, adapter.default_preset), "given"
+    engine = Engine(adapter, resolved, executor=make_executor(execution, adapter.device()))
     engine.config_source = source
     # its schedule, or every schedule it knows (Infinity's RoPE tables), warning for the first only
     for i, schedule in enumerate(adapter.known_schedules()):
@@ -126,9 +126,7 @@ def _patch_of(model: Any) -> Optional[_Patch]:
 
 def release_engine(engine: Engine) -> None:
     """Free the CUDA graphs and memory pools ``engine``'s executor captured (no-op when eager)."""
-    release = getattr(engine.executor, "release", None)
-    if release is not None:
-        release()
+    engine.executor.release()
 
 
 def release_graphs(model: Any) -> Any:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 import torch
 
@@ -80,14 +80,39 @@ class Call:
     branch: str = "both"
 
 
+class Executor(Protocol):
+    """Decides how each planned scale of a call is launched (:mod:`stagevar.executors`)."""
+
+    name: str
+
+    def run(self, engine: "Engine", args: tuple, kwargs: dict) -> Any:
+        """Run one generation call through ``engine`` and return what the entry point returns."""
+
+    def release(self) -> None:
+        """Free whatever the executor holds between calls (captured graphs and their pools)."""
+
+
+class EagerExecutor:
+    """Runs every planned scale as Python issues it (:meth:`Engine.run_eager`): the executor of a
+    CPU, and of ``execution="eager"``."""
+
+    name = "eager"
+
+    def run(self, engine: "Engine", args: tuple, kwargs: dict) -> Any:
+        return engine.run_eager(args, kwargs)
+
+    def release(self) -> None:
+        """Nothing is held between calls."""
+
+
 class Engine:
     """Runs a model's generation call under one :class:`StageVARConfig`.
 
-    The engine defines what a call does and runs it eagerly; an ``executor``
-    (:mod:`stagevar.executors`) may instead decide how each planned scale is launched.
+    The engine defines what a call does; its ``executor`` decides how each planned scale is
+    launched (:class:`EagerExecutor` by default; the CUDA-graph one is in :mod:`stagevar.executors`).
     """
 
-    def __init__(self, adapter: Adapter, config: StageVARConfig, executor: Any = None):
+    def __init__(self, adapter: Adapter, config: StageVARConfig, executor: Optional[Executor] = None):
         self.adapter = adapter
         self.config = config
         self.units = unit_layout(len(adapter.blocks()), config.unit_blocks or adapter.default_unit_blocks)
@@ -95,7 +120,7 @@ class Engine:
         self.reducer = reducer(config.reducer)  # chosen once: every reduced unit of every call runs it
         self._plans: Dict[Tuple[Tuple[int, int], ...], List[ScalePlan]] = {}
         self._report: Optional[Report] = None
-        self.executor = executor  # None: eager (stagevar.executors holds the others)
+        self.executor: Executor = executor if executor is not None else EagerExecutor()
         self.config_source = "given"
         self.debug = DEBUG_CHECKS
 
@@ -116,6 +141,15 @@ class Engine:
     def last_report(self, value: Optional[Report]) -> None:
         self._report = value
 
+    def unread_report(self) -> Optional[Report]:
+        """The last call's report without reading its times (that would wait for the device)."""
+        return self._report
+
+    def note(self, text: str) -> None:
+        """Say on the last call's report why it ran as it did (e.g. an executor's fallback)."""
+        if self._report is not None:
+            self._report.note = text
+
     def plan_for(self, schedule, warn: bool = True) -> List[ScalePlan]:
         """The resolved plan for a schedule (validated; warns if nothing is accelerated)."""
         key = tuple((int(h), int(w)) for h, w in schedule)
@@ -125,8 +159,6 @@ class Engine:
 
     def __call__(self, *args, **kwargs) -> Any:
         with torch.no_grad():
-            if self.executor is None:
-                return self.run_eager(args, kwargs)
             return self.executor.run(self, args, kwargs)
 
     def observe(self, observer: Observer, *args, **kwargs) -> Any:
@@ -170,21 +202,21 @@ class Engine:
     def setup(self, args: tuple, kwargs: dict, observer: Optional[Observer] = None) -> Call:
         """Begin a call: the adapter's state, the plan, the seeded projection generator. On error the
         adapter's ``end`` has run."""
-        ad, cfg = self.adapter, self.config
+        ad, config = self.adapter, self.config
         n_blocks, n_planned = len(ad.blocks()), self.units[-1][1] if self.units else 0
         if n_blocks != n_planned:
             raise RuntimeError(f"stagevar: the model has {n_blocks} transformer blocks now but had {n_planned} when it "
                                f"was accelerated (blocks were added or removed since); call "
                                f"stagevar.accelerate(model, config) again to plan for the new depth")
-        st = ad.begin(args, kwargs, cache_condition=cfg.cache_condition)
+        st = ad.begin(args, kwargs, cache_condition=config.cache_condition)
         try:
             plans = self.plan_for(ad.schedule(st))
             device = ad.device()
             gen = torch.Generator(device=device)
-            gen.manual_seed(projection_seed(ad.g_seed(st), cfg.seed))
-            first = next((p for p in plans if not p.skip), None)
+            gen.manual_seed(projection_seed(st.g_seed, config.seed))
+            first = next((p for p in plans if not p.skipped), None)
             x0 = ad.scale_input(st, 0 if first is None else first.index)
-            last_lowrank = max((p.index for p in plans if p.lowrank and not p.skip), default=-1)
+            last_lowrank = max((p.index for p in plans if p.lowrank and not p.skipped), default=-1)
             return Call(st=st, plans=plans, gen=gen, rows=x0.shape[0], width=x0.shape[-1], last_lowrank=last_lowrank,
                         unit_out=[None] * len(self.units), observer=observer)
         except BaseException:
@@ -194,8 +226,8 @@ class Engine:
     def run_scale(self, call: Call, p: ScalePlan) -> None:
         """Run planned scale ``p`` of ``call``: tensors only, no host read of a device value."""
         ad, st, obs = self.adapter, call.st, call.observer
-        if p.skip:
-            ad.skip(st, p.index)
+        if p.skipped:
+            ad.skip_scale(st, p.index)
             return
         if p.branch != call.branch:
             ad.keep_rows(st, p.branch)
@@ -239,7 +271,10 @@ class Engine:
     def check_caches(self, call: Call, p: ScalePlan, stats: PlanStats) -> None:
         """Debug check: every block's KV cache holds what the plan says after scale ``p``."""
         rows = stats.rows[p.index] or None
-        for j, (held, want) in enumerate(zip(self.adapter.cache_lengths(), stats.cache_tokens[p.index])):
+        lengths = self.adapter.cache_lengths()
+        if lengths is None:  # a family whose caches cannot be read this way
+            return
+        for j, (held, want) in enumerate(zip(lengths, stats.cache_tokens[p.index])):
             if rows is None:
                 continue
             if held is None or held != (rows, want):
@@ -253,8 +288,8 @@ class Engine:
         plans = call.plans
         scales = [ScaleStats(p.index, p.hw, p.mode, stats.rows[p.index], stats.tokens[p.index], 0.0,
                              stats.gflops[p.index]) for p in plans]
-        return Report(config_name=self.config.name, config_source=self.config_source, batch_size=self.adapter.batch_size(call.st),
-                      device=str(self.adapter.device()), scales=scales, skipping=any(p.skip for p in plans),
+        return Report(config_name=self.config.name, config_source=self.config_source, batch_size=call.st.B,
+                      device=str(self.adapter.device()), scales=scales, skipping=any(p.skipped for p in plans),
                       intact_rows=stats.intact_rows, executor=executor, host_s=host_s, timeline=timeline, **extra)
 
     def _lowrank_unit(self, st: Any, blocks, x_BMC: torch.Tensor, r: int, p: ScalePlan,

@@ -29,7 +29,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 from ._warnings import warn_at_caller
-from .engine import Call, Engine
+from .engine import Call, EagerExecutor, Engine, Executor
 from .report import Timeline
 
 EXECUTIONS = ("auto", "eager", "graphs")
@@ -112,16 +112,6 @@ def outputs_equal(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(outputs_equal(x, y) for x, y in zip(a, b))
     return a == b
-
-
-# -- eager ---------------------------------------------------------------------------------------
-class EagerExecutor:
-    """Runs every planned scale as Python issues it (:meth:`Engine.run_eager`)."""
-
-    name = "eager"
-
-    def run(self, engine: Engine, args: tuple, kwargs: dict) -> Any:
-        return engine.run_eager(args, kwargs)
 
 
 # -- graph backends ------------------------------------------------------------------------------
@@ -209,7 +199,7 @@ class GraphExecutor:
     """Captures and replays one CUDA graph per scale index (see the module docstring).
 
     Args:
-        mode: ``"auto"`` (eager wherever graphs cannot run or are not exact) or ``"graphs"``
+        execution: ``"auto"`` (eager wherever graphs cannot run or are not exact) or ``"graphs"``
             (raise :class:`GraphsUnavailableError` instead, saying why).
         backend: what captures and replays (:class:`CudaGraphBackend`; tests pass a stand-in).
         max_keys: keys kept, least recently used evicted.
@@ -217,22 +207,22 @@ class GraphExecutor:
 
     name = "graphs"
 
-    def __init__(self, mode: str = "auto", backend: Any = None, max_keys: int = 2):
-        if mode not in ("auto", "graphs"):
-            raise ValueError(f"mode={mode!r}: expected 'auto' or 'graphs'")
+    def __init__(self, execution: str = "auto", backend: Any = None, max_keys: int = 2):
+        if execution not in ("auto", "graphs"):
+            raise ValueError(f"execution={execution!r}: expected 'auto' or 'graphs'")
         if not isinstance(max_keys, int) or max_keys < 1:
             raise ValueError(f"max_keys={max_keys!r}: keep at least one key")
-        self.mode = mode
+        self.execution = execution
         self.backend = backend if backend is not None else CudaGraphBackend()
         self.max_keys = max_keys
         self._entries: "collections.OrderedDict[tuple, _Entry]" = collections.OrderedDict()
 
     # copies of the model (deepcopy, pickle) never carry graphs
     def __deepcopy__(self, memo: dict) -> "GraphExecutor":
-        return GraphExecutor(self.mode, self.backend, self.max_keys)
+        return GraphExecutor(self.execution, self.backend, self.max_keys)
 
     def __getstate__(self) -> dict:
-        return dict(mode=self.mode, backend=self.backend, max_keys=self.max_keys)
+        return dict(execution=self.execution, backend=self.backend, max_keys=self.max_keys)
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -250,17 +240,17 @@ class GraphExecutor:
 
     # ------------------------------------------------------------------------------------------
     def _refuse(self, reason: str) -> None:
-        if self.mode == "graphs":
+        if self.execution == "graphs":
             raise GraphsUnavailableError(f"stagevar: execution='graphs' cannot run this call: {reason}. "
                                          f"Use execution='auto' to fall back to eager, or fix the cause.")
 
     def call_reason(self, engine: Engine, call: Call) -> str:
         """Why this call cannot be replayed from graphs ('' if it can); the device was checked by :meth:`run`."""
-        if engine.adapter.g_seed(call.st) is None:
+        if call.st.g_seed is None:
             return "unseeded call (g_seed=None): a replay cannot reproduce the global generator's draws"
         if getattr(call.st, "rng", None) is None:
             return "the call has no sampling generator of its own"
-        if not engine.reducer.graphable and any(p.lowrank and not p.skip for p in call.plans):
+        if not engine.reducer.graphable and any(p.lowrank and not p.skipped for p in call.plans):
             return f"reducer={engine.config.reducer!r} cannot be captured"
         return ""
 
@@ -370,12 +360,12 @@ class GraphExecutor:
             final = [t.clone() for t in ad.final_tensors(call.st)]
         finally:
             engine.end(call)
-        report = engine._report  # not engine.last_report: that would wait for the device now
+        report = engine.unread_report()
         ref_final: List[torch.Tensor] = []  # the same call, eagerly: its output and its final tensors
         reference = engine.run_eager(args, kwargs, before_end=lambda c: ref_final.extend(ad.final_tensors(c.st)))
         if not (outputs_equal(out, reference) and outputs_equal(final, ref_final)):
             self._fail(entry, "the replayed output differs from the eager output (torch.equal)")
-            engine._report.note = f"graphs off for this key: {entry.failed}"
+            engine.note(f"graphs off for this key: {entry.failed}")
             return reference
         report.note = "captured in this call, checked against eager"
         engine.last_report = report
@@ -420,7 +410,7 @@ class GraphExecutor:
         return out
 
 
-def make_executor(execution: str, device: torch.device, backend: Any = None, max_keys: int = 2) -> Any:
+def make_executor(execution: str, device: torch.device, backend: Any = None, max_keys: int = 2) -> Executor:
     """The executor for ``execution`` on ``device``; raises where ``"graphs"`` cannot run."""
     if execution not in EXECUTIONS:
         raise ValueError(f"execution={execution!r} is not one of {EXECUTIONS}")

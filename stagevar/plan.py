@@ -97,14 +97,14 @@ class ScalePlan:
         branch: ``"both"`` (2B rows, CFG), ``"cond"`` or ``"uncond"`` (B rows, one branch).
         ranks: tokens computed per unit (``None`` for a unit that runs intact), or ``None`` when
             the whole scale runs at full length.
-        skip: the scale is not run at all.
+        skipped: the scale is not run at all.
     """
 
     index: int
     hw: Tuple[int, int]
     branch: str = "both"
     ranks: Optional[Tuple[Optional[int], ...]] = None
-    skip: bool = False
+    skipped: bool = False
 
     @property
     def M(self) -> int:
@@ -118,7 +118,7 @@ class ScalePlan:
     @property
     def accelerated(self) -> bool:
         """Computes less than the intact scale would."""
-        return self.skip or self.branch != "both" or any(r < self.M for r in self.unit_tokens(len(self.ranks or ())))
+        return self.skipped or self.branch != "both" or any(r < self.M for r in self.unit_tokens(len(self.ranks or ())))
 
     def unit_tokens(self, num_units: int) -> Tuple[int, ...]:
         """Tokens each of ``num_units`` units computes (``M`` where it runs intact)."""
@@ -128,7 +128,7 @@ class ScalePlan:
 
     @property
     def mode(self) -> str:
-        if self.skip:
+        if self.skipped:
             return "skip"
         parts = []
         if self.branch != "both":
@@ -182,7 +182,7 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], un
     plans = []
     for si, (h, w) in enumerate(schedule):
         if si in skips:
-            plans.append(ScalePlan(si, (h, w), skip=True))
+            plans.append(ScalePlan(si, (h, w), skipped=True))
             continue
         if si < start:
             plans.append(ScalePlan(si, (h, w)))
@@ -194,7 +194,7 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], un
                           for r, keep in zip(ratios_for_units(ratio, num_units, where, config.resample_units), reduced))
         plans.append(ScalePlan(si, (h, w), branch=config.branch, ranks=ranks))
 
-    first_run = next((p for p in plans if not p.skip), None)
+    first_run = next((p for p in plans if not p.skipped), None)
     if first_run is None:
         raise ConfigError(f"skip={list(config.skip)} skips every scale of this {n}-scale schedule; nothing would be generated")
     if first_run.lowrank:

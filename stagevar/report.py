@@ -65,7 +65,7 @@ def plan_stats(plans: List["ScalePlan"], units: List[Tuple[int, int]], rows0: in
     rows_l, tokens_l, flops_l, cache_l = [], [], [], []
     branch = "both"
     for p in plans:
-        if p.skip:
+        if p.skipped:
             rows_l.append(0)
             tokens_l.append(())
             flops_l.append(0.0)

@@ -87,7 +87,7 @@ def test_the_no_acceleration_warning_says_why(cfg, says):
 
 
 def test_describe_prints_one_line_per_scale():
-    plans = [ScalePlan(0, (1, 1)), ScalePlan(1, (2, 3), skip=True), ScalePlan(12, (4, 4), branch="uncond", ranks=(3, 16))]
+    plans = [ScalePlan(0, (1, 1)), ScalePlan(1, (2, 3), skipped=True), ScalePlan(12, (4, 4), branch="uncond", ranks=(3, 16))]
     assert describe(plans) == ("scale  0 1x1 M=1: intact\n"
                                "scale  1 2x3 M=6: skip\n"
                                "scale 12 4x4 M=16: uncond-only+low-rank ranks=3,16")

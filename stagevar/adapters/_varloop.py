@@ -3,20 +3,20 @@ with a self-attention KV cache at ``block.attn``, the model's own sampling helpe
 multi-scale VQ quantizer that accumulates ``f_hat`` and hands back the next scale's map.
 
 A family subclasses :class:`VARLoopAdapter` and writes what differs: the condition (``begin``,
-``keep_rows``), how a block is called, the logits, and how the next input is embedded
-(``_next_input``). Its call state has ``B``, ``next_x`` and ``f_hat`` fields.
+``row_fields``), how a block is called, the logits, and how the next input is embedded
+(``_next_input``). Its call state has an ``f_hat`` field beside :class:`~.base.CallState`'s.
 """
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import sampling as _own_helpers
-from .base import Adapter, kv_token_dim, select_rows
+from .base import Adapter
 
 
 class VARLoopAdapter(Adapter):
@@ -56,20 +56,9 @@ class VARLoopAdapter(Adapter):
     def schedule(self, st: Any) -> List[Tuple[int, int]]:
         return self.default_schedule()
 
-    def scale_input(self, st: Any, si: int) -> torch.Tensor:
-        return st.next_x
-
     def _offset(self, si: int) -> int:
         """Tokens before scale ``si`` in the concatenated sequence."""
         return sum(pn * pn for pn in self.model.patch_nums[:si])
-
-    def _keep_cached_rows(self, B: int, branch: str) -> None:
-        """Cut every block's KV cache to one CFG branch's ``B`` rows."""
-        for b in self.model.blocks:
-            attn = b.attn
-            if attn.cached_k is not None:
-                attn.cached_k = select_rows(attn.cached_k, B, branch)
-                attn.cached_v = select_rows(attn.cached_v, B, branch)
 
     def _next_input(self, st: Any, si: int, next_map: torch.Tensor) -> None:
         raise NotImplementedError
@@ -84,7 +73,7 @@ class VARLoopAdapter(Adapter):
                                                                                  h_BChw)
         self._next_input(st, si, next_map)
 
-    def skip(self, st: Any, si: int) -> None:
+    def skip_scale(self, st: Any, si: int) -> None:
         m = self.model
         if si < len(m.patch_nums) - 1:
             nxt = m.patch_nums[si + 1]
@@ -95,14 +84,3 @@ class VARLoopAdapter(Adapter):
 
     def images_of(self, output: torch.Tensor) -> torch.Tensor:
         return output.float()
-
-    def end(self, st: Any) -> None:
-        for b in self.model.blocks:
-            b.attn.kv_caching(False)
-
-    def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
-        out = []
-        for b in self.model.blocks:
-            k = b.attn.cached_k
-            out.append(None if k is None else (k.shape[0], k.shape[kv_token_dim(b.attn)]))
-        return out

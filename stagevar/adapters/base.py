@@ -30,7 +30,7 @@ def missing_attributes(model: Any, names: Sequence[str]) -> List[str]:
     return missing
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CallState:
     """The per-call state every adapter's :meth:`LoopAdapter.begin` returns extends (a dataclass).
 
@@ -41,11 +41,16 @@ class CallState:
         B: images the call generates.
         g_seed: the call's seed (None when unseeded).
         rng: the sampling generator, seeded with exactly ``g_seed`` as upstream does (None when unseeded).
+        next_x: ``(rows, M, C)`` input of the next scale to run (``rows`` = 2B with CFG).
+        branch: the CFG rows the call runs now: ``"both"``, or ``"cond"`` / ``"uncond"`` once
+            :meth:`LoopAdapter.keep_rows` has cut it to one branch.
     """
 
     B: int
     g_seed: Optional[int]
     rng: Optional[torch.Generator]
+    next_x: Optional[torch.Tensor] = None
+    branch: str = "both"
 
 
 #: The prompts the tools use for a text-to-image model when none are given.
@@ -90,14 +95,59 @@ class ToolHooks:
 
 
 
+class GraphHooks:
+    """What the CUDA-graph executor asks of a family, with working defaults: what a captured call
+    reads (its key) and what it produces (its exactness check)."""
+
+    def helpers(self) -> Tuple[Any, ...]:
+        """The sampling functions this adapter calls (part of a CUDA-graph key)."""
+        return ()
+
+    def graphed_modules(self) -> Tuple[nn.Module, ...]:
+        """The modules whose weights a captured scale reads (the model, and any module it holds
+        outside its own tree, e.g. VAR's quantizer behind ``vae_quant_proxy``)."""
+        return (self.model,)
+
+    def fingerprint(self) -> tuple:
+        """Identity of what a captured call runs: the blocks, every parameter and buffer's storage
+        in :meth:`graphed_modules`, the sampling functions. A swapped block or reloaded weights
+        (new storage) change it; weights loaded in place (``load_state_dict``) do not, and need not:
+        a replay reads them where they are. Computed on every call, so one flat walk over the
+        modules' own tables (``Module.parameters()`` costs several times more)."""
+        ptrs: List[int] = []
+        stack, seen = list(reversed(self.graphed_modules())), set()
+        while stack:
+            mod = stack.pop()
+            if id(mod) in seen:  # a module reachable twice (shared) is read once, as parameters() does
+                continue
+            seen.add(id(mod))
+            ptrs.extend(t.data_ptr() for t in mod._parameters.values() if t is not None)
+            ptrs.extend(t.data_ptr() for t in mod._buffers.values() if t is not None)
+            stack.extend(c for c in mod._modules.values() if c is not None)
+        return (tuple(id(b) for b in self.blocks()), tuple(ptrs), tuple(id(h) for h in self.helpers()))
+
+    def final_tensors(self, st: Any) -> List[torch.Tensor]:
+        """What the scale loop produced, before decoding (compared by the graph executor's exactness
+        check as well as the output, which may hold no tensor, e.g. Infinity with ``ret_img=False``).
+        Without it (an adapter that does not say) only the outputs are compared."""
+        return []
+
+
 class LoopAdapter:
     """What the engine's scale loop asks of a model family.
+
+    A family writes seven methods: :meth:`blocks`, :meth:`begin`, :meth:`schedule`,
+    :meth:`run_block`, :meth:`predict`, :meth:`skip_scale` and :meth:`finish`. Everything else
+    has a default built on upstream's conventions -- each block's self-attention at
+    ``block.<kv_attr>`` with ``kv_caching`` / ``cached_k`` / ``cached_v``, the call state's
+    ``next_x`` as the next scale's input, the tensors named in ``row_fields`` cut with it to one
+    CFG branch -- and is overridden where a family differs.
 
     Per call, :meth:`begin` returns a :class:`CallState` that holds everything the call needs;
     the adapter itself holds only the model, so nothing carries from one call into the next.
     Inside a scale (``scale_input``, ``unit_input``, ``run_block``, ``keep_rows``, ``predict``,
-    ``skip``) an adapter must not read a device value on the host (``.item()``, ``int(t)``) or
-    build tensors from host data: compute host integers in ``begin``.
+    ``skip_scale``) an adapter must not read a device value on the host (``.item()``, ``int(t)``)
+    or build tensors from host data: compute host integers in ``begin``.
     """
 
     family: str = "?"
@@ -105,6 +155,10 @@ class LoopAdapter:
     required: Tuple[str, ...] = ()
     default_preset: str = "none"
     default_unit_blocks: int = 1
+    #: The attribute of each block that holds its self-attention (and KV cache).
+    kv_attr: str = "attn"
+    #: Call-state fields with one row per CFG row, cut to one branch with ``next_x`` (a None field is left).
+    row_fields: Tuple[str, ...] = ()
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -160,55 +214,15 @@ class LoopAdapter:
         rng.manual_seed(g_seed)
         return rng
 
-    def helpers(self) -> Tuple[Any, ...]:
-        """The sampling functions this adapter calls (part of a CUDA-graph key)."""
-        return ()
-
-    def graphed_modules(self) -> Tuple[nn.Module, ...]:
-        """The modules whose weights a captured scale reads (the model, and any module it holds
-        outside its own tree, e.g. VAR's quantizer behind ``vae_quant_proxy``)."""
-        return (self.model,)
-
-    def fingerprint(self) -> tuple:
-        """Identity of what a captured call runs: the blocks, every parameter and buffer's storage
-        in :meth:`graphed_modules`, the sampling functions. A swapped block or reloaded weights
-        (new storage) change it; weights loaded in place (``load_state_dict``) do not, and need not:
-        a replay reads them where they are. Computed on every call, so one flat walk over the
-        modules' own tables (``Module.parameters()`` costs several times more)."""
-        ptrs: List[int] = []
-        stack, seen = list(reversed(self.graphed_modules())), set()
-        while stack:
-            mod = stack.pop()
-            if id(mod) in seen:  # a module reachable twice (shared) is read once, as parameters() does
-                continue
-            seen.add(id(mod))
-            ptrs.extend(t.data_ptr() for t in mod._parameters.values() if t is not None)
-            ptrs.extend(t.data_ptr() for t in mod._buffers.values() if t is not None)
-            stack.extend(c for c in mod._modules.values() if c is not None)
-        return (tuple(id(b) for b in self.blocks()), tuple(ptrs), tuple(id(h) for h in self.helpers()))
-
     @classmethod
     def missing(cls, model: Any) -> List[str]:
         return missing_attributes(model, cls.required)
 
-    # -- static facts ---------------------------------------------------------------------
+    # -- what a family writes ---------------------------------------------------------------
     def blocks(self) -> List[nn.Module]:
         """Transformer blocks in execution order."""
         raise NotImplementedError
 
-    def default_schedule(self) -> Optional[List[Tuple[int, int]]]:
-        """The ``(h, w)`` schedule the model runs when the call does not choose one (or None)."""
-        raise NotImplementedError
-
-    def known_schedules(self) -> List[List[Tuple[int, int]]]:
-        """Schedules to check a config against when it is attached (the default one, if any)."""
-        sched = self.default_schedule()
-        return [] if sched is None else [sched]
-
-    def device(self) -> torch.device:
-        raise NotImplementedError
-
-    # -- one call ----------------------------------------------------------------------------
     def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> Any:
         """Bind the call's arguments, prepare the first scale's input, turn caches on.
 
@@ -220,34 +234,10 @@ class LoopAdapter:
         """The ``(h, w)`` schedule of this call."""
         raise NotImplementedError
 
-    def g_seed(self, st: Any) -> Optional[int]:
-        """The call's seed (None when the call is unseeded)."""
-        return st.g_seed
-
-    def batch_size(self, st: Any) -> int:
-        """``B``, the images the call generates."""
-        return st.B
-
-    def check_units(self, units: Sequence[Tuple[int, int]]) -> None:
-        """Raise ``ConfigError`` if the model cannot run these ``[lo, hi)`` block units."""
-
-    def unit_input(self, st: Any, si: int, first_block: int, x: torch.Tensor) -> torch.Tensor:
-        """What the model adds to the residual stream before block ``first_block`` (a unit start),
-        e.g. a level embedding; applied before any projection."""
-        return x
-
-    def scale_input(self, st: Any, si: int) -> torch.Tensor:
-        """``(rows, M, C)`` input of scale ``si``."""
-        raise NotImplementedError
-
     def run_block(self, st: Any, block: nn.Module, x: torch.Tensor, si: int,
                   positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Run one block on ``x`` (``(rows, n, C)``); ``positions`` ``(rows, n)`` are the scale-local
         positions of the ``n`` tokens when they are not ``0..M-1`` (low-rank units)."""
-        raise NotImplementedError
-
-    def keep_rows(self, st: Any, branch: str) -> None:
-        """Cut every per-row tensor (KV caches, condition, text K/V, next input) to one branch."""
         raise NotImplementedError
 
     def predict(self, st: Any, si: int, x: torch.Tensor) -> torch.Tensor:
@@ -255,7 +245,7 @@ class LoopAdapter:
         Returns the sampled token ids (``(B, M)``, or ``(B, M, bits)`` for a bitwise head)."""
         raise NotImplementedError
 
-    def skip(self, st: Any, si: int) -> None:
+    def skip_scale(self, st: Any, si: int) -> None:
         """Scale ``si`` is not run: prepare the next input from what was generated so far."""
         raise NotImplementedError
 
@@ -263,22 +253,63 @@ class LoopAdapter:
         """Decode and return exactly what the original entry point returns."""
         raise NotImplementedError
 
-    def final_tensors(self, st: Any) -> List[torch.Tensor]:
-        """What the scale loop produced, before decoding (compared by the graph executor's exactness
-        check as well as the output, which may hold no tensor, e.g. Infinity with ``ret_img=False``).
-        Without it (an adapter that does not say) only the outputs are compared."""
-        return []
+    # -- defaults ----------------------------------------------------------------------------
+    def default_schedule(self) -> Optional[List[Tuple[int, int]]]:
+        """The ``(h, w)`` schedule the model runs when the call does not choose one (None: chosen per call)."""
+        return None
+
+    def known_schedules(self) -> List[List[Tuple[int, int]]]:
+        """Schedules to check a config against when it is attached (the default one, if any)."""
+        sched = self.default_schedule()
+        return [] if sched is None else [sched]
+
+    def device(self) -> torch.device:
+        """Where the model runs: its first parameter's device."""
+        return next(self.model.parameters()).device
+
+    def check_units(self, units: Sequence[Tuple[int, int]]) -> None:
+        """Raise ``ConfigError`` if the model cannot run these ``[lo, hi)`` block units."""
+
+    def scale_input(self, st: Any, si: int) -> torch.Tensor:
+        """``(rows, M, C)`` input of scale ``si``: the call state's ``next_x``."""
+        return st.next_x
+
+    def unit_input(self, st: Any, si: int, first_block: int, x: torch.Tensor) -> torch.Tensor:
+        """What the model adds to the residual stream before block ``first_block`` (a unit start),
+        e.g. a level embedding; applied before any projection."""
+        return x
+
+    def keep_rows(self, st: Any, branch: str) -> None:
+        """Cut the call to one CFG branch: every block's KV cache, ``next_x`` and the ``row_fields``."""
+        for block in self.blocks():
+            attn = getattr(block, self.kv_attr)
+            if attn.cached_k is not None:
+                attn.cached_k = select_rows(attn.cached_k, st.B, branch)
+                attn.cached_v = select_rows(attn.cached_v, st.B, branch)
+        for name in ("next_x",) + self.row_fields:
+            value = getattr(st, name)
+            if value is not None:
+                setattr(st, name, select_rows(value, st.B, branch))
+        st.branch = branch
 
     def end(self, st: Any) -> None:
         """Always called (in a ``finally``): caches off and emptied."""
-        raise NotImplementedError
+        for block in self.blocks():
+            getattr(block, self.kv_attr).kv_caching(False)
 
-    def cache_lengths(self) -> List[Optional[Tuple[int, int]]]:
-        """Per block ``(rows, tokens)`` held in its self-attention KV cache (None if empty)."""
-        raise NotImplementedError
+    # -- the debug check (STAGEVAR_DEBUG=1) ---------------------------------------------------
+    def cache_lengths(self) -> Optional[List[Optional[Tuple[int, int]]]]:
+        """Per block ``(rows, tokens)`` held in its self-attention KV cache (None if empty); None
+        for a family whose caches cannot be read this way (the check is skipped)."""
+        out = []
+        for block in self.blocks():
+            attn = getattr(block, self.kv_attr)
+            k = attn.cached_k
+            out.append(None if k is None else (k.shape[0], k.shape[kv_token_dim(attn)]))
+        return out
 
 
-class Adapter(ToolHooks, LoopAdapter):
+class Adapter(LoopAdapter, GraphHooks, ToolHooks):
     """Base class of model-family adapters: the loop protocol plus the tools' hooks.
 
     A family is one file in ``stagevar/adapters/``: subclass this, name the attributes it keys

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import sampling as _own_helpers
-from .base import Adapter, CallState, select_rows
+from .base import Adapter, CallState
 
 _SAMPLER = "sample_with_top_k_top_p_also_inplace_modifying_logits_"
 
@@ -58,12 +58,10 @@ class _InfinityCall(CallState):
     cond_BD_or_gss: torch.Tensor
     ca_kv: tuple                # (kv_compact, cu_seqlens_k, max_seqlen_k) of the rows kept
     text_split: dict            # branch -> (first packed text row, end row, longest text): host ints
-    next_x: torch.Tensor        # (rows, M, C)
     summed_codes: Any           # (B, d, 1, H, W) on the VAE grid; the int 0 until the first codes, as upstream
     patchify: bool = False      # apply_spatial_patchify: the VAE grid is twice the token grid
     lvl_before: frozenset = frozenset({0})  # the blocks before which the level embedding is added
     rope_from_zero: bool = False  # the blocks' self-attention reads RoPE rows from 0 (no scale_ind; see _rope_for)
-    branch: str = "both"
     rope: Optional[tuple] = field(default=None)  # (positions, table) of the current low-rank unit
 
 
@@ -76,6 +74,8 @@ class InfinityAdapter(Adapter):
     # What the loop reads; upstream's other parameters (force_gt_Bhw, cfg_sc, ratio_Bl1, gumbel, norm_cfg,
     # cfg_exp_k, softmax_merge_topk, gt_ls_Bl, save_img_path, sampling_per_bits) are refused when given a
     # value other than their default: stagevar does not implement them.
+    kv_attr = "sa"
+    row_fields = ("cond_BD", "cond_BD_or_gss")
     consumed = frozenset({"vae", "scale_schedule", "label_B_or_BLT", "B", "negative_label_B_or_BLT", "g_seed",
                           "cfg_list", "tau_list", "top_k", "top_p", "cfg_insertion_layer", "vae_type", "ret_img",
                           "trunk_scale", "gt_leak", "returns_vemb", "inference_mode"})
@@ -231,9 +231,6 @@ class InfinityAdapter(Adapter):
             b.sa.kv_caching(True)
         return st
 
-    def scale_input(self, st: _InfinityCall, si: int) -> torch.Tensor:
-        return st.next_x
-
     def unit_input(self, st: _InfinityCall, si: int, first_block: int, x: torch.Tensor) -> torch.Tensor:
         if first_block in st.lvl_before:
             # The values upstream's add_lvl_embeding adds (row si of lvl_embed, in place, so the
@@ -304,19 +301,12 @@ class InfinityAdapter(Adapter):
     def keep_rows(self, st: _InfinityCall, branch: str) -> None:
         if not st.use_cfg:
             raise ValueError("one-branch refinement needs CFG (some cfg_list entry != 1); this call has a single branch")
+        super().keep_rows(st, branch)  # the KV caches, next_x and the condition
         B = st.B
-        for b in self._blocks:
-            if b.sa.cached_k is not None:
-                b.sa.cached_k = select_rows(b.sa.cached_k, B, branch)
-                b.sa.cached_v = select_rows(b.sa.cached_v, B, branch)
-        st.cond_BD = select_rows(st.cond_BD, B, branch)
-        st.cond_BD_or_gss = select_rows(st.cond_BD_or_gss, B, branch)
-        st.next_x = select_rows(st.next_x, B, branch)
         kv, cu, _ = st.ca_kv
         lo, hi = (0, B) if branch == "cond" else (B, 2 * B)
         first, end, longest = st.text_split[branch]  # host ints: no device read in the loop
         st.ca_kv = (kv[first:end], cu[lo:hi + 1] - cu[lo], longest)
-        st.branch = branch
 
     def _logits(self, st: _InfinityCall, si: int, x: torch.Tensor) -> torch.Tensor:
         m, B = self.model, st.B
@@ -376,7 +366,7 @@ class InfinityAdapter(Adapter):
         self._next_input(st, si)
         return idx_Bld.reshape(B, h * w, -1)
 
-    def skip(self, st: _InfinityCall, si: int) -> None:
+    def skip_scale(self, st: _InfinityCall, si: int) -> None:
         self._next_input(st, si)
 
     def decode_partial(self, st: _InfinityCall) -> torch.Tensor:
@@ -406,10 +396,6 @@ class InfinityAdapter(Adapter):
             img = self.decode_partial(st)
             img = img.permute(0, 2, 3, 1).mul_(255).to(torch.uint8).flip(dims=(3,))
         return [], [], img
-
-    def end(self, st: Any) -> None:
-        for b in self._blocks:
-            b.sa.kv_caching(False)
 
     def cache_lengths(self):
         return [None if b.sa.cached_k is None else (b.sa.cached_k.shape[0], b.sa.cached_k.shape[2]) for b in self._blocks]

@@ -43,11 +43,9 @@ class _STARCall(CallState):
     text: Optional[torch.Tensor]       # (rows, T, Ct) encoder_hidden_states of the rows kept
     text_mask: Optional[torch.Tensor]  # (rows, 1, 1, T) additive bias (0 / -inf), or a broadcast one
     lvl_pos: Optional[torch.Tensor]    # (1, L, C) what upstream adds to each scale's input, or None
-    next_x: torch.Tensor               # (rows, M, C) input of the next scale to run
     f_hat: torch.Tensor                # (B, Cvae, H, W) accumulated latent
     sample: Any = None                 # the sampling helpers of this call
     gumbel: Any = None
-    branch: str = "both"
     rope: Optional[tuple] = field(default=None)  # (positions, freqs) of the current low-rank unit
 
 
@@ -64,6 +62,7 @@ class STARAdapter(VARLoopAdapter):
                 "freqs_cis", "rotary_pos_emb", "absolute_lvl_emb", "vae_quant_proxy", "vae_proxy", "Cvae", "first_l",
                 "get_logits", "autoregressive_infer_cfg")
     block_class = "AttnBlock"
+    row_fields = ("text",)
     consumed = frozenset({"B", "label_B", "encoder_hidden_states", "encoder_attention_mask", "encoder_pool_feat",
                           "g_seed", "cfg", "top_k", "top_p", "more_smooth", "w_mask", "sample_version"})
 
@@ -164,14 +163,9 @@ class STARAdapter(VARLoopAdapter):
                      attn_bias=None, freqs_cis=self._freqs(st, si, positions), layer_id=self._index.get(block, 0))
 
     def keep_rows(self, st: _STARCall, branch: str) -> None:
-        B = st.B
-        self._keep_cached_rows(B, branch)
-        if st.text is not None:
-            st.text = select_rows(st.text, B, branch)
+        super().keep_rows(st, branch)  # the KV caches, next_x and the text
         if st.text_mask is not None and st.text_mask.shape[0] != 1:  # a (1, ...) bias broadcasts: keep it
-            st.text_mask = select_rows(st.text_mask, B, branch)
-        st.next_x = select_rows(st.next_x, B, branch)
-        st.branch = branch
+            st.text_mask = select_rows(st.text_mask, st.B, branch)
 
     def _next_input(self, st: _STARCall, si: int, next_map: torch.Tensor) -> None:
         m = self.model

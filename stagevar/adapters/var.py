@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ._varloop import VARLoopAdapter
-from .base import CallState, MemoizedCondition, select_rows
+from .base import CallState, MemoizedCondition
 
 
 @dataclass
@@ -27,11 +27,9 @@ class _VARCall(CallState):
     cond_BD: torch.Tensor          # (rows, D) class embedding; rows = 2B until one branch is kept
     cond_BD_or_gss: torch.Tensor   # what the blocks take: cond_BD or shared_ada_lin(cond_BD)
     lvl_pos: torch.Tensor          # (1, L, C) level + absolute position embedding
-    next_x: torch.Tensor           # (rows, M, C) input of the next scale to run
     f_hat: torch.Tensor            # (B, Cvae, H, W) accumulated latent
     sample: Any = None             # the sampling helpers of this call
     gumbel: Any = None
-    branch: str = "both"
 
 
 class VARAdapter(VARLoopAdapter):
@@ -40,6 +38,7 @@ class VARAdapter(VARLoopAdapter):
                 "word_embed", "shared_ada_lin", "get_logits", "vae_quant_proxy", "vae_proxy", "Cvae", "first_l",
                 "autoregressive_infer_cfg")
     consumed = frozenset({"B", "label_B", "g_seed", "cfg", "top_k", "top_p", "more_smooth"})
+    row_fields = ("cond_BD", "cond_BD_or_gss")
 
     @property
     def default_preset(self) -> str:  # type: ignore[override]
@@ -96,13 +95,6 @@ class VARAdapter(VARLoopAdapter):
                   positions: Optional[torch.Tensor] = None) -> torch.Tensor:
         # VAR's positions are absolute embeddings already added to x: nothing to do with `positions`.
         return block(x=x, cond_BD=st.cond_BD_or_gss, attn_bias=None)
-
-    def keep_rows(self, st: _VARCall, branch: str) -> None:
-        self._keep_cached_rows(st.B, branch)
-        st.cond_BD = select_rows(st.cond_BD, st.B, branch)
-        st.cond_BD_or_gss = select_rows(st.cond_BD_or_gss, st.B, branch)
-        st.next_x = select_rows(st.next_x, st.B, branch)
-        st.branch = branch
 
     def _next_input(self, st: _VARCall, si: int, next_map: torch.Tensor) -> None:
         m = self.model

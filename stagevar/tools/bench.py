@@ -68,11 +68,11 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
         (``none_wall_ratio``, ``none_device_ratio``).
     """
     methods = list(methods)
-    if not any(cfg is BASELINE for _, cfg in methods):
+    if not any(config is BASELINE for _, config in methods):
         methods.insert(0, ("baseline", BASELINE))
     none = preset("none")
-    if not any(cfg == none for _, cfg in methods):
-        at = next(i for i, (_, cfg) in enumerate(methods) if cfg is BASELINE) + 1
+    if not any(config == none for _, config in methods):
+        at = next(i for i, (_, config) in enumerate(methods) if config is BASELINE) + 1
         methods.insert(at, ("none", none))
     arms = arms_for(methods, executions)
     last: Dict[int, Any] = {}
@@ -184,9 +184,9 @@ class _Recorder(Observer):
         self.tokens[si] = ids.detach().cpu()
 
 
-def _inspect(adapter: Any, cfg, call_kwargs: dict, device: torch.device):
-    """One observed (eager) call under ``cfg``: sampled ids per scale, the image, the report, peak memory."""
-    eng = Engine(adapter, cfg)
+def _inspect(adapter: Any, config, call_kwargs: dict, device: torch.device):
+    """One observed (eager) call under ``config``: sampled ids per scale, the image, the report, peak memory."""
+    eng = Engine(adapter, config)
     rec = _Recorder()
     with PeakMemory(device) as mem:
         out = eng.observe(rec, **call_kwargs)
@@ -231,18 +231,18 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
             by_label[row["method"]] = row
     results, images = [], []
     base_tokens = base_img = base_flops = None
-    for label, cfg in ms:
+    for label, config in ms:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tokens, img, rep, mem = _inspect(adapter, preset("none") if cfg is BASELINE else cfg, call_kwargs, device)
+            tokens, img, rep, mem = _inspect(adapter, preset("none") if config is BASELINE else config, call_kwargs, device)
         images.append((label, img))
-        if cfg is BASELINE:
+        if config is BASELINE:
             base_tokens, base_img, base_flops = tokens, img, rep.gflops
         t = by_label[label]
         results.append(dict(
             method=label, execution=t["execution"],
             **{k: t[k] for k in ("loop_ms", "loop_min_ms", "loop_max_ms", "e2e_ms", "loop_speedup", "e2e_speedup")},
-            config=None if cfg is BASELINE else cfg.to_dict(), skipping=rep.skipping,
+            config=None if config is BASELINE else config.to_dict(), skipping=rep.skipping,
             per_scale=rep.to_dict()["scales"],  # the report's own serialisation (time_s, like every report)
             gflops=rep.gflops, flop_ratio=base_flops / rep.gflops if rep.gflops else None, memory=mem,
             psnr=float(psnr(img, base_img).mean()), ssim=float(ssim(img, base_img).mean()),

@@ -164,7 +164,7 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
     def keep(rec, out):
         parts[rec.arm][rec.batch] = adapter.images_of(out).float().cpu()
 
-    result = run_interleaved(model, [Arm(label, cfg) for label, cfg in methods], batches, rounds=1, warmup=0,
+    result = run_interleaved(model, [Arm(label, config) for label, config in methods], batches, rounds=1, warmup=0,
                              on_call=keep)
     images = [torch.cat([p[b] for b in range(len(batches))]) for p in parts]
     factor = lowpass_factor or max(1, images[0].shape[-2] // 8)

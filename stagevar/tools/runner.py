@@ -83,9 +83,9 @@ def resolve_methods(names: Sequence[str], model: Any) -> List[Method]:
     ratios and fidelity are against it). A JSON file is labelled by its config's name."""
     out: List[Method] = []
     for name in names:
-        cfg = method_config(name, model)
-        label = name if cfg is BASELINE or not name.endswith(".json") or cfg.name == "custom" else cfg.name
-        out.append((label, cfg))
+        config = method_config(name, model)
+        label = name if config is BASELINE or not name.endswith(".json") or config.name == "custom" else config.name
+        out.append((label, config))
     labels = [label for label, _ in out]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"methods repeat a name: {labels}")
@@ -132,8 +132,8 @@ def arms_for(methods: Sequence[Method], executions: Sequence[str] = ("eager",)) 
     if not executions:
         raise ValueError("give at least one execution")
     out: List[Arm] = []
-    for label, cfg in methods:
-        out.extend([Arm(label, BASELINE)] if cfg is BASELINE else [Arm(label, cfg, e) for e in executions])
+    for label, config in methods:
+        out.extend([Arm(label, BASELINE)] if config is BASELINE else [Arm(label, config, e) for e in executions])
     return out
 
 
