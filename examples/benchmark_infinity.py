@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 
 import stagevar  # noqa: E402
+from stagevar.tools.runner import BASELINE  # noqa: E402
 from stagevar.tools.bench import format_timing  # noqa: E402
 from stagevar.models import ASPECTS, INFINITY_SHAPES, reference_infinity  # noqa: E402
 from stagevar.tools.timing import machine_name  # noqa: E402
@@ -62,7 +63,7 @@ def run_aspect(bundle, aspect: str, args) -> dict:
     prompts = ["a photo of a red fox standing in fresh snow, golden hour"] * args.batch
     kw = dict(vae=bundle.vae, scale_schedule=sched, label_B_or_BLT=bundle.encode(prompts), B=args.batch, g_seed=0,
               cfg_list=[4.0] * K, tau_list=[0.5] * K, top_k=900, top_p=0.97, ret_img=True, cfg_insertion_layer=[0])
-    methods = [("unpatched", None)] + [(c, stagevar.preset(c)) for c in args.configs]
+    methods = [("unpatched", BASELINE)] + [(c, stagevar.preset(c)) for c in args.configs]
     rows = _timing.time_with_report(m, kw, methods, args)
     _, H, W = sched[-1]
     title = (f"Infinity-{args.shape} reference (random weights), {aspect} schedule of {K} scales to {H}x{W} tokens, "

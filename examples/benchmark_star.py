@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 
 import stagevar  # noqa: E402
+from stagevar.tools.runner import BASELINE  # noqa: E402
 from stagevar.tools.bench import format_timing  # noqa: E402
 from stagevar.models.star import STAR_SHAPES, reference_star  # noqa: E402
 from stagevar.tools.timing import machine_name  # noqa: E402
@@ -41,7 +42,7 @@ def main():
     prompts = ["a photo of a red fox standing in fresh snow, golden hour"] * args.batch
     kw = dict(B=args.batch, label_B=None, **bundle.encode(prompts), g_seed=0, cfg=4.5, top_k=600, top_p=0.8,
               more_smooth=False)
-    methods = [("unpatched", None)] + [(c, stagevar.preset(c)) for c in args.configs]
+    methods = [("unpatched", BASELINE)] + [(c, stagevar.preset(c)) for c in args.configs]
     rows = _timing.time_with_report(m, kw, methods, args)
     K, side = len(m.patch_nums), m.patch_nums[-1]
     title = (f"STAR-{args.shape} reference (random weights, {len(m.blocks)} blocks, C={m.C}), schedule of {K} scales "

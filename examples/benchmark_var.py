@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _timing  # noqa: E402
 
 import stagevar  # noqa: E402
+from stagevar.tools.runner import BASELINE  # noqa: E402
 from stagevar.tools.bench import format_timing, interleaved  # noqa: E402
 from stagevar.models import VAR_SHAPES, reference_var  # noqa: E402
 from stagevar.tools.timing import machine_name  # noqa: E402
@@ -32,7 +33,7 @@ from stagevar.tools.timing import machine_name  # noqa: E402
 def methods(shape: str, config: str | None):
     default = stagevar.preset(config or (f"var-{shape}" if f"var-{shape}" in stagevar.preset_names() else "var-d16"))
     return [
-        ("unpatched", None),
+        ("unpatched", BASELINE),
         ("none (loop overhead)", stagevar.preset("none")),
         ("cache_condition only (exact)", stagevar.preset("none").replace(cache_condition=True, name="cache-only")),
         (default.name, default),

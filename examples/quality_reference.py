@@ -177,7 +177,7 @@ def main():
         print(format_validation(table, 40 * var.num_classes, f"judges on held-out real crops (seed {VALIDATION_SEED}) "
                                 f"on {machine_name()}"))
         return
-    methods = resolve_methods(args.methods, "var-d16", len(var.blocks))
+    methods = resolve_methods(args.methods, var)
     rows = evaluate(var, methods, classifier=clf, semantic_classifier=semantic, per_class=args.per_class,
                     seed=args.seed, cfg=args.cfg, top_k=0, top_p=args.top_p)
     title = (f"stagevar-tiny-var ({var.num_classes} classes x {args.per_class} samples, cfg={args.cfg}, "

@@ -1,14 +1,35 @@
-"""Model-family adapters and the lookup from a model object to its adapter."""
+"""Model-family adapters and the lookup from a model object to its adapter.
+
+Each family is one module here (``var``, ``infinity``, ``star``, ...): the adapters it defines are
+found by looking through the package (every module not named with a leading underscore, and not
+``base``), so adding a family touches its own file only.
+"""
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from typing import Any, List, Type
 
 from .base import Adapter, UnsupportedModelError
-from .infinity import InfinityAdapter
-from .star import STARAdapter
-from .var import VARAdapter
 
-ADAPTERS: List[Type[Adapter]] = [VARAdapter, InfinityAdapter, STARAdapter]
+
+def _families() -> List[Type[Adapter]]:
+    found: List[Type[Adapter]] = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                  if issubclass(cls, Adapter) and cls.__module__ == module.__name__ and cls.family != "?"]
+    return found
+
+
+ADAPTERS: List[Type[Adapter]] = _families()
+
+from .infinity import InfinityAdapter  # noqa: E402 -- short names for the built-in families (found above)
+from .star import STARAdapter  # noqa: E402
+from .var import VARAdapter  # noqa: E402
 
 
 def register_adapter(cls: Type[Adapter], first: bool = False) -> Type[Adapter]:

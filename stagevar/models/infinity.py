@@ -29,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..sampling import sample_with_top_k_top_p_ as sample_with_top_k_top_p_also_inplace_modifying_logits_
+from ._registry import ModelBuilder, ReferenceModel
+from ._shapes import shape_config
 from .var import AdaLNBeforeHead, SharedAdaLin
 
 Schedule = List[Tuple[int, int, int]]
@@ -521,3 +523,102 @@ class TextEncoder:
         if device is not None:
             kv, cu = kv.to(device), cu.to(device)
         return kv, lens, cu, max(lens)
+
+
+# Infinity shapes. "2b" has Infinity-2B's width and depth (C=2048, 32 blocks in 8 chunks);
+# "2b-cpu" keeps the width with 8 blocks (one per chunk) for timing on a CPU.
+INFINITY_SHAPES: Dict[str, dict] = {
+    "tiny": dict(Ct5=32, depth=4, embed_dim=64, num_heads=4, num_block_chunks=2, codebook_dim=8, max_side=16,
+                 vae_ch=16, vae_up=2),
+    "small": dict(Ct5=64, depth=8, embed_dim=128, num_heads=4, num_block_chunks=4, codebook_dim=16, max_side=32,
+                  vae_ch=16, vae_up=3),
+    "2b": dict(Ct5=2048, depth=32, embed_dim=2048, num_heads=16, num_block_chunks=8, codebook_dim=32, max_side=64),
+    "2b-cpu": dict(Ct5=2048, depth=8, embed_dim=2048, num_heads=16, num_block_chunks=8, codebook_dim=32, max_side=64),
+    # Infinity-8B as published: patchified (a token is a 2x2 patch of 14-bit latents, 56 bits), a VAE
+    # grid twice the token grid with 8x upsampling, C = 3584 in 40 blocks; "8b-cpu" keeps the width
+    # and the layout with 4 blocks (one per chunk); "8b-tiny" is the layout at test size.
+    "8b": dict(Ct5=2048, depth=40, embed_dim=3584, num_heads=28, num_block_chunks=8, codebook_dim=14, max_side=64,
+               vae_up=3, apply_spatial_patchify=1),
+    "8b-cpu": dict(Ct5=2048, depth=4, embed_dim=3584, num_heads=28, num_block_chunks=4, codebook_dim=14, max_side=64,
+                   vae_up=3, apply_spatial_patchify=1),
+    "8b-tiny": dict(Ct5=32, depth=4, embed_dim=64, num_heads=4, num_block_chunks=2, codebook_dim=6, max_side=16,
+                    vae_ch=16, vae_up=1, apply_spatial_patchify=1),
+}
+_INF_DEFAULTS = dict(mlp_ratio=4.0, vae_ch=32, vae_up=4, gate=1.0, seed=0, add_lvl_embeding_only_first_block=1,
+                     text_maxlen=64, apply_spatial_patchify=0, fused_norm=True)
+
+
+class InfinityBundle:
+    """A reference Infinity with its VAE and text encoder, called as upstream code calls them.
+
+    ``bundle.model.autoregressive_infer_cfg(vae=bundle.vae, scale_schedule=bundle.schedule("16:9"),
+    label_B_or_BLT=bundle.encode(prompts), B=len(prompts), cfg_list=[3.0] * K, tau_list=[1.0] * K, ...)``
+    """
+
+    def __init__(self, model: Infinity, vae: BSQVAE, text: TextEncoder, max_side: int):
+        self.model, self.vae, self.text, self.max_side = model, vae, text, max_side
+
+    def encode(self, prompts):
+        """Prompts -> upstream's packed ``(kv_compact, lens, cu_seqlens_k, max_seqlen_k)``."""
+        return self.text.encode(prompts, device=self.model.pos_start.device)
+
+    def schedule(self, aspect: str = "1:1"):
+        """The ``[(1, h, w), ...]`` schedule for ``aspect`` (``"width:height"``, see ``ASPECTS``)."""
+        return infinity_schedule(aspect, self.max_side)
+
+    def generate(self, prompts, aspect: str = "1:1", cfg: float = 3.0, tau: float = 1.0, g_seed=0, top_k=0, top_p=0.0,
+                 negative_prompts=None, **kwargs):
+        """Images ``(B, H, W, 3)`` uint8 BGR, as upstream's ``autoregressive_infer_cfg(..., ret_img=True)``."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        sched = self.schedule(aspect)
+        neg = None if negative_prompts is None else self.encode(negative_prompts)
+        _, _, img = self.model.autoregressive_infer_cfg(
+            vae=self.vae, scale_schedule=sched, label_B_or_BLT=self.encode(prompts), B=len(prompts),
+            negative_label_B_or_BLT=neg, g_seed=g_seed, cfg_list=[cfg] * len(sched), tau_list=[tau] * len(sched),
+            top_k=top_k, top_p=top_p, ret_img=True, **kwargs)
+        return img
+
+
+def reference_infinity(shape: str = "tiny", device: Optional[torch.device] = None, **overrides) -> InfinityBundle:
+    """Build a reference Infinity bundle (random weights, eval mode) with ``.model``, ``.vae``, ``.encode``.
+
+    Args:
+        shape: one of :data:`INFINITY_SHAPES`.
+        **overrides: any shape field (``Ct5``, ``depth``, ``embed_dim``, ``num_heads``,
+            ``num_block_chunks``, ``codebook_dim``, ``max_side``, ``vae_ch``, ``vae_up``, ``mlp_ratio``,
+            ``add_lvl_embeding_only_first_block``, ``text_maxlen``, ``apply_spatial_patchify``,
+            ``fused_norm`` -- False gives upstream's block without fused norms, whose self-attention
+            ignores ``scale_ind``), ``gate`` and ``seed``.
+    """
+    cfg = shape_config(INFINITY_SHAPES, _INF_DEFAULTS, shape, overrides, "Infinity")
+    schedules = [infinity_schedule(a, cfg["max_side"]) for a in ASPECTS]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        model = Infinity(Ct5=cfg["Ct5"], depth=cfg["depth"], embed_dim=cfg["embed_dim"], num_heads=cfg["num_heads"],
+                         mlp_ratio=cfg["mlp_ratio"], codebook_dim=cfg["codebook_dim"],
+                         num_block_chunks=cfg["num_block_chunks"], text_maxlen=cfg["text_maxlen"], schedules=schedules,
+                         add_lvl_embeding_only_first_block=cfg["add_lvl_embeding_only_first_block"],
+                         apply_spatial_patchify=cfg["apply_spatial_patchify"], fused_norm=cfg["fused_norm"])
+        model.init_weights(gate=cfg["gate"], seed=cfg["seed"])
+        vae = BSQVAE(codebook_dim=cfg["codebook_dim"], ch=cfg["vae_ch"], num_up=cfg["vae_up"])
+    model.eval()
+    vae.eval()
+    if device is not None:
+        model.to(device)
+        vae.to(device)
+    return InfinityBundle(model, vae, TextEncoder(cfg["Ct5"], seed=cfg["seed"]), cfg["max_side"])
+
+
+def _build_infinity(shape, device, aspect, cfg) -> ReferenceModel:
+    bundle = reference_infinity(shape, device=device)
+    sched = bundle.schedule(aspect)
+    K = len(sched)
+    kw = dict(vae=bundle.vae, scale_schedule=sched, cfg_list=[cfg] * K, tau_list=[1.0] * K, ret_img=True)
+    return ReferenceModel(f"reference Infinity '{shape}' ({aspect}, {K} scales, random weights)", bundle.model, kw,
+                          bundle.encode)
+
+
+BUILDERS = {"infinity": ModelBuilder("infinity", "a reference Infinity with random weights", tuple(INFINITY_SHAPES),
+                                     tuple(ASPECTS), _build_infinity,
+                                     tool_shapes=dict(demo="small", bench="tiny", calibrate="tiny", generate="small"))}

@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 
 from .._files import atomic_path
+from ._registry import ModelBuilder, ReferenceModel
 
 FORMAT = "stagevar-var-v1"
 CONFIG_KEY = "stagevar_config"  # metadata key of the calibrated StageVARConfig a checkpoint carries
@@ -221,7 +222,7 @@ _POSITIVE = ("depth", "embed_dim", "num_heads", "vocab_size", "z_channels", "ch"
 
 def _model_config(config: Any, where: str) -> Dict[str, Any]:
     """``reference_var("tiny", **config)``'s full configuration, each field's type checked (no module is built)."""
-    from . import VAR_SHAPES, _VAR_DEFAULTS
+    from .var import _VAR_DEFAULTS, VAR_SHAPES
     from ._shapes import shape_config
 
     if not isinstance(config, dict):
@@ -375,3 +376,14 @@ def load_pretrained(name_or_path: Union[str, "os.PathLike[str]"] = "stagevar-tin
         var.to(device)
         vae.to(device)
     return var
+
+
+def _build_pretrained(shape, device, aspect, cfg, checkpoint: Optional[str] = None) -> ReferenceModel:
+    name = "stagevar-tiny-var" if checkpoint is None else checkpoint
+    var = load_pretrained(name, device=device)
+    return ReferenceModel(f"trained VAR {name!r}", var, dict(cfg=cfg))
+
+
+BUILDERS = {"pretrained": ModelBuilder("pretrained", "the trained stagevar-tiny-var (bundled weights), or the checkpoint "
+                                       "--checkpoint names", (), (), _build_pretrained,
+                                       available=lambda: os.path.exists(BUNDLED["stagevar-tiny-var"]), checkpoints=True)}

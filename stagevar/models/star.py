@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ..sampling import gumbel_softmax_with_rng
 from ..sampling import sample_with_top_k_top_p_ as _sample_BlN
+from ._registry import ModelBuilder, ReferenceModel
 from ._shapes import check_kv_layout, shape_config, vqvae_for
 from .var import FFN  # the same MLP as VAR's (fc1, tanh-GELU, fc2)
 from .vqvae import VQVAE
@@ -477,6 +478,18 @@ def reference_star(shape: str = "tiny", device: Optional[torch.device] = None, *
         model.to(device)
         vae.to(device)
     return STARBundle(model, TextEncoder(cfg["in_dim_cross"], max_length=cfg["text_maxlen"], seed=cfg["seed"]))
+
+
+def _build_star(shape, device, aspect, cfg) -> ReferenceModel:
+    bundle = reference_star(shape, device=device)
+    K = len(bundle.model.patch_nums)
+    return ReferenceModel(f"reference STAR '{shape}' ({K} scales, random weights)", bundle.model, dict(cfg=cfg),
+                          bundle.encode)
+
+
+BUILDERS = {"star": ModelBuilder("star", "a reference STAR (text-to-image) with random weights", tuple(STAR_SHAPES), (),
+                                 _build_star, tool_shapes=dict(demo="small", bench="tiny", calibrate="small",
+                                                               generate="small"))}
 
 
 __all__ = ["STAR", "AttnBlock", "Attention", "STARBundle", "TextEncoder", "reference_star", "STAR_SHAPES",

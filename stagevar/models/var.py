@@ -9,13 +9,15 @@ adapter exercises the same code paths here as on the published model.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..sampling import gumbel_softmax_with_rng, sample_with_top_k_top_p_
+from ._registry import ModelBuilder, ReferenceModel
+from ._shapes import check_kv_layout, shape_config, vqvae_for
 from .vqvae import VQVAE
 
 
@@ -306,3 +308,61 @@ class VAR(nn.Module):
         for b in self.blocks:
             x_BLC = b(x=x_BLC, cond_BD=cond_BD_or_gss, attn_bias=attn_bias)
         return self.get_logits(x_BLC.float(), cond_BD)
+
+
+# VAR shapes: upstream ties width to depth (C = 64 * depth, heads = depth). "tiny" and "small"
+# are for tests and quick demos.
+_P256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+_P512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+VAR_SHAPES: Dict[str, dict] = {
+    "tiny": dict(depth=2, embed_dim=64, num_heads=4, patch_nums=(1, 2, 3, 4), vocab_size=64, z_channels=8,
+                 ch=16, num_down=2, num_classes=10),
+    "small": dict(depth=4, embed_dim=128, num_heads=4, patch_nums=(1, 2, 3, 4, 5, 6, 8), vocab_size=256,
+                  z_channels=16, ch=32, num_down=3, num_classes=10),
+    "d16": dict(depth=16, embed_dim=1024, num_heads=16, patch_nums=_P256),
+    "d20": dict(depth=20, embed_dim=1280, num_heads=20, patch_nums=_P256),
+    "d24": dict(depth=24, embed_dim=1536, num_heads=24, patch_nums=_P256),
+    "d30": dict(depth=30, embed_dim=1920, num_heads=30, patch_nums=_P256),
+    "d36": dict(depth=36, embed_dim=2304, num_heads=36, patch_nums=_P512),
+}
+_VAR_DEFAULTS = dict(vocab_size=4096, z_channels=32, ch=64, num_down=4, num_classes=1000, mlp_ratio=4.0,
+                     attn_l2_norm=True, shared_aln=False, kv_layout="BHLc", gate=1.0, seed=0)
+
+
+def reference_var(shape: str = "tiny", device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
+                  **overrides) -> VAR:
+    """Build a reference VAR (with its VQVAE) with random weights, in eval mode.
+
+    Args:
+        shape: one of :data:`VAR_SHAPES` (``"tiny"`` runs in milliseconds; ``"d16"``..``"d36"``
+            match upstream's widths and depths).
+        device, dtype: where to put it.
+        **overrides: any shape field (``depth``, ``embed_dim``, ``num_heads``, ``patch_nums``,
+            ``vocab_size``, ``z_channels``, ``ch``, ``num_down``, ``num_classes``, ``mlp_ratio``,
+            ``attn_l2_norm``, ``shared_aln``, ``kv_layout`` ``"BHLc"``/``"BLHc"``), ``gate`` (the
+            residual gate magnitude, ~1 for realistic random-weight behaviour) and ``seed``.
+    """
+    cfg = shape_config(VAR_SHAPES, _VAR_DEFAULTS, shape, overrides, "VAR")
+    check_kv_layout(cfg["kv_layout"])
+    patch_nums = tuple(cfg["patch_nums"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        vae = vqvae_for(cfg)
+        var = VAR(vae, num_classes=cfg["num_classes"], depth=cfg["depth"], embed_dim=cfg["embed_dim"],
+                  num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"], shared_aln=cfg["shared_aln"],
+                  attn_l2_norm=cfg["attn_l2_norm"], patch_nums=patch_nums, kv_layout=cfg["kv_layout"])
+        var.init_weights(init_std=-1, gate=cfg["gate"])
+    var.eval()
+    vae.eval()
+    if device is not None or dtype is not None:
+        var.to(device=device, dtype=dtype)
+        vae.to(device=device, dtype=dtype)
+    return var
+
+
+def _build_var(shape, device, aspect, cfg) -> ReferenceModel:
+    return ReferenceModel(f"reference VAR '{shape}' (random weights)", reference_var(shape, device=device), dict(cfg=cfg))
+
+
+BUILDERS = {"var": ModelBuilder("var", "a reference VAR with random weights", tuple(VAR_SHAPES), (), _build_var,
+                                tool_shapes=dict(demo="d16", bench="tiny", calibrate="small", generate="d16"))}
