@@ -37,9 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 MODULES = ["stagevar/engine.py", "stagevar/executors.py", "stagevar/adapters/var.py", "stagevar/adapters/infinity.py"]
-TESTS = ["tests/test_engine_var.py", "tests/test_executors.py", "tests/test_reliability.py", "tests/test_adapter_suite.py",
-         "tests/test_infinity.py", "tests/test_syncfree.py", "tests/test_mutants_engine.py",
-         "tests/test_mutants_var.py", "tests/test_mutants_infinity.py"]
+TESTS = ["tests/test_engine.py", "tests/test_executors.py", "tests/test_api.py", "tests/test_adapter_suite.py",
+         "tests/test_infinity.py", "tests/test_syncfree.py", "tests/test_report.py", "tests/test_var.py"]
 
 PYPROJECT = """\
 [tool.pytest.ini_options]

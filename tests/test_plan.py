@@ -1,12 +1,93 @@
-"""stagevar.plan: behaviours the mutation run (TESTING.md) found untested."""
+"""stagevar.plan: a config resolved against a schedule and block units, by position; the resolution's helpers."""
+import re
 import warnings
 
 import pytest
 
 import stagevar
-from stagevar.config import ConfigError, StageVARConfig
-from stagevar.plan import NoAccelerationWarning, ScalePlan, describe, resolve_plan
+from stagevar import ConfigError, StageVARConfig
+from stagevar.plan import NoAccelerationWarning, ScalePlan, describe, normalise_index, ratios_for_units, resolve_plan
 
+# ------------------------------------------------------------------------------------------
+VAR256 = [(p, p) for p in (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)]
+
+
+def test_plan_resolves_by_position_not_side():
+    cfg = stagevar.preset("var-d16")
+    p256 = resolve_plan(cfg, VAR256, units=16)
+    p512 = resolve_plan(cfg, [(p, p) for p in (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)], units=16)
+    for plans in (p256, p512):
+        assert [p.mode for p in plans[-2:]] == ["uncond-only+low-rank"] * 2
+        assert all(p.mode == "intact" for p in plans[:-2])
+    assert p256[-1].ranks == (int(0.05 * 256) + 1,) * 16
+    assert p512[-1].ranks == (int(0.05 * 1024) + 1,) * 16
+
+
+def test_plan_rank_sources_and_precedence():
+    cfg = StageVARConfig(refine_start=-3, rank_ratio=0.5, rank_ratios={-1: [0.1, 0.2]},
+                         rank_table={-2: {0.96: [0.25, 0.25]}}, alpha=0.96)
+    plans = resolve_plan(cfg, VAR256, units=2)
+    assert plans[-3].ranks == (51, 51)        # rank_ratio: int(0.5*100)+1
+    assert plans[-2].ranks == (43, 43)        # table: int(0.25*169)+1
+    assert plans[-1].ranks == (26, 52)        # per-unit override
+    with pytest.raises(ConfigError, match="3 per-unit ratios given but the model has 2"):
+        resolve_plan(StageVARConfig(rank_ratio=[0.1, 0.1, 0.1]), VAR256, units=2)
+
+
+def test_plan_errors_name_the_range():
+    with pytest.raises(ConfigError, match=r"valid: -10..9"):
+        resolve_plan(StageVARConfig(refine_start=-11), VAR256, 1)
+    with pytest.raises(ConfigError, match="first scale"):
+        resolve_plan(StageVARConfig(refine_start=0), VAR256, 1)
+    with pytest.raises(ConfigError, match="before the refinement stage"):
+        resolve_plan(StageVARConfig(refine_start=-1, rank_ratios={-2: 0.1}), VAR256, 1)
+    with pytest.raises(ConfigError, match="skips every scale"):
+        resolve_plan(StageVARConfig(refine_start=None, skip=list(range(10))), VAR256, 1)
+
+
+def test_config_that_accelerates_nothing_says_so():
+    with pytest.warns(NoAccelerationWarning, match="accelerates no scale"):
+        resolve_plan(StageVARConfig(refine_start=-2, branch="both"), VAR256, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resolve_plan(stagevar.preset("none"), VAR256, 1)  # "none" is silent by design
+
+
+def test_resample_units_rule():
+    from stagevar.plan import ratios_for_units
+    assert ratios_for_units((0.1, 0.3), 3, "x", resample=True) == pytest.approx([0.1, 0.2, 0.3])
+    assert ratios_for_units((0.1, 0.2, 0.3, 0.4, 0.5), 2, "x", resample=True) == pytest.approx([0.1, 0.5])
+    assert ratios_for_units((0.2, 0.4), 1, "x", resample=True) == pytest.approx([0.3])
+    assert ratios_for_units((0.1, 0.2), 2, "x", resample=True) == [0.1, 0.2]
+    inf = stagevar.preset("infinity-2b")
+    plans = resolve_plan(inf, [(1, 1), (2, 2), (4, 4), (8, 8)], units=2)
+    assert plans[-1].ranks == (int(0.0082 * 64) + 1, int(0.0557 * 64) + 1)
+    assert [p.mode for p in plans] == ["intact"] + ["uncond-only+low-rank"] * 3
+    paper = resolve_plan(stagevar.preset("infinity-2b-paper"), [(1, 1), (2, 2), (4, 4), (8, 8)], units=8)
+    assert [p.mode for p in paper] == ["intact", "uncond-only+low-rank", "skip", "skip"]
+
+
+
+# ------------------------------------------------------------------------------------------
+# The resolution's helpers: behaviours the mutation run (TESTING.md) found untested.
+def test_a_per_unit_list_of_the_wrong_length_is_refused_unless_resampling():
+    with pytest.raises(ConfigError, match=re.escape("w: 3 per-unit ratios given but the model has 2 low-rank units")):
+        ratios_for_units((0.1, 0.2, 0.3), 2, "w")
+    assert ratios_for_units((0.3,), 4, "w", resample=True) == [0.3] * 4
+    assert ratios_for_units((0.1, 0.3), 1, "w", resample=True) == [pytest.approx(0.2)]
+
+
+def test_normalise_index_accepts_exactly_minus_n_to_n_minus_1():
+    assert [normalise_index(i, 4, "k") for i in (-4, -1, 0, 3)] == [0, 3, 0, 3]
+    for bad in (4, -5):
+        with pytest.raises(ConfigError) as e:
+            normalise_index(bad, 4, "skip")
+        assert str(e.value) == f"skip={bad} is outside this model's schedule of 4 scales (valid: -4..3)"
+
+
+
+# ------------------------------------------------------------------------------------------
+# stagevar.plan: behaviours the mutation run (TESTING.md) found untested.
 SCHEDULE = [(1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]
 
 

@@ -1,4 +1,4 @@
-"""Odd use and bad input: each test here fails on a specific fault (named in its docstring)."""
+"""stagevar.api under odd use and bad input: each test fails on a specific fault (named in its docstring)."""
 import copy
 import inspect
 import io
@@ -6,18 +6,19 @@ import pickle
 
 import pytest
 import torch
+from conftest import ScaleInputs, gen_kwargs
 
 import stagevar
 import stagevar.lowrank as lowrank
 import stagevar.models.var as ref_var_module
-from stagevar import StageVARConfig
+from stagevar import ConfigError, StageVARConfig
 from stagevar.api import _ATTR
 from stagevar.engine import projection_seed
 from stagevar.models import reference_var
 
-from conftest import ScaleInputs, gen_kwargs
 
-
+# ------------------------------------------------------------------------------------------
+# Odd use and bad input: each test here fails on a specific fault (named in its docstring).
 def test_pickling_an_accelerated_model_is_refused_with_a_way_out(small):
     """A pickled twin would say it is accelerated and run the baseline."""
     stagevar.accelerate(small, "var-d16")
@@ -247,9 +248,9 @@ def test_cache_condition_computes_each_modulation_once_per_condition(small, cach
 
 def test_warnings_point_at_the_users_line():
     """Whether raised by accelerate or inside a generation call, a stagevar warning names the caller's file."""
-    from stagevar.models import reference_infinity, reference_var
-
     from test_infinity import call_kwargs
+
+    from stagevar.models import reference_infinity, reference_var
 
     cfg = StageVARConfig(refine_start=-2, branch="both", name="accelerates-nothing")
     with pytest.warns(stagevar.NoAccelerationWarning) as rec:
@@ -289,3 +290,81 @@ def test_engine_seam_for_the_tools():
     assert api.detach(a) is other and not stagevar.is_accelerated(a) and not released
     assert "autoregressive_infer_cfg" not in vars(a)  # the class method again, exactly
     assert torch.equal(a.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0), want)
+
+
+
+# ------------------------------------------------------------------------------------------
+def test_accelerate_rejects_bad_input_and_leaves_model_usable():
+    var = reference_var("tiny")
+    want = var.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0)
+    with pytest.raises(ConfigError, match="outside this model's schedule of 4 scales"):
+        stagevar.accelerate(var, StageVARConfig(refine_start=-7))
+    with pytest.raises(ConfigError, match="unit_blocks=5 exceeds the model's 2 blocks"):
+        stagevar.accelerate(var, StageVARConfig(unit_blocks=5))
+    with pytest.raises(ConfigError, match="must be a StageVARConfig"):
+        stagevar.accelerate(var, 3)
+    assert not stagevar.is_accelerated(var) and "autoregressive_infer_cfg" not in var.__dict__
+    assert torch.equal(var.autoregressive_infer_cfg(B=1, label_B=1, g_seed=0), want)  # exactly as before
+
+
+def test_unsupported_objects_are_named():
+    import torch.nn as nn
+    with pytest.raises(stagevar.UnsupportedModelError, match="expects a loaded torch.nn.Module"):
+        stagevar.accelerate("var-d16")
+    with pytest.raises(stagevar.UnsupportedModelError, match=r"Linear is not a model stagevar supports.*missing patch_nums"):
+        stagevar.accelerate(nn.Linear(2, 2))
+
+
+# ------------------------------------------------------------------------------------------
+# One namespace of names, and the package's public surface.
+def test_accelerate_by_name_runs_fastvars_pruning(monkeypatch):
+    """accelerate(model, "fastvar") is FastVAR's pruning: the middle blocks of the last two scales keep
+    the tokens farthest from the mean, both branches run, the outer blocks run intact."""
+    small = reference_var("small")  # 4 blocks: round(0.1 * 4) = 0 .. round(0.85 * 4) = 3 pruned
+    seen = []
+    real = lowrank.farthest_from_mean_indices
+    monkeypatch.setattr(lowrank, "farthest_from_mean_indices", lambda x, r: seen.append(r) or real(x, r))
+    stagevar.accelerate(small, "fastvar")
+    small.autoregressive_infer_cfg(**gen_kwargs(2))
+    scales = stagevar.last_report(small).scales
+    assert [s.rows for s in scales] == [4] * len(scales)
+    assert scales[-1].tokens == (33, 33, 33, 64) and scales[-2].tokens == (22, 22, 22, 36)  # 0.5 * 64, 0.6 * 36
+    assert seen == [22] * 3 + [33] * 3
+    assert stagevar.current_config(small) == stagevar.preset("fastvar")
+
+
+def test_accelerate_takes_every_name_and_says_which_it_did_not_know():
+    small = reference_var("small")
+    stagevar.accelerate(small, "cfg-only")
+    assert stagevar.current_config(small) == stagevar.preset("cfg-only", small)
+    assert stagevar.current_config(small).branch == "uncond" and not stagevar.current_config(small).rank_ratios
+    stagevar.accelerate(small, "skip-last-1")
+    assert stagevar.current_config(small).skip == (-1,)
+    stagevar.restore(small)
+    with pytest.raises(ConfigError, match="'baseline' is the model's own unpatched call, not a config"):
+        stagevar.accelerate(small, "baseline")
+    with pytest.raises(ConfigError, match="unknown config 'fast-var'; did you mean 'fastvar'"):
+        stagevar.accelerate(small, "fast-var")
+    with pytest.raises(ConfigError, match=r"To load a config file, pass stagevar.StageVARConfig.load\(path\)"):
+        stagevar.accelerate(small, "mine.json")
+    assert not stagevar.is_accelerated(small)
+
+
+def test_import_stagevar_loads_neither_the_tools_nor_the_reference_models():
+    import subprocess
+    import sys
+
+    code = ("import sys, stagevar; loaded = [m for m in sys.modules if m.startswith(('stagevar.tools', 'stagevar.models'))];"
+            " print(loaded); assert not loaded; stagevar.Calibration; assert 'stagevar.tools.calibrate' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_public_name_shadows_a_module():
+    import importlib
+    import importlib.util
+
+    shadowing = [name for name in stagevar.__all__ if importlib.util.find_spec(f"stagevar.{name}") is not None]
+    assert shadowing == []
+    for module in ("presets", "report"):  # `import stagevar.X as m` gives the module, not a function
+        assert getattr(stagevar, module) is importlib.import_module(f"stagevar.{module}")
+    assert callable(stagevar.preset_names) and callable(stagevar.last_report)

@@ -1,0 +1,95 @@
+"""stagevar.presets: the one namespace of named configs; every preset deeply frozen."""
+import dataclasses
+
+import pytest
+
+import stagevar
+from stagevar import ConfigError, StageVARConfig
+from stagevar.models import reference_infinity, reference_var
+from stagevar.plan import resolve_plan
+
+VAR256 = [(p, p) for p in (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)]
+NAMES = stagevar.preset_names()
+MODEL = reference_var("tiny")  # what the relative names (cfg-only, lowrank-only) are taken against
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda c: c.rank_ratios.__setitem__(-1, -3.0),
+    lambda c: c.rank_ratios.__delitem__(-1),
+    lambda c: c.rank_ratios.update({-1: 0.5}),
+    lambda c: c.rank_ratios.setdefault(-3, 0.5),
+    lambda c: c.rank_ratios.pop(-1),
+    lambda c: c.rank_ratios.popitem(),
+    lambda c: c.rank_ratios.clear(),
+    lambda c: c.rank_ratios.__ior__({-1: 0.5}),
+    lambda c: c.rank_ratios.__init__({-1: 0.5}),
+])
+def test_preset_mappings_refuse_mutation(mutate):
+    before = stagevar.preset("var-d16").to_json()
+    with pytest.raises(TypeError, match=r"read-only.*cfg.replace\(rank_ratios="):
+        mutate(stagevar.preset("var-d16"))
+    after = stagevar.preset("var-d16")
+    assert after.to_json() == before and after.rank_ratios == {-2: 0.16, -1: 0.05}
+    assert resolve_plan(after, VAR256, units=16)[-1].ranks == (int(0.05 * 256) + 1,) * 16
+
+
+def test_every_preset_is_deeply_frozen():
+    for name in NAMES:
+        cfg = stagevar.preset(name, MODEL)
+        before = cfg.to_json()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            cfg.refine_start = 0
+        for row in cfg.rank_table.values():
+            with pytest.raises(TypeError, match="read-only"):
+                row[0.5] = (0.1,)
+            assert all(isinstance(v, tuple) for v in row.values())
+        with pytest.raises(TypeError, match="read-only"):
+            cfg.rank_table[-1] = {0.96: (0.5,)}
+        assert isinstance(cfg.skip, tuple) and not isinstance(cfg.rank_ratio, list)
+        assert stagevar.preset(name, MODEL).to_json() == before and stagevar.preset(name, MODEL) == cfg
+
+
+def test_presets():
+    names = NAMES
+    for n in ["none", "var-d16", "var-d20", "var-d24", "var-d30", "var-d36", "infinity-2b", "infinity-8b",
+              "infinity-2b-paper", "infinity-8b-paper"]:
+        assert n in names
+    for n in names:  # never skip in a default; only the presets named after the authors' code do
+        assert (stagevar.preset(n, MODEL).skip != ()) == n.endswith("-paper")
+    with pytest.raises(ConfigError, match="unknown config 'var-d99'; did you mean 'var-d.*names: .*fastvar.*skip-last-N"):
+        stagevar.preset("var-d99")
+    with pytest.raises(ConfigError, match="a config name must be a string .*'var-d16'"):
+        stagevar.preset(None)
+    with pytest.raises(ConfigError, match="a config name must be a string"):
+        stagevar.preset(["var-d16"])
+
+
+def test_every_name_resolves_and_relative_names_need_the_model():
+    small, inf = reference_var("small"), reference_infinity("tiny").model
+    for name in NAMES:
+        assert isinstance(stagevar.preset(name, small), StageVARConfig)
+    assert stagevar.preset("cfg-only", small) == stagevar.preset("var-d16").replace(rank_ratios={}, name="cfg-only")
+    assert stagevar.preset("lowrank-only", inf) == stagevar.preset("infinity-2b").replace(branch="both",
+                                                                                         name="lowrank-only")
+    with pytest.raises(ConfigError, match=r"'cfg-only' is taken from a model's family preset: pass the model, "
+                                          r"stagevar.preset\('cfg-only', model\)"):
+        stagevar.preset("cfg-only")
+    for name, want in (("skip-last-3", dict(skip=(-3, -2, -1), refine_start=None)),
+                       ("uncond-last-2", dict(branch="uncond", refine_start=-2)),
+                       ("cond-last-1", dict(branch="cond", refine_start=-1))):
+        cfg = stagevar.preset(name)
+        assert all(getattr(cfg, k) == v for k, v in want.items()) and cfg.name == name
+    for bad in ("skip-last-0", "skip-last-x", "cond-last--1"):
+        with pytest.raises(ConfigError, match="N >= 1"):
+            stagevar.preset(bad)
+
+
+def test_the_tools_compare_a_family_preset_with_its_relatives_then_the_ablations():
+    from stagevar.presets import compared
+
+    assert compared("infinity-2b") == ["infinity-2b", "infinity-2b-paper", "cfg-only", "lowrank-only", "fastvar",
+                                       "skip-last-2"]
+    assert compared("var-d16", carried="stagevar-tiny-var")[:2] == ["var-d16", "stagevar-tiny-var"]
+    assert compared("var-d16", carried="var-d16").count("var-d16") == 1
+    for name in compared("star-d30"):
+        stagevar.preset(name, reference_var("tiny"))
