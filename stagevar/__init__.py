@@ -7,7 +7,8 @@ demo, the command line) is :mod:`stagevar.tools`, loaded only when used: ``stage
 and ``stagevar.Calibration`` are looked up from :mod:`stagevar.tools.calibrate` on first use.
 """
 from .adapters import UnsupportedModelError, register_adapter
-from .api import accelerate, accelerated, current_config, is_accelerated, last_report, release_graphs, restore
+from .api import (ModelBusyError, accelerate, accelerated, current_config, is_accelerated, last_report, release_graphs,
+                  restore)
 from .executors import GraphFallbackWarning, GraphsUnavailableError
 from .config import ConfigError, StageVARConfig
 from .plan import NoAccelerationWarning
@@ -28,6 +29,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "accelerate", "restore", "accelerated", "last_report", "release_graphs", "is_accelerated", "current_config",
-    "GraphsUnavailableError", "GraphFallbackWarning", "register_adapter",
+    "GraphsUnavailableError", "GraphFallbackWarning", "ModelBusyError", "register_adapter",
     "calibrate", "Calibration", "StageVARConfig", "preset", "preset_names", "ConfigError", "UnsupportedModelError", "NoAccelerationWarning",
 ]

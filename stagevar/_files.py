@@ -1,9 +1,10 @@
-"""Files written whole or not at all; output folders checked before any work."""
+"""Files written whole or not at all, read with errors that name them; output folders checked before any work."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @contextlib.contextmanager
@@ -30,3 +31,13 @@ def folder_problem(folder: str, create_hint: str, write_hint: str) -> str:
     if not os.access(folder, os.W_OK):
         return f"the output folder {folder!r} is not writable; {write_hint}"
     return ""
+
+
+def read_json(path: str, what: str, fix: str) -> Any:
+    """The JSON value in ``path``; a file that is not JSON (cut short, not UTF-8, nested too deep)
+    raises ``ValueError`` naming the file, ``what`` it should be, and ``fix``."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{os.fspath(path)} is not {what} ({type(e).__name__}: {str(e)[:120]}); {fix}") from None

@@ -4,12 +4,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import threading
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
 
 from ._warnings import warn_at_caller
-from .adapters import adapter_for
+from .adapters import UnsupportedModelError, adapter_for
 from .config import ConfigError, StageVARConfig
 from .engine import Engine
 from .executors import make_executor
@@ -17,20 +18,43 @@ from .presets import named
 from .report import Report
 
 _ATTR = "_stagevar"
-_MISSING = object()
+# attach / detach are check-then-set on a model's attributes: one at a time, whichever thread asks
+_PATCHING = threading.RLock()
+
+
+class ModelBusyError(RuntimeError):
+    """An accelerated model was called while another thread's call into it was running, and it was
+    accelerated with ``wait=False`` (one call at a time: calls share the model's KV caches)."""
 
 
 @dataclass
 class _Patch:
-    """Everything stagevar adds to a model instance, in one attribute."""
+    """Everything stagevar adds to a model instance, in one attribute.
+
+    ``lock`` serialises calls into the model (they share its blocks' KV caches): an overlapping call
+    from another thread waits for it, or raises :class:`ModelBusyError` when ``wait`` is False;
+    restore and re-configuration wait for a running call too."""
 
     engine: Engine
     entry_point: str
-    saved: Any  # the instance attribute we replaced, or _MISSING when the class method was in use
+    wait: bool = True
+    lock: Any = field(default_factory=threading.RLock)
 
     def __deepcopy__(self, memo: dict) -> "_Patch":
-        # the copy's engine drives the copy's blocks (the model is in ``memo``); graphs never travel
-        return _Patch(copy.deepcopy(self.engine, memo), self.entry_point, copy.deepcopy(self.saved, memo))
+        # the copy's engine drives the copy's blocks (the model is in ``memo``); graphs never travel;
+        # the copy is a model of its own, with its own lock
+        return _Patch(copy.deepcopy(self.engine, memo), self.entry_point, self.wait)
+
+    def call(self, model: Any, args: tuple, kwargs: dict) -> Any:
+        if not self.lock.acquire(blocking=self.wait):
+            raise ModelBusyError(
+                f"stagevar: another thread is generating with this {type(model).__name__} (calls share its KV "
+                f"caches, so they run one at a time); it was accelerated with wait=False, so this call is refused. "
+                f"Retry later, give each thread its own model (copy.deepcopy), or accelerate with wait=True to queue")
+        try:
+            return self.engine(*args, **kwargs)
+        finally:
+            self.lock.release()
 
     def __reduce_ex__(self, protocol):
         raise TypeError(
@@ -78,7 +102,8 @@ def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: s
     return engine
 
 
-def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Any:
+def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
+               wait: bool = True) -> Any:
     """Patch ``model`` (this instance only) to generate with StageVAR.
 
     The model's generation method (``autoregressive_infer_cfg``) is replaced on the instance by
@@ -96,12 +121,16 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
             graphs reproduce the eager call exactly; eager otherwise (always on a CPU).
             ``"eager"``: always eager. ``"graphs"``: graphs, raising where they cannot run.
             See :mod:`stagevar.executors`.
+        wait: calls into one model run one at a time (they share its KV caches); a call from
+            another thread while one runs waits for it (True) or raises :class:`ModelBusyError`.
 
     Returns:
         ``model``.
 
     Raises:
-        UnsupportedModelError: ``model`` has no supported interface (names what is missing).
+        UnsupportedModelError: ``model`` has no supported interface (names what is missing), or
+            its entry point is overridden by a subclass or set on the instance (stagevar would
+            bypass it).
         ConfigError: the config is invalid for this model (says what to change). The model is
             left as it was.
         GraphsUnavailableError: ``execution="graphs"`` where graphs cannot run (says why).
@@ -111,9 +140,13 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
         warn_at_caller("stagevar: accelerating the module inside this torch.compile wrapper (its _orig_mod); generation "
                        "runs stagevar's loop, not the compiled forward (torch.compile does not compile "
                        "autoregressive_infer_cfg either)", UserWarning)
-    patch: Optional[_Patch] = getattr(model, _ATTR, None)
-    adapter = patch.engine.adapter if patch is not None else adapter_for(model)
-    replaced = attach(model, _engine(adapter, config, execution))
+    if not isinstance(wait, bool):
+        raise TypeError(f"stagevar.accelerate: wait must be True or False, got {wait!r}")
+    with _PATCHING:
+        patch: Optional[_Patch] = getattr(model, _ATTR, None)
+        adapter = patch.engine.adapter if patch is not None else adapter_for(model)
+        replaced = attach(model, _engine(adapter, config, execution))
+        getattr(model, _ATTR).wait = wait
     if replaced is not None:
         release_engine(replaced)
     return wrapper
@@ -175,51 +208,75 @@ def build_engine(model: Any, config: Union[None, str, StageVARConfig] = None, ex
 def attach(model: Any, engine: Engine) -> Optional[Engine]:
     """Run ``engine`` on ``model`` from its next call, patching the model if it is not accelerated.
     Returns the engine it replaces (None if there was none) with its CUDA graphs kept: the caller
-    owns it (:func:`release_engine` frees them). ``engine`` must drive this model's adapter."""
+    owns it (:func:`release_engine` frees them). ``engine`` must drive this model's adapter. A
+    call running in another thread finishes first."""
     model = _target(model)
     if engine.adapter.model is not model:
         raise ValueError("stagevar.api.attach: this engine drives another model; build the engine on this one "
                          "(stagevar.api.build_engine(model, config))")
-    patch: Optional[_Patch] = getattr(model, _ATTR, None)
-    if patch is not None:
-        before, patch.engine = patch.engine, engine
-        return before
-    entry = engine.adapter.entry_point
-    saved = model.__dict__.get(entry, _MISSING)
-    original = getattr(type(model), entry)
+    with _PATCHING:
+        patch: Optional[_Patch] = getattr(model, _ATTR, None)
+        if patch is not None:
+            with patch.lock:
+                before, patch.engine = patch.engine, engine
+            return before
+        entry = engine.adapter.entry_point
+        _refuse_bypassed_entry(model, entry)
+        original = getattr(type(model), entry)
 
-    @functools.wraps(original)
-    def accelerated_entry(self, *args, **kwargs):
-        return getattr(self, _ATTR).engine(*args, **kwargs)
+        @functools.wraps(original)
+        def accelerated_entry(self, *args, **kwargs):
+            return getattr(self, _ATTR).call(self, args, kwargs)
 
-    object.__setattr__(model, _ATTR, _Patch(engine=engine, entry_point=entry, saved=saved))
-    # A bound method (not a closure over `model`), so copy.deepcopy rebinds it to the copy.
-    object.__setattr__(model, entry, types.MethodType(accelerated_entry, model))
-    return None
+        object.__setattr__(model, _ATTR, _Patch(engine=engine, entry_point=entry))
+        # A bound method (not a closure over `model`), so copy.deepcopy rebinds it to the copy.
+        object.__setattr__(model, entry, types.MethodType(accelerated_entry, model))
+        return None
+
+
+def _refuse_bypassed_entry(model: Any, entry: str) -> None:
+    """An entry point stagevar would bypass is refused: one set on the instance (a wrapper, a
+    ``functools.partial``) or a subclass's override of the family's method (a fork that post-processes)."""
+    name = type(model).__name__
+    if entry in vars(model):
+        raise UnsupportedModelError(
+            f"{name}.{entry} is set on this instance ({type(vars(model)[entry]).__name__}, e.g. a wrapper or a "
+            f"functools.partial): while accelerated, stagevar would run its own loop and bypass it. Remove it first "
+            f"(del model.{entry}) and pass its arguments in the call, or generate without stagevar")
+    owners = [klass for klass in type(model).__mro__ if entry in vars(klass)]
+    if len(owners) > 1:
+        raise UnsupportedModelError(
+            f"{owners[0].__name__}.{entry} overrides {owners[1].__name__}.{entry}: stagevar runs the loop of "
+            f"{owners[1].__name__}'s method and would skip what the override adds, under every config ('none' "
+            f"too). Accelerate a {owners[1].__name__} instance and apply the override's extra steps to its output, "
+            f"or generate without stagevar")
 
 
 def detach(model: Any) -> Optional[Engine]:
     """The original generation method back, as :func:`restore` does, but the engine that ran is
-    returned with its CUDA graphs instead of freed (None if the model was not accelerated)."""
+    returned with its CUDA graphs instead of freed (None if the model was not accelerated). Waits
+    for a call running in another thread."""
     model = _target(model)
-    patch: Optional[_Patch] = getattr(model, _ATTR, None)
-    if patch is None:
-        return None
-    if patch.saved is _MISSING:
-        object.__delattr__(model, patch.entry_point)
-    else:
-        object.__setattr__(model, patch.entry_point, patch.saved)
-    object.__delattr__(model, _ATTR)
-    return patch.engine
+    with _PATCHING:
+        patch: Optional[_Patch] = getattr(model, _ATTR, None)
+        if patch is None:
+            return None
+        with patch.lock:
+            if patch.entry_point in vars(model):
+                object.__delattr__(model, patch.entry_point)
+            object.__delattr__(model, _ATTR)
+            patch.engine.adapter.end(None)  # caches off, condition wrappers out, whatever a call left behind
+        return patch.engine
 
 
 @contextlib.contextmanager
-def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Iterator[Any]:
+def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
+                wait: bool = True) -> Iterator[Any]:
     """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config,
     engine and last report). A :func:`restore` inside the block is kept."""
     patch = _patch_of(model)
     if patch is None:
-        accelerate(model, config, execution=execution)
+        accelerate(model, config, execution=execution, wait=wait)
         try:
             yield model
         finally:

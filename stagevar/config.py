@@ -12,11 +12,13 @@ import dataclasses
 import json
 import math
 import numbers
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple, Union
 
+from ._files import atomic_path
 from .lowrank import REDUCERS
 
 BRANCHES = ("uncond", "cond", "both")
@@ -395,15 +397,19 @@ class StageVARConfig:
         return cls.from_dict(data)
 
     def save(self, path) -> None:
-        """Write :meth:`to_json` to ``path``."""
-        with open(path, "w") as f:
+        """Write :meth:`to_json` to ``path`` (to a temporary name, then renamed: never half-written)."""
+        with atomic_path(os.fspath(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(self.to_json() + "\n")
 
     @classmethod
     def load(cls, path) -> "StageVARConfig":
-        """Read a config written by :meth:`save`."""
-        with open(path) as f:
-            return cls.from_json(f.read())
+        """Read a config written by :meth:`save`; errors name the file."""
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            return cls.from_json(raw)
+        except ConfigError as e:
+            raise ConfigError(f"{os.fspath(path)}: {e}") from None
 
     def replace(self, **changes: Any) -> "StageVARConfig":
         """A copy with some fields changed (validated again); unknown field names raise :class:`ConfigError`."""

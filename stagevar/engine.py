@@ -27,7 +27,8 @@ import torch
 from .adapters.base import Adapter, select_rows
 from .config import StageVARConfig
 from .lowrank import reducer
-from .plan import ScalePlan, resolve_plan, unit_layout
+from ._warnings import warn_at_caller
+from .plan import NoAccelerationWarning, ScalePlan, resolve_plan, unit_layout
 from .report import PlanStats, Report, ScaleStats, Timeline, plan_stats
 
 _MASK63 = (1 << 63) - 1
@@ -208,9 +209,15 @@ class Engine:
             raise RuntimeError(f"stagevar: the model has {n_blocks} transformer blocks now but had {n_planned} when it "
                                f"was accelerated (blocks were added or removed since); call "
                                f"stagevar.accelerate(model, config) again to plan for the new depth")
-        st = ad.begin(args, kwargs, cache_condition=config.cache_condition)
+        try:
+            st = ad.begin(args, kwargs, cache_condition=config.cache_condition)
+        except BaseException:  # begin may have switched caches on and wrapped conditions before it failed
+            ad.end(None)
+            raise
         try:
             plans = self.plan_for(ad.schedule(st))
+            if st.run_scales is not None and st.run_scales < len(plans):
+                plans = self._truncated(plans, st.run_scales)
             device = ad.device()
             gen = torch.Generator(device=device)
             gen.manual_seed(projection_seed(st.g_seed, config.seed))
@@ -222,6 +229,15 @@ class Engine:
         except BaseException:
             ad.end(st)
             raise
+
+    def _truncated(self, plans: List[ScalePlan], n: int) -> List[ScalePlan]:
+        """The first ``n`` scales of the full call's plan (a call that stops early, e.g. Infinity's
+        ``trunk_scale``, runs what the full call would have run up to there)."""
+        if self.config.name != "none" and not any(p.accelerated for p in plans[:n]):
+            what = "runs no scale at all" if n == 0 else f"stops after scale {n - 1}, before any scale it accelerates"
+            warn_at_caller(f"config {self.config.name!r}: this call {what}; nothing is accelerated",
+                           NoAccelerationWarning)
+        return plans[:n]
 
     def run_scale(self, call: Call, p: ScalePlan) -> None:
         """Run planned scale ``p`` of ``call``: tensors only, no host read of a device value."""

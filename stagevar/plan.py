@@ -83,6 +83,19 @@ def normalise_index(index: int, n: int, what: str) -> int:
     return j
 
 
+def _per_scale(mapping, n: int, name: str, value, suffix: str = "") -> dict:
+    """``{scale: (ratio, where)}`` of a config mapping; two keys naming one scale of this schedule
+    (``-1`` and ``3`` of four scales) are refused, naming both."""
+    out, given = {}, {}
+    for k, v in mapping.items():
+        j = normalise_index(k, n, f"{name} key")
+        if j in out:
+            raise ConfigError(f"{name} keys {given[j]} and {k} both name scale {j} of this {n}-scale schedule; give "
+                              f"each scale once")
+        out[j], given[j] = (value(v), f"{name}[{k}]{suffix}"), k
+    return out
+
+
 class NoAccelerationWarning(UserWarning):
     """The config accelerates no scale of this model's schedule."""
 
@@ -168,12 +181,10 @@ def resolve_plan(config: StageVARConfig, schedule: Sequence[Tuple[int, int]], un
                           "(the paper starts it at the last 2-3 scales; try refine_start=-2)")
     skips = {normalise_index(s, n, "skip") for s in config.skip}
 
-    per_scale = {}
-    for k, v in config.rank_ratios.items():
-        per_scale[normalise_index(k, n, "rank_ratios key")] = (v, f"rank_ratios[{k}]")
-    for k, row in config.rank_table.items():
-        j = normalise_index(k, n, "rank_table key")
-        per_scale.setdefault(j, (row[config.alpha], f"rank_table[{k}][{config.alpha}]"))
+    per_scale = _per_scale(config.rank_ratios, n, "rank_ratios", lambda v: v)
+    for j, entry in _per_scale(config.rank_table, n, "rank_table", lambda row: row[config.alpha],
+                               f"[{config.alpha}]").items():
+        per_scale.setdefault(j, entry)  # rank_ratios overrides the measured table
     outside = sorted(j for j in per_scale if j < start)
     if outside:
         raise ConfigError(f"rank ratios are given for scales {outside} before the refinement stage (starts at scale {start}); "

@@ -43,3 +43,11 @@ class ScaleInputs(_engine.Observer):
     def unit_input(self, st, si, u, x):
         if u == 0:
             self.x[si] = x.clone()
+
+
+def edited_copy(cls, name, **methods):
+    """A copy of ``cls`` with some methods replaced, as a fork that edits the upstream file has it: the
+    methods are the class's own (no subclass overrides them)."""
+    body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    body.update(methods, __qualname__=name)
+    return type(name, cls.__bases__, body)

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import ScaleInputs, gen_kwargs
+from conftest import ScaleInputs, edited_copy, gen_kwargs
 
 import stagevar
 import stagevar.lowrank as lowrank
@@ -48,14 +48,18 @@ def test_a_deepcopy_drives_its_own_blocks(small):
         assert torch.equal(twin.autoregressive_infer_cfg(**kw), got_twin)
 
 
-class _ForkVAR(ref_var_module.VAR):
-    """A fork whose entry point takes one more argument stagevar's loop does not implement."""
+_UPSTREAM_VAR_CALL = vars(ref_var_module.VAR)["autoregressive_infer_cfg"]
 
-    @torch.no_grad()
-    def autoregressive_infer_cfg(self, B, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0,
-                                 more_smooth=False, temperature=1.0):
-        return super().autoregressive_infer_cfg(B, label_B, g_seed=g_seed, cfg=cfg, top_k=top_k, top_p=top_p,
-                                                more_smooth=more_smooth)
+
+@torch.no_grad()
+def _fork_call(self, B, label_B=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, temperature=1.0):
+    return _UPSTREAM_VAR_CALL(self, B, label_B, g_seed=g_seed, cfg=cfg, top_k=top_k, top_p=top_p,
+                              more_smooth=more_smooth)
+
+
+# A fork (an edited copy of the upstream class) whose entry point takes one more argument stagevar's loop
+# does not implement.
+_ForkVAR = edited_copy(ref_var_module.VAR, "_ForkVAR", autoregressive_infer_cfg=_fork_call)
 
 
 def test_unknown_call_arguments_are_refused_by_name():
@@ -368,3 +372,162 @@ def test_no_public_name_shadows_a_module():
     for module in ("presets", "report"):  # `import stagevar.X as m` gives the module, not a function
         assert getattr(stagevar, module) is importlib.import_module(f"stagevar.{module}")
     assert callable(stagevar.preset_names) and callable(stagevar.last_report)
+
+
+# ------------------------------------------------------------------------------------------
+# Copies, threads, interrupts, subclasses and wrappers (reliability, round three).
+def test_restore_on_a_deepcopy_gives_the_copy_its_own_method_back(small):
+    """restore() on a copy installed a bare sentinel object as its generation method."""
+    stagevar.accelerate(small, "var-d16")
+    twin = copy.deepcopy(small)
+    stagevar.restore(twin)
+    assert "autoregressive_infer_cfg" not in vars(twin) and not stagevar.is_accelerated(twin)
+    fresh = reference_var("small")
+    twin.load_state_dict(fresh.state_dict())
+    assert torch.equal(twin.autoregressive_infer_cfg(**gen_kwargs(2)), fresh.autoregressive_infer_cfg(**gen_kwargs(2)))
+    assert stagevar.is_accelerated(small)  # the original keeps its patch
+
+
+def test_accelerate_from_two_threads_attaches_once(small, monkeypatch):
+    """attach was an unsynchronised check-then-set: two threads could both find the model unpatched."""
+    import threading
+    import time
+
+    import stagevar.api as api
+
+    real, checks = api._refuse_bypassed_entry, []
+
+    def slow_check(model, entry):  # widens the window between "not patched" and patching
+        checks.append(threading.get_ident())
+        time.sleep(0.05)
+        real(model, entry)
+
+    monkeypatch.setattr(api, "_refuse_bypassed_entry", slow_check)
+    threads = [threading.Thread(target=stagevar.accelerate, args=(small, name)) for name in ("var-d16", "cfg-only")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(checks) == 1  # the second thread found the patch and re-configured
+    assert stagevar.current_config(small).name in ("var-d16", "cfg-only")
+    stagevar.restore(small)
+    assert "autoregressive_infer_cfg" not in vars(small) and not stagevar.is_accelerated(small)
+
+
+def _slow_first_scale(monkeypatch, started):
+    """Engine.run_scale that, at scale 0 of the first call, says so and waits a moment."""
+    import time
+
+    from stagevar.engine import Engine
+
+    real = Engine.run_scale
+
+    def run_scale(self, call, p):
+        if p.index == 0 and not started.is_set():
+            started.set()
+            time.sleep(0.2)
+        return real(self, call, p)
+
+    monkeypatch.setattr(Engine, "run_scale", run_scale)
+
+
+def test_two_threads_calling_one_model_run_one_after_the_other(small, monkeypatch):
+    """Calls interleaved on the shared KV caches: one returned a wrong image, with no error."""
+    import threading
+
+    stagevar.accelerate(small, "var-d16")
+    want = [small.autoregressive_infer_cfg(**gen_kwargs(2, seed=s)) for s in (1, 2)]
+    started, got = threading.Event(), {}
+    _slow_first_scale(monkeypatch, started)
+
+    def call(seed):
+        got[seed] = small.autoregressive_infer_cfg(**gen_kwargs(2, seed=seed))
+
+    first = threading.Thread(target=call, args=(1,))
+    first.start()
+    started.wait()
+    call(2)  # overlaps the first call: it waits for it
+    first.join()
+    assert torch.equal(got[1], want[0]) and torch.equal(got[2], want[1])
+
+
+def test_a_model_accelerated_without_waiting_refuses_an_overlapping_call(small, monkeypatch):
+    import threading
+
+    stagevar.accelerate(small, "var-d16", wait=False)
+    started = threading.Event()
+    _slow_first_scale(monkeypatch, started)
+    first = threading.Thread(target=small.autoregressive_infer_cfg, kwargs=gen_kwargs(1))
+    first.start()
+    started.wait()
+    with pytest.raises(stagevar.ModelBusyError, match="another thread is generating with this VAR"):
+        small.autoregressive_infer_cfg(**gen_kwargs(1))
+    first.join()
+    small.autoregressive_infer_cfg(**gen_kwargs(1))  # free again
+    with pytest.raises(TypeError, match="wait must be True or False"):
+        stagevar.accelerate(small, "var-d16", wait="no")
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupt_during_a_calls_setup_leaves_the_model_clean(small, monkeypatch, interrupt):
+    """Setup ran outside the cleanup: caches stayed on, conditions stayed wrapped (state_dict keys renamed)."""
+    keys = list(small.state_dict())
+    stagevar.accelerate(small, "var-d16")
+
+    def boom(*a, **k):  # begin has switched the caches on and wrapped ada_lin by the time it calls this
+        raise interrupt("interrupted")
+
+    monkeypatch.setattr(small.shared_ada_lin, "forward", boom)
+    with pytest.raises(interrupt):
+        small.autoregressive_infer_cfg(**gen_kwargs(1))
+    assert all(not b.attn.caching for b in small.blocks)
+    assert list(small.state_dict()) == keys
+    monkeypatch.undo()
+    stagevar.restore(small)
+    assert list(small.state_dict()) == keys
+
+
+def test_an_entry_point_stagevar_would_bypass_is_refused(small):
+    """A subclass's override and an instance-level wrapper were silently bypassed (under 'none' too)."""
+    import functools
+
+    from stagevar.models.var import VAR
+
+    class Forked(VAR):
+        def autoregressive_infer_cfg(self, *args, **kwargs):
+            return super().autoregressive_infer_cfg(*args, **kwargs).flip(-1)
+
+    forked = reference_var("small")
+    forked.__class__ = Forked
+    with pytest.raises(stagevar.UnsupportedModelError, match="Forked.autoregressive_infer_cfg overrides "
+                                                            "VAR.autoregressive_infer_cfg"):
+        stagevar.accelerate(forked, "none")
+    assert not stagevar.is_accelerated(forked) and "autoregressive_infer_cfg" not in vars(forked)
+    small.autoregressive_infer_cfg = functools.partial(small.autoregressive_infer_cfg, cfg=1.0)
+    with pytest.raises(stagevar.UnsupportedModelError, match=r"set on this instance \(partial.*del "
+                                                            r"model.autoregressive_infer_cfg"):
+        stagevar.accelerate(small)
+    assert isinstance(vars(small)["autoregressive_infer_cfg"], functools.partial) and not stagevar.is_accelerated(small)
+
+
+@pytest.mark.parametrize("B", [2.5, 0, -1, True, torch.tensor(2), "2"])
+def test_batch_size_is_checked_like_upstream(small, B):
+    """B was coerced with int(): B=2.5 gave two images where the unpatched call raises."""
+    stagevar.accelerate(small, "var-d16")
+    with pytest.raises(ValueError, match=r"B=.* is not a batch size: pass a positive integer"):
+        small.autoregressive_infer_cfg(**dict(gen_kwargs(2), B=B))
+    assert all(not b.attn.caching for b in small.blocks)
+
+
+def test_labels_and_seeds_of_other_integer_types(small):
+    import numpy as np
+
+    stagevar.accelerate(small, "var-d16")
+    want = small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=3))
+    assert torch.equal(small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=np.int64(3))), want)
+    assert torch.equal(small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=3, g_seed=np.int32(0))), want)
+    for bad in ([1, 2], torch.tensor([1.0, 2.0]), torch.tensor([[1, 2]])):
+        with pytest.raises(ValueError, match=r"label_B must be a 1-D integer tensor of B class indices.*torch.tensor"):
+            small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=bad))
+    with pytest.raises(ValueError, match="g_seed=1.5 .* is not a seed: pass an integer, or None"):
+        small.autoregressive_infer_cfg(**dict(gen_kwargs(2), g_seed=1.5))

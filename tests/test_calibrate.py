@@ -122,3 +122,28 @@ def test_calibration_plot_writes_a_png(tmp_path, tiny):
     cal = calibrate(tiny, [0, 1], one_branch_sweep=False)
     cal.plot(str(tmp_path / "cal.png"))
     assert (tmp_path / "cal.png").stat().st_size > 1000
+
+
+def test_a_calibration_file_cut_short_or_edited_is_named(tmp_path, tiny):
+    import json
+
+    cal = calibrate(tiny, [0, 1], one_branch_sweep=False, cfg=3.0)
+    path = tmp_path / "c.json"
+    cal.save(path)
+    assert Calibration.load(path) == cal
+    text = path.read_text()
+    cases = {"cut": text[:len(text) // 2], "not utf-8": b"\xff\xfe".decode("latin-1"), "deep": "[" * 100000}
+    for what, body in cases.items():
+        path.write_text(body, encoding="latin-1")
+        with pytest.raises(ValueError, match=r"c.json is not a stagevar calibration \("):
+            Calibration.load(path)
+    data = json.loads(text)
+    del data["alphas"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"c.json is not a complete stagevar calibration \(missing \['alphas'\]\)"):
+        Calibration.load(path)
+    data = json.loads(text)
+    data["psnr_to_final"] = data["psnr_to_final"][:-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"'psnr_to_final' must be a list with one entry per scale \(4\)"):
+        Calibration.load(path)

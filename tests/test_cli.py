@@ -246,3 +246,16 @@ def test_the_installed_checkpoint_is_never_written(tmp_path, capsys):
         _calibrate(tmp_path, BUNDLED["stagevar-tiny-var"])
     assert "is the bundled checkpoint installed with stagevar" in capsys.readouterr().err
     assert open(BUNDLED["stagevar-tiny-var"], "rb").read() == before
+
+
+@pytest.mark.parametrize("flag", ["--out", "--config-out", "--plot"])
+def test_calibrate_refuses_a_folder_as_an_output_file_before_work(tmp_path, capsys, monkeypatch, flag):
+    """calibrate --out DIR ran the whole calibration, then lost its output."""
+    import stagevar.tools.calibrate as tool
+
+    monkeypatch.setattr(tool, "calibrate", lambda *a, **k: pytest.fail("calibrated before refusing"))
+    args = ["calibrate", "--shape", "tiny", "--out", str(tmp_path / "c.json"), flag, str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    assert e.value.code == 2 and f"{flag} {tmp_path} is a folder; give the path of the file to write" in \
+        capsys.readouterr().err

@@ -492,3 +492,24 @@ def test_any_text_gives_a_config_or_a_config_error(text):
         StageVARConfig.from_json(text)
     except ConfigError:
         pass
+
+
+def test_save_is_atomic_and_load_names_the_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.json"
+    StageVARConfig(name="old").save(path)
+    real_dumps = json.dumps
+
+    def failing(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(json, "dumps", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        StageVARConfig(name="new").save(path)
+    monkeypatch.setattr(json, "dumps", real_dumps)
+    assert StageVARConfig.load(path).name == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["c.json"]
+    path.write_bytes(b"\xff\xfe{")
+    with pytest.raises(ConfigError, match=r"c.json: not valid JSON for a StageVARConfig"):
+        StageVARConfig.load(path)
+    path.write_text('{"reducer": "svd"}')
+    with pytest.raises(ConfigError, match=r"c.json: reducer='svd' is not one of"):
+        StageVARConfig.load(path)

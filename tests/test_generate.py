@@ -259,3 +259,30 @@ def test_geneval_layout_writes_what_genevals_evaluator_reads(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(argv + ["--layout", "geneval", "--out", str(f)]) == 1  # the flat folder is another run's
     assert "run with --layout flat" in capsys.readouterr().err
+
+
+def test_a_prompts_file_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    """A UTF-8 byte-order mark became part of the first prompt (and broke .jsonl)."""
+    from stagevar.tools.generate import read_prompts
+
+    plain, jsonl, latin = tmp_path / "p.txt", tmp_path / "p.jsonl", tmp_path / "l.txt"
+    plain.write_bytes("\ufeffa red fox\nsnow\n".encode("utf-8"))
+    jsonl.write_bytes('\ufeff{"prompt": "a red fox", "tag": 1}\n'.encode("utf-8"))
+    latin.write_bytes("caf\xe9\n".encode("latin-1"))
+    assert read_prompts(str(plain)) == (["a red fox", "snow"], None)
+    assert read_prompts(str(jsonl)) == (["a red fox"], [{"prompt": "a red fox", "tag": 1}])
+    with pytest.raises(ValueError, match=r"l.txt is not UTF-8 text .*save the prompts file as UTF-8"):
+        read_prompts(str(latin))
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100000 + "\n")
+    with pytest.raises(ValueError, match="line 1 is not a JSON object with a 'prompt'"):
+        read_prompts(str(deep))
+
+
+def test_a_manifest_that_is_not_json_is_named(tmp_path):
+    from stagevar.tools.generate import MANIFEST, _read_json
+
+    for text in (b"{\"format\": ", b"\xff\xfe", b"[" * 100000):
+        (tmp_path / MANIFEST).write_bytes(text)
+        with pytest.raises(ValueError, match=f"{MANIFEST} is not valid JSON"):
+            _read_json(str(tmp_path / MANIFEST))

@@ -628,3 +628,34 @@ def test_skipping_a_middle_scale_feeds_the_next_scale_what_was_generated():
         assert K - 3 not in obs.x
         seen.append(obs.x[K - 2])
     assert (seen[0] - seen[1]).abs().amax() > 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# trunk_scale runs the prefix of the full call's plan; negative prompts are counted.
+def test_a_truncated_call_runs_the_prefix_of_the_full_plan(bundle):
+    """The plan was resolved on the shortened schedule: structure scales got cut, a short trunk raised."""
+    K = len(bundle.schedule("1:1"))
+    stagevar.accelerate(bundle.model, "infinity-2b")  # the last three scales accelerated
+    for trunk in (1, K - 3, K - 1):
+        kw = call_kwargs(bundle, 2, trunk_scale=trunk)
+        if trunk <= K - 3:
+            with pytest.warns(stagevar.NoAccelerationWarning, match=f"stops after scale {trunk - 1}, before any"):
+                got = bundle.model.autoregressive_infer_cfg(**kw)
+        else:
+            got = bundle.model.autoregressive_infer_cfg(**kw)
+        modes = [s.mode for s in stagevar.last_report(bundle.model).scales]
+        assert len(modes) == trunk
+        assert modes == (["intact"] * (K - 3) + ["uncond-only+low-rank"] * 3)[:trunk]
+        if trunk <= K - 3:  # nothing accelerated: the model's own call, bit for bit
+            stagevar.restore(bundle.model)
+            assert torch.equal(got[2], bundle.model.autoregressive_infer_cfg(**kw)[2])
+            stagevar.accelerate(bundle.model, "infinity-2b")
+
+
+def test_a_wrong_number_of_negative_prompts_is_named(bundle):
+    stagevar.accelerate(bundle.model, "none")
+    kw = call_kwargs(bundle, 3)
+    kw["negative_label_B_or_BLT"] = bundle.encode(["blurry"] * 2)
+    with pytest.raises(ValueError, match=r"negative_label_B_or_BLT packs 2 negative prompts but label_B_or_BLT packs "
+                                         r"3 prompts: give one negative prompt per prompt"):
+        bundle.model.autoregressive_infer_cfg(**kw)

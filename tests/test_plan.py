@@ -173,3 +173,18 @@ def test_describe_prints_one_line_per_scale():
                                "scale  1 2x3 M=6: skip\n"
                                "scale 12 4x4 M=16: uncond-only+low-rank ranks=3,16")
     assert describe([]) == ""
+
+
+def test_two_keys_naming_one_scale_are_refused_naming_both():
+    """rank_ratios {-1: .., 3: ..} on four scales resolved silently by dict order."""
+    sched = [(1, 1), (2, 2), (3, 3), (4, 4)]
+    with pytest.raises(ConfigError, match=r"rank_ratios keys -1 and 3 both name scale 3 of this 4-scale schedule"):
+        resolve_plan(StageVARConfig(refine_start=-2, rank_ratios={-1: 0.1, 3: 0.2}), sched, 2)
+    table = {2: {0.96: [0.3]}, -2: {0.96: [0.4]}}
+    with pytest.raises(ConfigError, match=r"rank_table keys 2 and -2 both name scale 2"):
+        resolve_plan(StageVARConfig(refine_start=-2, rank_table=table, alpha=0.96), sched, 1)
+    # on a longer schedule the same keys are two scales, and rank_ratios still wins over the table
+    plans = resolve_plan(StageVARConfig(refine_start=-3, rank_ratios={-1: 0.5}, rank_table={-1: {0.96: [0.25]},
+                                                                                          3: {0.96: [0.75]}},
+                                        alpha=0.96), sched + [(5, 5)], 1)
+    assert plans[-1].ranks == (int(0.5 * 25) + 1,) and plans[3].ranks == (int(0.75 * 16) + 1,)

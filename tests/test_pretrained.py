@@ -39,8 +39,18 @@ def test_errors_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="could not fetch model.safetensors of Hugging Face Hub repo 'someone/some-var'"):
         load_pretrained("someone/some-var")
-    with pytest.raises(FileNotFoundError, match="neither a bundled checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder: .*missing"):
         load_pretrained(str(tmp_path / "missing" / "x.safetensors"))
+    # a relative path of one folder and a file looks like 'owner/name': it was sent to the Hub
+    monkeypatch.chdir(tmp_path)
+    for local in ("ckpts/model.safetensors", "./mine", "~/mine"):
+        with pytest.raises(FileNotFoundError, match=f"no such file or folder: '{local}' \\(a local path"):
+            load_pretrained(local)
+    (tmp_path / "ckpts").mkdir()
+    with pytest.raises(FileNotFoundError, match="no such file or folder: 'ckpts/mine'"):
+        load_pretrained("ckpts/mine")  # its first part is a local folder
+    with pytest.raises(FileNotFoundError, match="neither a bundled checkpoint"):
+        load_pretrained("not-a-name")
     with pytest.raises(ValueError, match="class names for a model with"):
         save_pretrained(reference_var("tiny"), str(tmp_path / "x.safetensors"), ["one"], {})
     from safetensors.torch import save_file

@@ -11,6 +11,7 @@ import torch
 
 import stagevar
 import stagevar.lowrank as engine_mod
+from conftest import edited_copy
 import stagevar.models.star as ref_star
 from stagevar import StageVARConfig
 from stagevar.adapters import STARAdapter, UnsupportedModelError, adapter_for
@@ -318,13 +319,15 @@ def test_a_forks_extra_argument_is_refused_by_name():
     """The StageVAR authors' fork adds `alpha=` (their rank table's key): a non-default value is named,
     not silently ignored."""
 
-    class Fork(STAR):
-        def autoregressive_infer_cfg(self, B, label_B=None, encoder_hidden_states=None, encoder_attention_mask=None,
-                                     encoder_pool_feat=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0,
-                                     more_smooth=False, w_mask=False, sample_version="new", alpha=None):
-            return super().autoregressive_infer_cfg(B, label_B, encoder_hidden_states, encoder_attention_mask,
-                                                    encoder_pool_feat, g_seed, cfg, top_k, top_p, more_smooth,
-                                                    w_mask, sample_version)
+    upstream = vars(STAR)["autoregressive_infer_cfg"]
+
+    def fork_call(self, B, label_B=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                  encoder_pool_feat=None, g_seed=None, cfg=1.5, top_k=0, top_p=0.0,
+                  more_smooth=False, w_mask=False, sample_version="new", alpha=None):
+        return upstream(self, B, label_B, encoder_hidden_states, encoder_attention_mask, encoder_pool_feat, g_seed, cfg,
+                        top_k, top_p, more_smooth, w_mask, sample_version)
+
+    Fork = edited_copy(STAR, "Fork", autoregressive_infer_cfg=fork_call)  # the fork edits the class itself
 
     bundle = reference_star("tiny")
     m = bundle.model

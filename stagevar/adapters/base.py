@@ -6,6 +6,7 @@ loop through these methods and never touches the model directly.
 from __future__ import annotations
 
 import inspect
+import numbers
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -44,6 +45,8 @@ class CallState:
         next_x: ``(rows, M, C)`` input of the next scale to run (``rows`` = 2B with CFG).
         branch: the CFG rows the call runs now: ``"both"``, or ``"cond"`` / ``"uncond"`` once
             :meth:`LoopAdapter.keep_rows` has cut it to one branch.
+        run_scales: the call stops after this many scales of its schedule (Infinity's
+            ``trunk_scale``); None: it runs them all. It runs the prefix of the full call's plan.
     """
 
     B: int
@@ -51,6 +54,7 @@ class CallState:
     rng: Optional[torch.Generator]
     next_x: Optional[torch.Tensor] = None
     branch: str = "both"
+    run_scales: Optional[int] = None
 
 
 #: The prompts the tools use for a text-to-image model when none are given.
@@ -199,6 +203,9 @@ class LoopAdapter:
                                 f"{'it' if len(unused) == 1 else 'them'} at the default, or call "
                                 f"stagevar.restore(model) to generate with the original method.")
         a.update(extra)
+        for name, check in (("B", _batch_size), ("g_seed", _seed)):
+            if name in a:
+                a[name] = check(a[name], self.entry_point)
         return a
 
     def seeded_generator(self, g_seed: Optional[int]) -> Optional[torch.Generator]:
@@ -293,7 +300,8 @@ class LoopAdapter:
         st.branch = branch
 
     def end(self, st: Any) -> None:
-        """Always called (in a ``finally``): caches off and emptied."""
+        """Always called (in a ``finally``): caches off and emptied, whatever ``begin`` installed
+        undone. ``st`` is None when ``begin`` itself failed, or on ``restore``: undo from the model alone."""
         for block in self.blocks():
             getattr(block, self.kv_attr).kv_caching(False)
 
@@ -316,6 +324,28 @@ class Adapter(LoopAdapter, GraphHooks, ToolHooks):
     on in ``required``, list the entry point's parameters it reads in ``consumed``, and register
     it (:func:`stagevar.register_adapter`). See README, "Adding a model family".
     """
+
+
+def _batch_size(value: Any, entry: str) -> int:
+    """``B``: a positive integer (numpy's too), never a float, a bool or a tensor cut with ``int()``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{entry}: B={value!r} ({type(value).__name__}) is not a batch size: pass a positive integer, "
+                         f"the number of images (and of labels or prompts)")
+    return int(value)
+
+
+def _seed(value: Any, entry: str) -> Optional[int]:
+    """``g_seed``: None (unseeded) or an integer (numpy's too) that ``torch.Generator.manual_seed`` takes."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{entry}: g_seed={value!r} ({type(value).__name__}) is not a seed: pass an integer, or None "
+                         f"for an unseeded call")
+    value = int(value)
+    if not -(2 ** 63) <= value < 2 ** 64:
+        raise ValueError(f"{entry}: g_seed={value} is outside what torch.Generator.manual_seed takes "
+                         f"(-2**63 .. 2**64 - 1)")
+    return value
 
 
 def _is_default(value: Any, default: Any) -> bool:

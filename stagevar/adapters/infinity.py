@@ -45,7 +45,6 @@ class _AnyKey(dict):
 class _InfinityCall(CallState):
     use_cfg: bool
     schedule: list              # the call's full scale_schedule, as passed
-    run_scales: int             # scales run (trunk_scale may stop early)
     cfg_list: Sequence[float]
     tau_list: Sequence[float]
     top_k: int
@@ -151,7 +150,7 @@ class InfinityAdapter(Adapter):
                     f"low-rank units must start at chunk boundaries: use unit_blocks={self.default_unit_blocks} or a divisor")
 
     def schedule(self, st: _InfinityCall):
-        return [(int(h), int(w)) for _, h, w in st.schedule[:st.run_scales]]
+        return [(int(h), int(w)) for _, h, w in st.schedule]  # trunk_scale: st.run_scales
 
     takes_prompts = True
 
@@ -172,6 +171,10 @@ class InfinityAdapter(Adapter):
         if use_cfg:
             if negative is not None:
                 kv_un, _, cu_un, max_un = negative
+                if cu_un.shape[0] != cu_seqlens_k.shape[0]:
+                    raise ValueError(f"negative_label_B_or_BLT packs {cu_un.shape[0] - 1} negative prompts but "
+                                     f"label_B_or_BLT packs {cu_seqlens_k.shape[0] - 1} prompts: give one negative "
+                                     f"prompt per prompt (B of them), or None for the learned null prompt")
                 kv_compact = torch.cat((kv_compact, kv_un), dim=0)
                 cu_seqlens_k = torch.cat((cu_seqlens_k, cu_un[1:] + cu_seqlens_k[-1]))
                 split["uncond"] = (n_cond, kv_compact.shape[0], int(max_un))

@@ -8,6 +8,7 @@ helpers, upstream's KV-cache layouts (SDPA and flash/xformers). Refuses blocks w
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
@@ -30,6 +31,12 @@ class _VARCall(CallState):
     f_hat: torch.Tensor            # (B, Cvae, H, W) accumulated latent
     sample: Any = None             # the sampling helpers of this call
     gumbel: Any = None
+
+
+def _what(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {tuple(value.shape)} {value.dtype} tensor"
+    return f"{value!r}"[:60] + f" (a {type(value).__name__})"
 
 
 class VARAdapter(VARLoopAdapter):
@@ -71,8 +78,12 @@ class VARAdapter(VARLoopAdapter):
         device = self.device()
         if label_B is None:
             label_B = torch.multinomial(m.uniform_prob, num_samples=B, replacement=True, generator=rng).reshape(B)
-        elif isinstance(label_B, int):
-            label_B = torch.full((B,), fill_value=m.num_classes if label_B < 0 else label_B, device=device)
+        elif isinstance(label_B, numbers.Integral) and not isinstance(label_B, bool):  # one class for all (numpy's too)
+            label_B = torch.full((B,), fill_value=m.num_classes if label_B < 0 else int(label_B), device=device)
+        elif not (isinstance(label_B, torch.Tensor) and label_B.ndim == 1 and not label_B.is_floating_point()
+                  and not label_B.is_complex() and label_B.dtype != torch.bool):
+            raise ValueError(f"label_B must be a 1-D integer tensor of B class indices, one int for every image, or "
+                             f"None (random classes); got {_what(label_B)}. For a list: torch.tensor(labels)")
         if label_B.shape[0] != B:
             raise ValueError(f"label_B has {label_B.shape[0]} labels but B={B}")
         sos = cond_BD = m.class_emb(torch.cat((label_B, torch.full_like(label_B, fill_value=m.num_classes)), dim=0))

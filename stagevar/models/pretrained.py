@@ -122,6 +122,12 @@ def same_tensors(a: str, b: str) -> bool:
         return False
 
 
+def _looks_local(name: str) -> bool:
+    """A path, not a Hub repo id: it names a file type, starts like a path, or its first part is a local folder."""
+    return (name.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".json")) or name.startswith((".", "/", "~"))
+            or os.sep in name and os.path.isdir(name.split(os.sep)[0]) or "\\" in name)
+
+
 def checkpoint_file(name_or_path: str) -> str:
     """The local file a checkpoint name, path, folder or Hub repo id stands for (downloaded if need be).
 
@@ -141,7 +147,10 @@ def checkpoint_file(name_or_path: str) -> str:
         return path
     if os.path.isfile(name_or_path):
         return name_or_path
-    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+    if _looks_local(name_or_path):
+        raise FileNotFoundError(f"no such file or folder: {name_or_path!r} (a local path; a Hugging Face Hub repo id "
+                                f"has the form 'owner/name')")
+    if name_or_path.count("/") == 1:
         from huggingface_hub import hf_hub_download
 
         try:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..adapters import adapter_for
 from ..config import ConfigError, StageVARConfig
 from ..engine import Engine, Observer
+from .._files import atomic_path, read_json
 from ..presets import preset
 from .metrics import feature_distance, lowfreq_features, psnr, ssim
 
@@ -151,18 +152,32 @@ class Calibration:
         return asdict(self)
 
     def save(self, path) -> None:
-        with open(path, "w") as f:
+        """Write :meth:`to_dict` as JSON (to a temporary name, then renamed: never half-written)."""
+        with atomic_path(os.fspath(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(self.to_dict(), f, indent=1)
 
     @classmethod
     def load(cls, path) -> "Calibration":
-        with open(path) as f:
-            data = json.load(f)
+        """Read a calibration written by :meth:`save`; a file that is not one is refused naming the
+        file and the field."""
+        how = "write one with stagevar.calibrate(...).save(path) or `stagevar calibrate --out`"
+        data = read_json(path, "a stagevar calibration", how)
         known = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data, dict) or set(data) - known:
-            extra = sorted(set(data) - known) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"{path} is not a stagevar calibration (unknown keys {extra}); write one with "
-                             f"stagevar.calibrate(...).save(path) or `stagevar calibrate --out`")
+            extra = sorted(map(str, set(data) - known)) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path} is not a stagevar calibration (unknown keys {extra}); {how}")
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        if required - set(data):
+            raise ValueError(f"{path} is not a complete stagevar calibration (missing {sorted(required - set(data))}); "
+                             f"{how}")
+        schedule = data["schedule"]
+        if not isinstance(schedule, list):
+            raise ValueError(f"{path}: 'schedule' must be a list of [t, h, w] scales, got {type(schedule).__name__}")
+        for name in ("psnr_to_final", "ssim_to_final", "feature_dist_to_final", "kl_cond_uncond", "rank_ratio_mean"):
+            if name in data and (not isinstance(data[name], list) or len(data[name]) != len(schedule)):
+                raise ValueError(f"{path}: '{name}' must be a list with one entry per scale ({len(schedule)}); "
+                                 f"the file was cut short or edited. {how}")
         return cls(**data)
 
     def __str__(self) -> str:

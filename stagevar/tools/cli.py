@@ -395,6 +395,9 @@ def _unwritable_outputs(args) -> str:
     for path, is_dir in outs:
         if not path:
             continue
+        if not is_dir and os.path.isdir(path):
+            flag = next(k for k in ("out", "config_out", "plot", "write_into") if getattr(args, k, None) == path)
+            return f"--{flag.replace('_', '-')} {path} is a folder; give the path of the file to write"
         folder = path if is_dir else (os.path.dirname(os.path.abspath(path)) or ".")
         problem = folder_problem(folder, "choose another --out", "choose another output path")
         if problem:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from .. import api
-from .._files import atomic_path, folder_problem
+from .._files import atomic_path, folder_problem, read_json
 from ._progress import Progress
 from .._warnings import warn_at_caller
 from ..adapters import adapter_for
@@ -347,11 +347,7 @@ def _hint(old: Dict[str, Any], key: str) -> str:
 
 
 def _read_json(path: str) -> Dict[str, Any]:
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); choose another output folder (--out)") from None
+    data = read_json(path, "valid JSON", "choose another output folder (--out)")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a stagevar generate manifest ({FORMAT}); choose another output folder (--out)")
     return data
@@ -411,8 +407,12 @@ __all__ = ["SEED_STRIDE", "MANIFEST", "LAYOUTS", "batch_seed", "file_name", "Bat
 def read_prompts(path: str) -> Tuple[List[str], Optional[List[dict]]]:
     """``(prompts, metadata)``: one prompt per non-empty line (metadata None); a ``.jsonl`` file
     (GenEval's metadata) one JSON object with a ``"prompt"`` per line, each object kept as metadata."""
-    with open(path) as f:
-        lines = [line.strip() for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first prompt
+            lines = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); save the prompts file as "
+                         f"UTF-8") from None
     if not path.endswith(".jsonl"):
         return lines, None
     records = []
@@ -420,7 +420,7 @@ def read_prompts(path: str) -> Tuple[List[str], Optional[List[dict]]]:
         try:
             record = json.loads(line)
             str(record["prompt"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise ValueError(f"{path}: line {i + 1} is not a JSON object with a 'prompt' (a .jsonl prompts file holds "
                              f"one per line; for plain text, one prompt per line, use another extension)") from None
         records.append(record)
