@@ -30,12 +30,18 @@ def parser(doc: str, rounds: Optional[int] = None) -> argparse.ArgumentParser:
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="run under torch.autocast(bfloat16), as upstream inference does")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check the arguments and imports, build and run nothing (benchmarks/gpu.sh --dry-run)")
     return ap
 
 
 def parse(ap: argparse.ArgumentParser) -> argparse.Namespace:
-    """Parse, refuse executors the device cannot run (before any model is built), fill ``--rounds``."""
+    """Parse, refuse executors the device cannot run (before any model is built), fill ``--rounds``.
+    With ``--dry-run``: the arguments parsed and the imports done, exit 0."""
     args = ap.parse_args()
+    if args.dry_run:
+        print(f"dry run: {ap.prog} {' '.join(sys.argv[1:])}: arguments and imports ok")
+        sys.exit(0)
     try:
         check_executions(args.execution, args.device)
     except stagevar.GraphsUnavailableError as e:
