@@ -85,7 +85,7 @@ def _config(config: Union[None, str, StageVARConfig], default_name: str) -> Stag
     return config
 
 
-def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: str) -> Engine:
+def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: str, capture_after: int = 3) -> Engine:
     """A validated engine: the config checked against the model's schedules before anything is patched."""
     carried = getattr(adapter.model, "stagevar_config", None)
     if config is None and isinstance(carried, StageVARConfig):
@@ -94,7 +94,7 @@ def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: s
         resolved, source = _config(None, adapter.default_preset), f"{adapter.family} family default"
     else:
         resolved, source = _config(config, adapter.default_preset), "given"
-    engine = Engine(adapter, resolved, executor=make_executor(execution, adapter.device()))
+    engine = Engine(adapter, resolved, executor=make_executor(execution, adapter.device(), capture_after=capture_after))
     engine.config_source = source
     # its schedule, or every schedule it knows (Infinity's RoPE tables), warning for the first only
     for i, schedule in enumerate(adapter.known_schedules()):
@@ -103,7 +103,7 @@ def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: s
 
 
 def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
-               wait: bool = True) -> Any:
+               wait: bool = True, capture_after: int = 3) -> Any:
     """Patch ``model`` (this instance only) to generate with StageVAR.
 
     The model's generation method (``autoregressive_infer_cfg``) is replaced on the instance by
@@ -123,6 +123,8 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
             See :mod:`stagevar.executors`.
         wait: calls into one model run one at a time (they share its KV caches); a call from
             another thread while one runs waits for it (True) or raises :class:`ModelBusyError`.
+        capture_after: under graphs, a call shape is captured on its ``capture_after``-th call
+            (the ones before run eagerly), so a shape seen once or twice costs no capture.
 
     Returns:
         ``model``.
@@ -145,7 +147,7 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
     with _PATCHING:
         patch: Optional[_Patch] = getattr(model, _ATTR, None)
         adapter = patch.engine.adapter if patch is not None else adapter_for(model)
-        replaced = attach(model, _engine(adapter, config, execution))
+        replaced = attach(model, _engine(adapter, config, execution, capture_after))
         getattr(model, _ATTR).wait = wait
     if replaced is not None:
         release_engine(replaced)
@@ -198,11 +200,12 @@ def engine_of(model: Any) -> Optional[Engine]:
     return None if patch is None else patch.engine
 
 
-def build_engine(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto") -> Engine:
+def build_engine(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
+                 capture_after: int = 3) -> Engine:
     """The engine :func:`accelerate` would install (config resolved and checked against the
     model's schedules), without installing it: for the tools that switch a model between several
     engines (:func:`attach`, :func:`detach`)."""
-    return _engine(adapter_for(_target(model)), config, execution)
+    return _engine(adapter_for(_target(model)), config, execution, capture_after)
 
 
 def attach(model: Any, engine: Engine) -> Optional[Engine]:

@@ -6,13 +6,17 @@
 private memory pool per *key* -- everything that fixes the shapes and the work of a call: the
 plan, the batch, the config, dtype and autocast state, the call's scalar arguments (CFG weights,
 temperatures, top-k/p, ...), the text length, and a fingerprint of the model (block identities,
-parameter storage, the sampling functions in use). A key's first call runs eagerly; its second
-call captures, replays, and compares the result (and the loop's final codes) with an eager run by
-``torch.equal``: any difference, or an error in capture or in a later replay, keeps the key eager
-(one warning, pool freed). Later calls build their inputs eagerly (labels, text, condition), copy
-them into the tensors the graphs were captured on, carry the states of the call's seeded sampling
-and projection generators over to the ones registered with the graphs, and replay scale by scale,
-recording events between replays for the per-scale report.
+parameter storage, the sampling functions in use). A key's first calls run eagerly; its
+``capture_after``-th (3 by default) captures, replays, and compares the result (and the loop's
+final codes) with an eager run by ``torch.equal``: any difference, or an error in capture, in that
+eager run or in a later replay, keeps the key eager (one warning naming where it differed, pool
+freed). The graphs read buffers and a sampling generator the executor owns: later calls build
+their inputs eagerly (labels, text, condition), copy them into those buffers (the caller's tensors
+are never written), carry the states of the call's seeded sampling and projection generators
+over to the executor's, replay scale by scale, recording events between replays for the per-scale
+report, and copy the sampling generator's state back (``model.rng`` ends where an eager call
+leaves it). Graphs are dropped only once their queued replays have run. The report counts, per
+key, its calls, captures, replays and eager calls.
 
 A call without a seed (``g_seed=None``) stays eager: its sampling draws from the global
 generator, which a replay could not reproduce. Graphs live in a per-model LRU (2 keys by
@@ -143,7 +147,9 @@ class CudaGraphBackend:
             return f"CUDA graphs need a CUDA device; this model is on {device}"
         if not torch.cuda.is_available():
             return "CUDA is not available in this process"
-        if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        if _torch_version() < (2, 6):  # multinomial, which every sampler draws with, is capture-safe from 2.6
+            return f"torch {torch.__version__} cannot capture torch.multinomial in a CUDA graph; graphs need torch >= 2.6"
+        if _torch_version() < (2, 14) and not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
             return (f"torch {torch.__version__} has no graph-safe generators (CUDAGraph.register_generator_state); "
                     f"graphs need a newer torch")
         return None
@@ -163,17 +169,30 @@ class CudaGraphBackend:
     def capture(self, fn: Callable[[], None], pool: Any, generators: List[torch.Generator], bindings: Bindings,
                 device: torch.device) -> Any:
         graph = torch.cuda.CUDAGraph()
-        for gen in generators:
-            graph.register_generator_state(gen)
-        with torch.cuda.device(device), torch.cuda.graph(graph, pool=pool):
+        if _torch_version() < (2, 14):  # later torch registers the generators a capture draws from itself
+            for gen in generators:
+                graph.register_generator_state(gen)
+        with torch.cuda.device(device), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             fn()
         return graph
 
     def replay(self, graph: Any) -> None:
         graph.replay()
 
+    def wait(self, device: torch.device) -> None:
+        """Until the replays queued on ``device`` have run (before their graphs are dropped)."""
+        torch.cuda.current_stream(device).synchronize()
+
     def release(self) -> None:
         torch.cuda.empty_cache()
+
+
+def _torch_version() -> tuple:
+    parts = []
+    for part in torch.__version__.split("+")[0].split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 @dataclasses.dataclass
@@ -181,8 +200,12 @@ class _Entry:
     """One key's graphs and the tensors they were captured on."""
 
     calls: int = 0
+    captures: int = 0
+    replays: int = 0
+    eager: int = 0
     graphs: Optional[List[Any]] = None
     call: Optional[Call] = None              # the captured call: its state holds the final tensors
+    rng: Optional[torch.Generator] = None    # the executor's own sampling generator, registered with the graphs
     static: Optional[List[torch.Tensor]] = None  # the captured call's inputs, copied into per call
     pool: Any = None
     stats: Any = None                        # the captured call's PlanStats: fixed per key
@@ -192,7 +215,7 @@ class _Entry:
 
     def drop_graphs(self) -> None:
         """Let go of the graphs, the tensors they were captured on and their pool."""
-        self.graphs = self.call = self.static = self.pool = self.stats = None
+        self.graphs = self.call = self.static = self.pool = self.stats = self.rng = None
 
 
 class GraphExecutor:
@@ -203,26 +226,33 @@ class GraphExecutor:
             (raise :class:`GraphsUnavailableError` instead, saying why).
         backend: what captures and replays (:class:`CudaGraphBackend`; tests pass a stand-in).
         max_keys: keys kept, least recently used evicted.
+        capture_after: a key is captured on its ``capture_after``-th call (the ones before run
+            eagerly): a call shape seen once or twice costs no capture.
     """
 
     name = "graphs"
 
-    def __init__(self, execution: str = "auto", backend: Any = None, max_keys: int = 2):
+    def __init__(self, execution: str = "auto", backend: Any = None, max_keys: int = 2, capture_after: int = 3):
         if execution not in ("auto", "graphs"):
             raise ValueError(f"execution={execution!r}: expected 'auto' or 'graphs'")
         if not isinstance(max_keys, int) or max_keys < 1:
             raise ValueError(f"max_keys={max_keys!r}: keep at least one key")
+        if isinstance(capture_after, bool) or not isinstance(capture_after, int) or capture_after < 2:
+            raise ValueError(f"capture_after={capture_after!r}: a key captures on its N-th call, N >= 2 (its first "
+                             f"call runs eagerly)")
         self.execution = execution
         self.backend = backend if backend is not None else CudaGraphBackend()
         self.max_keys = max_keys
+        self.capture_after = capture_after
         self._entries: "collections.OrderedDict[tuple, _Entry]" = collections.OrderedDict()
 
     # copies of the model (deepcopy, pickle) never carry graphs
     def __deepcopy__(self, memo: dict) -> "GraphExecutor":
-        return GraphExecutor(self.execution, self.backend, self.max_keys)
+        return GraphExecutor(self.execution, self.backend, self.max_keys, self.capture_after)
 
     def __getstate__(self) -> dict:
-        return dict(execution=self.execution, backend=self.backend, max_keys=self.max_keys)
+        return dict(execution=self.execution, backend=self.backend, max_keys=self.max_keys,
+                    capture_after=self.capture_after)
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -232,11 +262,25 @@ class GraphExecutor:
         return list(self._entries)
 
     def release(self) -> None:
-        """Free every key's graphs and pools."""
-        had = any(e.graphs is not None for e in self._entries.values())
+        """Free every key's graphs and pools (once their queued replays have run)."""
+        had = [e for e in self._entries.values() if e.graphs is not None]
+        if had:
+            self._wait(had[0])
         self._entries.clear()
         if had:
             self.backend.release()
+
+    def _wait(self, entry: _Entry) -> None:
+        """Graphs are dropped only after their replays have run (their generator seeds and pool are
+        freed with them, which a queued replay still reads)."""
+        wait = getattr(self.backend, "wait", None)
+        if wait is not None and entry.call is not None:
+            wait(entry.call.gen.device)
+
+    def counts(self) -> dict:
+        """Per key (in LRU order): its calls, captures, replays and eager calls."""
+        return {i: dict(calls=e.calls, captures=e.captures, replays=e.replays, eager=e.eager)
+                for i, e in enumerate(self._entries.values())}
 
     # ------------------------------------------------------------------------------------------
     def _refuse(self, reason: str) -> None:
@@ -262,6 +306,16 @@ class GraphExecutor:
                 torch.is_inference_mode_enabled(), ad.fingerprint())
 
     def run(self, engine: Engine, args: tuple, kwargs: dict) -> Any:
+        self._entry: Optional[_Entry] = None
+        try:
+            return self._run(engine, args, kwargs)
+        finally:
+            report, entry = engine.unread_report(), self._entry
+            if report is not None and entry is not None:  # what this call's key has done so far
+                report.key_counts = dict(calls=entry.calls, captures=entry.captures, replays=entry.replays,
+                                         eager=entry.eager)
+
+    def _run(self, engine: Engine, args: tuple, kwargs: dict) -> Any:
         t0 = time.perf_counter()
         engine.last_report = None
         reason = self.backend.unavailable(engine.adapter.device())
@@ -282,14 +336,20 @@ class GraphExecutor:
                 while len(self._entries) > self.max_keys:
                     _, old = self._entries.popitem(last=False)
                     if old.graphs is not None:
+                        self._wait(old)
                         old.drop_graphs()
                         self.backend.release()
             self._entries.move_to_end(key)
+            self._entry = entry
             entry.calls += 1
             if entry.failed:
+                entry.eager += 1
                 return engine.loop_eager(call, t0, note=f"graphs off for this key: {entry.failed}")
-            if entry.graphs is None and entry.calls == 1:
-                return engine.loop_eager(call, t0, note="first call of this key runs eager; the next captures")
+            if entry.graphs is None and entry.calls < self.capture_after:
+                entry.eager += 1
+                when = "the next call" if entry.calls == self.capture_after - 1 else f"call {self.capture_after}"
+                return engine.loop_eager(call, t0, note=f"call {entry.calls} of this key runs eager ({'first call; ' if entry.calls == 1 else ''}"
+                                                        f"{when} captures)")
             if entry.graphs is None:
                 ended = True  # _capture ends the call
                 return self._capture(engine, entry, call, args, kwargs, t0)
@@ -317,6 +377,7 @@ class GraphExecutor:
         """End ``call``, turn its key's graphs off, and run the call anew, eagerly."""
         engine.end(call)
         self._fail(entry, why)
+        entry.eager += 1
         return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
 
     def _capture(self, engine: Engine, entry: _Entry, call: Call, args: tuple, kwargs: dict,
@@ -327,7 +388,14 @@ class GraphExecutor:
         device = ad.device()
         graphs: List[Any] = []
         error = ""
+        user_rng = call.st.rng
         try:
+            # the graphs read and write buffers and a sampling generator the executor owns: later replays
+            # copy into them, so the caller's tensors (a prompt's text, cu_seqlens) and generator
+            # (model.rng) are never the graphs' own
+            _own_inputs(call.st)
+            call.st.rng = entry.rng = torch.Generator(device=user_rng.device)
+            entry.rng.set_state(user_rng.get_state())
             static = state_tensors(call.st)
             generators = [call.st.rng, call.gen]
             bindings = Bindings(call)
@@ -354,19 +422,33 @@ class GraphExecutor:
         if error:  # outside the except: its traceback no longer holds the partial graphs and their pool
             graphs.clear()
             pool = None
+            user_rng.set_state(call.st.rng.get_state())
             return self._fall_back(engine, entry, call, error, args, kwargs)
         try:
             out = self._finish_replay(engine, entry, timeline, t0)
             final = [t.clone() for t in ad.final_tensors(call.st)]
         finally:
             engine.end(call)
+        after = entry.rng.get_state()  # where the replayed call left the sampling generator
         report = engine.unread_report()
         ref_final: List[torch.Tensor] = []  # the same call, eagerly: its output and its final tensors
-        reference = engine.run_eager(args, kwargs, before_end=lambda c: ref_final.extend(ad.final_tensors(c.st)))
-        if not (outputs_equal(out, reference) and outputs_equal(final, ref_final)):
-            self._fail(entry, "the replayed output differs from the eager output (torch.equal)")
+        error = ""
+        try:
+            reference = engine.run_eager(args, kwargs, before_end=lambda c: ref_final.extend(ad.final_tensors(c.st)))
+        except Exception as e:  # noqa: BLE001 -- out of memory beside the new graphs, say: drop them, run again
+            error = f"the eager reference run beside the new graphs failed ({type(e).__name__}: {e})"
+        if error:
+            self._fail(entry, error)
+            entry.eager += 1
+            return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
+        where = _first_difference(out, reference, "output") or _first_difference(final, ref_final, "final tensor")
+        if where:
+            self._fail(entry, f"the replayed call differs from the eager call (torch.equal) at {where}")
             engine.note(f"graphs off for this key: {entry.failed}")
+            entry.eager += 1
             return reference
+        user_rng.set_state(after)  # the replayed call's result is returned: so is its generator's state
+        entry.captures += 1
         report.note = "captured in this call, checked against eager"
         engine.last_report = report
         return out
@@ -398,6 +480,9 @@ class GraphExecutor:
         for graph in entry.graphs:
             self.backend.replay(graph)
             timeline.mark()
+        if fresh:  # the call's own generator (model.rng) ends where the eager call would leave it
+            call.st.rng.set_state(captured.st.rng.get_state())
+            entry.replays += 1
         return timeline
 
     def _finish_replay(self, engine: Engine, entry: _Entry, timeline: Timeline, t0: float) -> Any:
@@ -410,7 +495,47 @@ class GraphExecutor:
         return out
 
 
-def make_executor(execution: str, device: torch.device, backend: Any = None, max_keys: int = 2) -> Executor:
+def _own_inputs(st: Any) -> None:
+    """Rebind every tensor of the call state to a copy the executor owns (a tensor two fields share
+    stays shared), so that replays, which copy each call's inputs in, never write the caller's."""
+    memo: dict = {}
+
+    def own(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if id(value) not in memo:
+                memo[id(value)] = value.clone()
+            return memo[id(value)]
+        if isinstance(value, list):
+            return [own(v) for v in value]
+        if isinstance(value, tuple):
+            return type(value)(*map(own, value)) if hasattr(value, "_fields") else tuple(own(v) for v in value)
+        if isinstance(value, dict):
+            return {k: own(v) for k, v in value.items()}
+        return value
+
+    for f in dataclasses.fields(st):
+        if f.name not in _UNKEYED:
+            setattr(st, f.name, own(getattr(st, f.name)))
+
+
+def _first_difference(a: Any, b: Any, where: str) -> str:
+    """Where two outputs first differ (``output[2]: max |diff| 0.25``), or '' where they are equal."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _first_difference(x, y, f"{where}[{i}]")
+            if found:
+                return found
+        return ""
+    if outputs_equal(a, b):
+        return ""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype:
+        diff = (a.double() - b.double()).abs()
+        return f"{where} ({int((diff > 0).sum())} of {diff.numel()} values, max |diff| {float(diff.max()):.3g})"
+    return f"{where}"
+
+
+def make_executor(execution: str, device: torch.device, backend: Any = None, max_keys: int = 2,
+                  capture_after: int = 3) -> Executor:
     """The executor for ``execution`` on ``device``; raises where ``"graphs"`` cannot run."""
     if execution not in EXECUTIONS:
         raise ValueError(f"execution={execution!r} is not one of {EXECUTIONS}")
@@ -423,7 +548,7 @@ def make_executor(execution: str, device: torch.device, backend: Any = None, max
             raise GraphsUnavailableError(f"stagevar: execution='graphs' cannot run: {reason}. "
                                          f"Use execution='auto' (eager where graphs cannot run) or 'eager'.")
         return EagerExecutor()
-    return GraphExecutor("graphs" if execution == "graphs" else "auto", backend, max_keys)
+    return GraphExecutor("graphs" if execution == "graphs" else "auto", backend, max_keys, capture_after)
 
 
 __all__ = ["EXECUTIONS", "EagerExecutor", "GraphExecutor", "CudaGraphBackend", "GraphsUnavailableError",

@@ -140,6 +140,7 @@ class Report:
     host_s: float = 0.0
     capture_s: float = 0.0
     pool_bytes: int = 0
+    key_counts: dict = field(default_factory=dict)  # graph executor: this call's key's calls, captures, replays, eager
     timeline: Any = field(default=None, repr=False, compare=False)
 
     def resolve(self) -> "Report":
@@ -177,7 +178,7 @@ class Report:
         return {
             "config": self.config_name, "config_source": self.config_source, "batch_size": self.batch_size, "device": self.device,
             "executor": self.executor, "note": self.note, "host_s": self.host_s, "capture_s": self.capture_s,
-            "pool_bytes": self.pool_bytes,
+            "pool_bytes": self.pool_bytes, "key_counts": dict(self.key_counts),
             "loop_s": self.loop_s, "decode_s": self.decode_s, "total_s": self.total_s,
             "skipping": self.skipping, "token_rows": self.token_rows, "intact_token_rows": self.intact_token_rows, "gflops": self.gflops,
             "scales": [dict(asdict(s), M=s.M, token_rows=s.token_rows) for s in self.scales],
@@ -200,6 +201,10 @@ class Report:
         if self.executor == "graphs":
             issue += (f"; graphs captured once in {self.capture_s * 1e3:.0f} ms, "
                       f"pool {self.pool_bytes / 2 ** 20:.0f} MiB")
+        if self.key_counts:
+            k = self.key_counts
+            issue += (f"; this call shape: {k['calls']} calls, {k['captures']} capture(s), {k['replays']} replays, "
+                      f"{k['eager']} eager")
         lines.append(issue)
         return "\n".join(lines)
 

@@ -21,7 +21,7 @@ def _graphs(monkeypatch, model, config, max_keys=2, **fake):
     """Accelerate ``model`` with execution='graphs' on the stand-in backend; returns the backend."""
     backend = ReplayingBackend(model, **fake)
     monkeypatch.setattr(ex, "CudaGraphBackend", lambda: backend)
-    stagevar.accelerate(model, config, execution="graphs")
+    stagevar.accelerate(model, config, execution="graphs", capture_after=2)
     getattr(model, _ATTR).engine.executor.max_keys = max_keys
     return backend
 
@@ -107,7 +107,7 @@ def test_every_static_input_is_copied_in(monkeypatch, small):
     kw = gen_kwargs(2, seed=0)
 
     def captured():  # a fresh key, captured; its entry
-        stagevar.accelerate(small, "var-d16", execution="graphs")
+        stagevar.accelerate(small, "var-d16", execution="graphs", capture_after=2)
         small.autoregressive_infer_cfg(**kw)
         small.autoregressive_infer_cfg(**kw)
         entry = next(iter(_executor(small)._entries.values()))
@@ -247,12 +247,12 @@ def test_inexact_replay_falls_back_to_eager(monkeypatch, small):
 
 def test_unseeded_calls_stay_eager(monkeypatch, small):
     backend = _graphs(monkeypatch, small, "var-d16")
-    stagevar.accelerate(small, "var-d16", execution="auto")
+    stagevar.accelerate(small, "var-d16", execution="auto", capture_after=2)
     for _ in range(3):
         small.autoregressive_infer_cfg(**gen_kwargs(2, seed=None))
     rep = stagevar.last_report(small)
     assert rep.executor == "eager" and "unseeded" in rep.note and backend.captures == 0
-    stagevar.accelerate(small, "var-d16", execution="graphs")
+    stagevar.accelerate(small, "var-d16", execution="graphs", capture_after=2)
     with pytest.raises(GraphsUnavailableError, match="unseeded"):
         small.autoregressive_infer_cfg(**gen_kwargs(2, seed=None))
     assert all(b.attn.cached_k is None for b in small.blocks)
@@ -405,7 +405,7 @@ def test_cuda_graphs_none_equals_unpatched_and_presets_equal_eager(family, B, au
     with ctx():
         want = [out(model.autoregressive_infer_cfg(**kw)) for kw in kws]
         for config in ["none"] + presets:
-            stagevar.accelerate(model, config, execution="graphs")
+            stagevar.accelerate(model, config, execution="graphs", capture_after=2)
             ref = want if config == "none" else [out(_eager(model, config, kw)) for kw in kws]
             got = [_no_fallback(lambda kw=kw: out(model.autoregressive_infer_cfg(**kw))) for kw in kws]
             assert stagevar.last_report(model).executor == "graphs", stagevar.last_report(model).note
@@ -422,7 +422,7 @@ def test_cuda_random_labels_replay_as_eager():
     dev = torch.device("cuda")
     model = reference_var("small", device=dev)
     for _ in range(2):
-        stagevar.accelerate(model, "var-d16", execution="graphs")
+        stagevar.accelerate(model, "var-d16", execution="graphs", capture_after=2)
         kws = [dict(gen_kwargs(4, seed=s), label_B=None) for s in (0, 1, 2)]
         got = [_no_fallback(lambda kw=kw: model.autoregressive_infer_cfg(**kw)) for kw in kws]
         assert stagevar.last_report(model).executor == "graphs", stagevar.last_report(model).note
@@ -437,7 +437,7 @@ def test_cuda_random_labels_replay_as_eager():
 def test_cuda_release_graphs_lowers_reserved_memory():
     dev = torch.device("cuda")
     model = reference_var("small", device=dev)
-    stagevar.accelerate(model, "var-d16", execution="graphs")
+    stagevar.accelerate(model, "var-d16", execution="graphs", capture_after=2)
     kw = gen_kwargs(8, seed=0, label_B=torch.arange(8, device=dev) % 10)
     for _ in range(3):
         _no_fallback(lambda: model.autoregressive_infer_cfg(**kw))
@@ -448,3 +448,114 @@ def test_cuda_release_graphs_lowers_reserved_memory():
     before = torch.cuda.memory_reserved()
     stagevar.release_graphs(model)
     assert before - torch.cuda.memory_reserved() >= rep.pool_bytes
+
+
+# ------------------------------------------------------------------------------------------
+# Real use: a shape is captured on its N-th call; the caller's tensors and generator stay the caller's.
+def test_a_key_is_captured_on_its_third_call_and_the_report_counts_it(monkeypatch, small):
+    backend = ReplayingBackend(small)
+    monkeypatch.setattr(ex, "CudaGraphBackend", lambda: backend)
+    stagevar.accelerate(small, "var-d16", execution="graphs")  # capture_after=3, the default
+    kw = gen_kwargs(2, seed=1)
+    notes = []
+    for _ in range(5):
+        small.autoregressive_infer_cfg(**kw)
+        rep = stagevar.last_report(small)
+        notes.append((rep.executor, rep.key_counts))
+    assert [n[0] for n in notes] == ["eager", "eager", "graphs", "graphs", "graphs"]
+    assert notes[0][1] == dict(calls=1, captures=0, replays=0, eager=1)
+    assert notes[2][1] == dict(calls=3, captures=1, replays=0, eager=2)
+    assert notes[4][1] == dict(calls=5, captures=1, replays=2, eager=2)
+    assert "this call shape: 5 calls, 1 capture(s), 2 replays, 2 eager" in str(stagevar.last_report(small))
+    assert backend.captures == len(small.patch_nums)
+    other = gen_kwargs(3, seed=1)  # another shape, seen twice: never captured
+    small.autoregressive_infer_cfg(**other)
+    small.autoregressive_infer_cfg(**other)
+    assert stagevar.last_report(small).key_counts == dict(calls=2, captures=0, replays=0, eager=2)
+    assert backend.captures == len(small.patch_nums)
+    with pytest.raises(ValueError, match="capture_after=1: a key captures on its N-th call, N >= 2"):
+        ex.GraphExecutor(capture_after=1)
+
+
+def test_replays_never_write_the_callers_tensors_and_leave_model_rng_as_eager(monkeypatch):
+    """STAR's text tensors were the graphs' static inputs: later replays copied other prompts into them."""
+    from test_star import call_kwargs as star_kwargs
+
+    from stagevar.models import reference_star
+
+    bundle = reference_star("tiny")
+    m = bundle.model
+    _graphs(monkeypatch, m, "star-d30")
+    first = star_kwargs(bundle, 2, seed=1, prompts=["a red cat", "sky"])
+    kept = {k: v.clone() for k, v in first.items() if isinstance(v, torch.Tensor)}
+    m.autoregressive_infer_cfg(**first)
+    m.autoregressive_infer_cfg(**first)  # captured on the caller's tensors
+    assert stagevar.last_report(m).executor == "graphs"
+    later = star_kwargs(bundle, 2, seed=5, prompts=["an old boat", "a dog"])
+    got = m.autoregressive_infer_cfg(**later)
+    assert stagevar.last_report(m).executor == "graphs"
+    for k, v in kept.items():
+        assert torch.equal(first[k], v), f"a replay wrote the caller's {k}"
+    rng_after_replay = m.rng.get_state() if isinstance(getattr(m, "rng", None), torch.Generator) else None
+    want = _eager(m, "star-d30", later)
+    assert torch.equal(got, want)
+    if rng_after_replay is not None and m.rng.device == torch.device("cpu"):
+        assert torch.equal(rng_after_replay, m.rng.get_state())  # the eager call leaves model.rng there too
+
+
+def test_a_failing_eager_reference_leaves_the_key_eager_and_returns_an_eager_result(monkeypatch, small):
+    """The capture call's eager check ran outside the fallback: an out-of-memory error there reached the user."""
+    _graphs(monkeypatch, small, "var-d16")
+    kw = gen_kwargs(2, seed=4)
+    want = _eager(small, "var-d16", kw)
+    small.autoregressive_infer_cfg(**kw)
+    engine = getattr(small, _ATTR).engine
+    real, runs = engine.run_eager, []
+
+    def run_eager(*a, **k):
+        runs.append(1)
+        if len(runs) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "run_eager", run_eager)
+    with pytest.warns(GraphFallbackWarning, match="eager reference run beside the new graphs failed"):
+        got = small.autoregressive_infer_cfg(**kw)
+    assert torch.equal(got, want) and len(runs) == 2
+    assert "graphs off for this key" in stagevar.last_report(small).note
+    small.autoregressive_infer_cfg(**kw)
+    assert stagevar.last_report(small).executor == "eager"
+
+
+def test_an_inexact_replay_names_where_it_differed(monkeypatch, small):
+    _graphs(monkeypatch, small, "var-d16", perturb=True)
+    kw = gen_kwargs(2, seed=0)
+    small.autoregressive_infer_cfg(**kw)
+    with pytest.warns(GraphFallbackWarning, match=r"differs from the eager call \(torch.equal\) at output "
+                                                  r"\(\d+ of \d+ values, max \|diff\|"):
+        small.autoregressive_infer_cfg(**kw)
+
+
+def test_graphs_are_dropped_after_their_replays_have_run(monkeypatch, small):
+    backend = _graphs(monkeypatch, small, "var-d16", max_keys=1)
+    events = []
+    backend.wait = lambda device: events.append("wait")
+    real_release = backend.release
+    backend.release = lambda: (events.append("release"), real_release())
+    for B in (1, 1, 2, 2):  # the B=2 key evicts the captured B=1 key
+        small.autoregressive_infer_cfg(**gen_kwargs(B, seed=0))
+    assert events[:2] == ["wait", "release"]
+    stagevar.release_graphs(small)
+    assert events[-2:] == ["wait", "release"]
+
+
+def test_torch_versions_without_capture_safe_sampling_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ex, "_torch_version", lambda: (2, 5))
+    assert "graphs need torch >= 2.6" in ex.CudaGraphBackend().unavailable(torch.device("cuda"))
+    monkeypatch.setattr(ex, "_torch_version", lambda: (2, 14))  # registers generators itself: no method needed
+    monkeypatch.delattr(torch.cuda.CUDAGraph, "register_generator_state", raising=False)
+    assert ex.CudaGraphBackend().unavailable(torch.device("cuda")) is None
+    monkeypatch.setattr(ex, "_torch_version", lambda: (2, 10))
+    assert "no graph-safe generators" in ex.CudaGraphBackend().unavailable(torch.device("cuda"))
+    assert ex._torch_version() == (2, 10)

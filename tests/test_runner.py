@@ -120,7 +120,7 @@ def test_graph_arms_capture_once_and_replay_while_interleaved(monkeypatch, tiny)
     result = run_interleaved(tiny, arms, [gen_kwargs(2, seed=1)], rounds=2, warmup=1)
     K = len(tiny.patch_nums)
     assert backend.captures == 2 * K
-    assert len(calls) == (1 + 1 + 2 + 1 + 2) + 2 * len(arms)  # graphs arms: an eager call and the capture first
+    assert len(calls) == (1 + 1 + 3 + 1 + 3) + 2 * len(arms)  # graphs arms: two eager calls and the capture first
     for i, arm in enumerate(arms):
         reps = [r.report for r in result.of(i)]
         if arm.execution == "graphs":

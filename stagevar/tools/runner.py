@@ -240,9 +240,9 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
         batches: the generation call's keyword arguments, one dict per batch; every arm runs
             every batch with the same arguments (the same seeds) in every round.
         rounds: timed rounds. In each, every batch runs under every arm, in the given order.
-        warmup: untimed calls per arm on the first batch before the first round; at least two
-            for an arm that may run CUDA graphs (its first call of a shape runs eager, the second
-            captures), so its timed calls replay.
+        warmup: untimed calls per arm on the first batch before the first round; for an arm that
+            may run CUDA graphs at least its executor's ``capture_after`` (a shape's calls before
+            that run eager, that one captures), so its timed calls replay.
         on_call: told each timed call's :class:`Record` and output (after the timing).
         progress: a progress bar (tqdm when installed, else one line per call on stderr).
 
@@ -259,12 +259,14 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
         raise ValueError("stagevar's runner needs the unpatched model: call stagevar.restore(model) first")
     adapter = adapter_for(model)
     device = adapter.device()
-    warm = [max(warmup, 2) if a.execution != "eager" else warmup for a in arms]
-    bar = Progress(sum(warm) + rounds * len(batches) * len(arms), progress, desc, "call")
     records: List[Record] = []
-    switch = None
+    switch = bar = None
     try:
         switch = _Switch(model, arms)
+        # an arm that may run CUDA graphs warms up until its key is captured, so its timed calls replay
+        warm = [max(warmup, getattr(switch.engines[i].executor, "capture_after", 0)) if i in switch.engines
+                else warmup for i in range(len(arms))]
+        bar = Progress(sum(warm) + rounds * len(batches) * len(arms), progress, desc, "call")
         with _decode_timers(adapter, batches, device) as timers:
             def call(i: int, b: int) -> Tuple[Any, Any, float]:
                 switch.to(i)
@@ -289,7 +291,8 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
                         if on_call is not None:
                             on_call(rec, out)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if switch is not None:
             switch.close()
         else:
