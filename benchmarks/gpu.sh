@@ -24,7 +24,16 @@ dry=0
 out="${OUT:-/tmp}"
 mkdir -p "$out"
 log="$out/log.txt"
-py=python3
+# the python that holds torch: $PYTHON, else python3 (the GPU machine's), else this checkout's .venv
+py="${PYTHON:-python3}"
+if ! "$py" -c "import torch" 2>/dev/null; then
+  if [[ -z "${PYTHON:-}" && -x .venv/bin/python ]] && .venv/bin/python -c "import torch" 2>/dev/null; then
+    py=.venv/bin/python
+  else
+    echo "gpu.sh: $py cannot import torch; run it with the python that holds torch (PYTHON=/path/to/python)" >&2
+    exit 2
+  fi
+fi
 cuda_tests="tests/test_engine.py tests/test_executors.py tests/test_lowrank.py"
 deadline=$(( $(date +%s) + 290 ))
 failed=0

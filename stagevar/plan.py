@@ -131,7 +131,8 @@ class ScalePlan:
     @property
     def accelerated(self) -> bool:
         """Computes less than the intact scale would."""
-        return self.skipped or self.branch != "both" or any(r < self.M for r in self.unit_tokens(len(self.ranks or ())))
+        return (self.skipped or self.branch != "both"
+                or self.ranks is not None and any(r is not None and r < self.M for r in self.ranks))
 
     def unit_tokens(self, num_units: int) -> Tuple[int, ...]:
         """Tokens each of ``num_units`` units computes (``M`` where it runs intact)."""
