@@ -9,6 +9,7 @@ and ``stagevar.Calibration`` are looked up from :mod:`stagevar.tools.calibrate` 
 from .adapters import UnsupportedModelError, register_adapter
 from .api import (ModelBusyError, accelerate, accelerated, current_config, is_accelerated, last_report, release_graphs,
                   restore)
+from .engine import TextBucketWarning
 from .executors import GraphFallbackWarning, GraphsUnavailableError
 from .config import ConfigError, StageVARConfig
 from .plan import NoAccelerationWarning
@@ -29,6 +30,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "accelerate", "restore", "accelerated", "last_report", "release_graphs", "is_accelerated", "current_config",
-    "GraphsUnavailableError", "GraphFallbackWarning", "ModelBusyError", "register_adapter",
+    "GraphsUnavailableError", "GraphFallbackWarning", "TextBucketWarning", "ModelBusyError", "register_adapter",
     "calibrate", "Calibration", "StageVARConfig", "preset", "preset_names", "ConfigError", "UnsupportedModelError", "NoAccelerationWarning",
 ]

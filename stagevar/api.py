@@ -7,13 +7,13 @@ import functools
 import threading
 import types
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 from ._warnings import warn_at_caller
 from .adapters import UnsupportedModelError, adapter_for
 from .config import ConfigError, StageVARConfig
 from .engine import Engine
-from .executors import make_executor
+from .executors import GraphExecutor, make_executor
 from .presets import named
 from .report import Report
 
@@ -85,7 +85,29 @@ def _config(config: Union[None, str, StageVARConfig], default_name: str) -> Stag
     return config
 
 
-def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: str, capture_after: int = 3) -> Engine:
+def _text_buckets(value: Any, adapter: Any, graphs: bool) -> Tuple[int, ...]:
+    """The text lengths a call's text is padded up to: ``value`` checked, or (None) the family's
+    default under CUDA graphs and none under eager execution."""
+    if value is None:
+        return tuple(adapter.default_text_buckets()) if graphs else ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+        raise TypeError(f"stagevar.accelerate: text_buckets must be a tuple of text lengths, e.g. (64, 128, 256, 512), "
+                        f"or () for none; got {value!r}")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if bad:
+        raise ValueError(f"stagevar.accelerate: text_buckets={tuple(value)!r}: every length must be a positive int "
+                         f"(tokens); {bad!r} is not")
+    if any(b <= a for a, b in zip(value, value[1:])):
+        raise ValueError(f"stagevar.accelerate: text_buckets={tuple(value)!r}: give the lengths in increasing order, "
+                         f"each once")
+    if value and not adapter.takes_prompts:
+        raise ValueError(f"stagevar.accelerate: text_buckets={tuple(value)!r}, but a {adapter.family} model has no text "
+                         f"to pad: leave text_buckets unset (or ())")
+    return tuple(value)
+
+
+def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: str, capture_after: int = 3,
+            text_buckets: Any = None) -> Engine:
     """A validated engine: the config checked against the model's schedules before anything is patched."""
     carried = getattr(adapter.model, "stagevar_config", None)
     if config is None and isinstance(carried, StageVARConfig):
@@ -94,8 +116,10 @@ def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: s
         resolved, source = _config(None, adapter.default_preset), f"{adapter.family} family default"
     else:
         resolved, source = _config(config, adapter.default_preset), "given"
-    engine = Engine(adapter, resolved, executor=make_executor(execution, adapter.device(), capture_after=capture_after))
+    executor = make_executor(execution, adapter.device(), capture_after=capture_after)
+    engine = Engine(adapter, resolved, executor=executor)
     engine.config_source = source
+    engine.text_buckets = _text_buckets(text_buckets, adapter, isinstance(executor, GraphExecutor))
     # its schedule, or every schedule it knows (Infinity's RoPE tables), warning for the first only
     for i, schedule in enumerate(adapter.known_schedules()):
         engine.plan_for(schedule, warn=i == 0)
@@ -103,7 +127,7 @@ def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: s
 
 
 def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
-               wait: bool = True, capture_after: int = 3) -> Any:
+               wait: bool = True, capture_after: int = 3, text_buckets: Optional[Sequence[int]] = None) -> Any:
     """Patch ``model`` (this instance only) to generate with StageVAR.
 
     The model's generation method (``autoregressive_infer_cfg``) is replaced on the instance by
@@ -125,6 +149,14 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
             another thread while one runs waits for it (True) or raises :class:`ModelBusyError`.
         capture_after: under graphs, a call shape is captured on its ``capture_after``-th call
             (the ones before run eagerly), so a shape seen once or twice costs no capture.
+        text_buckets: text-to-image families (Infinity, STAR): a call's text is padded up to the
+            smallest of these lengths (tokens) that holds it, the padding masked wherever the text
+            is read, so prompts of different lengths share one call shape (and one set of CUDA
+            graphs). None: the family's default under graphs (Infinity: 32, 64, 128, 256 and its
+            text length; STAR: none, its encoder pads every prompt to one length), none under eager.
+            ``()``: off. The first call of each bucket runs padded and unpadded and keeps bucketing
+            only if the two are bit-identical (else it is off for the model, with a
+            :class:`TextBucketWarning`); the report names the bucket a call used.
 
     Returns:
         ``model``.
@@ -147,7 +179,7 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
     with _PATCHING:
         patch: Optional[_Patch] = getattr(model, _ATTR, None)
         adapter = patch.engine.adapter if patch is not None else adapter_for(model)
-        replaced = attach(model, _engine(adapter, config, execution, capture_after))
+        replaced = attach(model, _engine(adapter, config, execution, capture_after, text_buckets))
         getattr(model, _ATTR).wait = wait
     if replaced is not None:
         release_engine(replaced)
@@ -274,18 +306,18 @@ def detach(model: Any) -> Optional[Engine]:
 
 @contextlib.contextmanager
 def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
-                wait: bool = True) -> Iterator[Any]:
+                wait: bool = True, text_buckets: Optional[Sequence[int]] = None) -> Iterator[Any]:
     """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config,
     engine and last report). A :func:`restore` inside the block is kept."""
     patch = _patch_of(model)
     if patch is None:
-        accelerate(model, config, execution=execution, wait=wait)
+        accelerate(model, config, execution=execution, wait=wait, text_buckets=text_buckets)
         try:
             yield model
         finally:
             restore(model)
         return
-    inner = _engine(patch.engine.adapter, config, execution)
+    inner = _engine(patch.engine.adapter, config, execution, text_buckets=text_buckets)
     before = attach(model, inner)
     try:
         yield model

@@ -38,6 +38,10 @@ _MASK63 = (1 << 63) - 1
 DEBUG_CHECKS = os.environ.get("STAGEVAR_DEBUG", "") not in ("", "0")
 
 
+class TextBucketWarning(UserWarning):
+    """Text bucketing was turned off for a model: a padded call was not bit-identical to the unpadded one."""
+
+
 def projection_seed(g_seed: Optional[int], config_seed: int) -> int:
     """Seed of the projection/selection generator, derived from the call's seed and the config's.
 
@@ -45,6 +49,40 @@ def projection_seed(g_seed: Optional[int], config_seed: int) -> int:
     """
     base = -1 if g_seed is None else int(g_seed)
     return (base * 0x9E3779B97F4A7C15 + config_seed * 0xBF58476D1CE4E5B9 + 0x5EED) & _MASK63
+
+
+def outputs_equal(a: Any, b: Any) -> bool:
+    """Bit-equality of two generation outputs (tensors, nested lists/tuples, plain values)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a, b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(outputs_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def first_difference(a: Any, b: Any, where: str) -> str:
+    """Where two outputs first differ (``output[2]: max |diff| 0.25``), or '' where they are equal."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{where}[{i}]")
+            if found:
+                return found
+        return ""
+    if outputs_equal(a, b):
+        return ""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype:
+        diff = (a.double() - b.double()).abs()
+        return f"{where} ({int((diff > 0).sum())} of {diff.numel()} values, max |diff| {float(diff.max()):.3g})"
+    return f"{where}"
+
+
+def autocast_state(device: torch.device) -> tuple:
+    kind = device.type
+    try:
+        return (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+    except TypeError:  # older torch: no device argument
+        return (torch.is_autocast_enabled(), None)
 
 
 class Observer:
@@ -79,6 +117,7 @@ class Call:
     unit_out: List[Optional[Tuple[torch.Tensor, Tuple[int, int]]]]
     observer: Optional[Observer] = None
     branch: str = "both"
+    text: Tuple[int, int, str] = (0, 0, "")  # (longest text, bucket padded to or 0, why not padded)
 
 
 class Executor(Protocol):
@@ -124,6 +163,11 @@ class Engine:
         self.executor: Executor = executor if executor is not None else EagerExecutor()
         self.config_source = "given"
         self.debug = DEBUG_CHECKS
+        # text bucketing (see :meth:`_text_bucket`): the lengths, why it is off, the buckets checked
+        self.text_buckets: Tuple[int, ...] = ()
+        self.buckets_off = ""
+        self._buckets_checked: set = set()
+        self._unpadded = False
 
     def __getstate__(self) -> dict:
         # copies (deepcopy) start without the last call's report (it may hold CUDA events)
@@ -160,7 +204,75 @@ class Engine:
 
     def __call__(self, *args, **kwargs) -> Any:
         with torch.no_grad():
+            check = self._unchecked_bucket(args, kwargs)
+            if check is not None:
+                return self._check_bucket(check, args, kwargs)
             return self.executor.run(self, args, kwargs)
+
+    # -- text bucketing ----------------------------------------------------------------------------
+    def _text_bucket(self, args: tuple, kwargs: dict, g_seed: Any) -> Tuple[int, int, str]:
+        """``(longest text, bucket, why not)`` for a call: the smallest of ``text_buckets`` that holds
+        its text (0 where it is not padded, and why)."""
+        if not self.text_buckets:
+            return (0, 0, "")
+        n = self.adapter.text_length(args, kwargs)
+        if n is None:
+            return (0, 0, "")
+        if self.buckets_off:
+            return (n, 0, f"text buckets off: {self.buckets_off}")
+        if g_seed is None:
+            return (n, 0, "unseeded call: text not bucketed (it runs eagerly)")
+        if self._unpadded:
+            return (n, 0, "")
+        fits = [b for b in self.text_buckets if b >= n]
+        if not fits:
+            return (n, 0, f"text longer than every bucket ({self.text_buckets[-1]} tokens)")
+        return (n, fits[0], "")
+
+    def _unchecked_bucket(self, args: tuple, kwargs: dict) -> Optional[tuple]:
+        """The check key of a call whose bucket has not been checked against the unpadded call yet."""
+        if not self.text_buckets or self.buckets_off:
+            return None
+        try:
+            g_seed = self.adapter.bind_call(args, kwargs).get("g_seed")
+        except Exception:  # noqa: BLE001 -- the call itself reports its bad arguments
+            return None
+        _, bucket, _ = self._text_bucket(args, kwargs, g_seed)
+        if not bucket:
+            return None
+        key = (bucket, autocast_state(self.adapter.device()), torch.is_inference_mode_enabled())
+        return None if key in self._buckets_checked else key
+
+    def _check_bucket(self, key: tuple, args: tuple, kwargs: dict) -> Any:
+        """The first call of a bucket (per autocast state) runs padded and unpadded, eagerly: the
+        bucket is kept only where the two are bit-identical; a difference turns bucketing off for
+        this model, with one warning saying where. Returns the unpadded call's output and report."""
+        padded_final: List[torch.Tensor] = []
+        plain_final: List[torch.Tensor] = []
+
+        def grab(into: List[torch.Tensor]) -> Callable[[Call], None]:
+            return lambda c: into.extend(t.clone() for t in self.adapter.final_tensors(c.st))
+
+        padded = self.run_eager(args, kwargs, before_end=grab(padded_final))
+        self._unpadded = True
+        try:
+            out = self.run_eager(args, kwargs, before_end=grab(plain_final))
+        finally:
+            self._unpadded = False
+        report = self.unread_report()
+        where = first_difference(padded, out, "output") or first_difference(padded_final, plain_final, "final tensor")
+        if where:
+            self.buckets_off = (f"a call padded to {key[0]} tokens differs from the unpadded call at {where} "
+                                f"(this model's text attention or projection is not exact with padded text)")
+            warn_at_caller(f"stagevar: text bucketing turned off for this model: {self.buckets_off}; calls run their "
+                           f"text unpadded from now on (under CUDA graphs each text length is its own call shape)",
+                           TextBucketWarning)
+            report.text = (report.text[0], 0, f"text buckets off: {self.buckets_off}")
+        else:
+            self._buckets_checked.add(key)
+            report.text = (report.text[0], 0, f"bucket {key[0]} checked: the padded call is bit-identical to this "
+                                              f"unpadded one")
+        return out
 
     def observe(self, observer: Observer, *args, **kwargs) -> Any:
         """Run one call eagerly with an :class:`Observer` told what happens (calibration, bench)."""
@@ -215,6 +327,9 @@ class Engine:
             ad.end(None)
             raise
         try:
+            text = self._text_bucket(args, kwargs, st.g_seed)
+            if text[1]:
+                ad.pad_text(st, text[1])
             plans = self.plan_for(ad.schedule(st))
             if st.run_scales is not None and st.run_scales < len(plans):
                 plans = self._truncated(plans, st.run_scales)
@@ -225,7 +340,7 @@ class Engine:
             x0 = ad.scale_input(st, 0 if first is None else first.index)
             last_lowrank = max((p.index for p in plans if p.lowrank and not p.skipped), default=-1)
             return Call(st=st, plans=plans, gen=gen, rows=x0.shape[0], width=x0.shape[-1], last_lowrank=last_lowrank,
-                        unit_out=[None] * len(self.units), observer=observer)
+                        unit_out=[None] * len(self.units), observer=observer, text=text)
         except BaseException:
             ad.end(st)
             raise
@@ -302,6 +417,7 @@ class Engine:
                     **extra) -> Report:
         """The call's report; the times stay unread (CUDA events) until the report is read."""
         plans = call.plans
+        extra.setdefault("text", call.text)
         scales = [ScaleStats(p.index, p.hw, p.mode, stats.rows[p.index], stats.tokens[p.index], 0.0,
                              stats.gflops[p.index]) for p in plans]
         return Report(config_name=self.config.name, config_source=self.config_source, batch_size=call.st.B,

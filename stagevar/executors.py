@@ -33,7 +33,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 from ._warnings import warn_at_caller
-from .engine import Call, EagerExecutor, Engine, Executor
+from .engine import Call, EagerExecutor, Engine, Executor, autocast_state, first_difference, outputs_equal
 from .report import Timeline
 
 EXECUTIONS = ("auto", "eager", "graphs")
@@ -98,24 +98,6 @@ def _signature(value: Any) -> Any:
 def state_signature(st: Any) -> tuple:
     """Everything but the seed that fixes a call's work: scalars by value, tensors by layout."""
     return tuple((f.name, _signature(getattr(st, f.name))) for f in dataclasses.fields(st) if f.name not in _UNKEYED)
-
-
-def _autocast_state(device: torch.device) -> tuple:
-    kind = device.type
-    try:
-        return (torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
-    except TypeError:  # older torch: no device argument
-        return (torch.is_autocast_enabled(), None)
-
-
-def outputs_equal(a: Any, b: Any) -> bool:
-    """Bit-equality of two generation outputs (tensors, nested lists/tuples, plain values)."""
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
-                and a.shape == b.shape and torch.equal(a, b))
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(outputs_equal(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 # -- graph backends ------------------------------------------------------------------------------
@@ -302,7 +284,7 @@ class GraphExecutor:
         ad = engine.adapter
         # inference mode too: tensors captured under it cannot be copied into outside it (grad mode
         # needs no place: the engine always runs under no_grad)
-        return (engine.config, tuple(call.plans), state_signature(call.st), _autocast_state(ad.device()),
+        return (engine.config, tuple(call.plans), state_signature(call.st), autocast_state(ad.device()),
                 torch.is_inference_mode_enabled(), ad.fingerprint())
 
     def run(self, engine: Engine, args: tuple, kwargs: dict) -> Any:
@@ -361,7 +343,7 @@ class GraphExecutor:
             if error:  # outside the except: its traceback no longer holds the graphs
                 ended = True
                 return self._fall_back(engine, entry, call, error, args, kwargs)
-            return self._finish_replay(engine, entry, timeline, t0)
+            return self._finish_replay(engine, entry, timeline, t0, call.text)
         finally:
             if not ended:
                 engine.end(call)
@@ -441,7 +423,7 @@ class GraphExecutor:
             self._fail(entry, error)
             entry.eager += 1
             return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
-        where = _first_difference(out, reference, "output") or _first_difference(final, ref_final, "final tensor")
+        where = first_difference(out, reference, "output") or first_difference(final, ref_final, "final tensor")
         if where:
             self._fail(entry, f"the replayed call differs from the eager call (torch.equal) at {where}")
             engine.note(f"graphs off for this key: {entry.failed}")
@@ -485,13 +467,15 @@ class GraphExecutor:
             entry.replays += 1
         return timeline
 
-    def _finish_replay(self, engine: Engine, entry: _Entry, timeline: Timeline, t0: float) -> Any:
-        """Decode the replayed call (eagerly) and set its report."""
+    def _finish_replay(self, engine: Engine, entry: _Entry, timeline: Timeline, t0: float,
+                       text: Optional[tuple] = None) -> Any:
+        """Decode the replayed call (eagerly) and set its report (``text``: the call's own text
+        length and bucket, where the captured call's text was another length)."""
         out = engine.finish(entry.call)
         timeline.mark()
         engine.last_report = engine.make_report(entry.call, entry.stats, timeline, host_s=time.perf_counter() - t0,
                                                 executor="graphs", capture_s=entry.capture_s,
-                                                pool_bytes=entry.pool_bytes)
+                                                pool_bytes=entry.pool_bytes, text=text or entry.call.text)
         return out
 
 
@@ -516,22 +500,6 @@ def _own_inputs(st: Any) -> None:
     for f in dataclasses.fields(st):
         if f.name not in _UNKEYED:
             setattr(st, f.name, own(getattr(st, f.name)))
-
-
-def _first_difference(a: Any, b: Any, where: str) -> str:
-    """Where two outputs first differ (``output[2]: max |diff| 0.25``), or '' where they are equal."""
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            found = _first_difference(x, y, f"{where}[{i}]")
-            if found:
-                return found
-        return ""
-    if outputs_equal(a, b):
-        return ""
-    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype:
-        diff = (a.double() - b.double()).abs()
-        return f"{where} ({int((diff > 0).sum())} of {diff.numel()} values, max |diff| {float(diff.max()):.3g})"
-    return f"{where}"
 
 
 def make_executor(execution: str, device: torch.device, backend: Any = None, max_keys: int = 2,

@@ -141,6 +141,7 @@ class Report:
     capture_s: float = 0.0
     pool_bytes: int = 0
     key_counts: dict = field(default_factory=dict)  # graph executor: this call's key's calls, captures, replays, eager
+    text: Tuple[int, int, str] = (0, 0, "")  # text-conditioned: (longest text, bucket padded to or 0, why not)
     timeline: Any = field(default=None, repr=False, compare=False)
 
     def resolve(self) -> "Report":
@@ -179,6 +180,7 @@ class Report:
             "config": self.config_name, "config_source": self.config_source, "batch_size": self.batch_size, "device": self.device,
             "executor": self.executor, "note": self.note, "host_s": self.host_s, "capture_s": self.capture_s,
             "pool_bytes": self.pool_bytes, "key_counts": dict(self.key_counts),
+            "text_tokens": self.text[0], "text_bucket": self.text[1], "text_note": self.text[2],
             "loop_s": self.loop_s, "decode_s": self.decode_s, "total_s": self.total_s,
             "skipping": self.skipping, "token_rows": self.token_rows, "intact_token_rows": self.intact_token_rows, "gflops": self.gflops,
             "scales": [dict(asdict(s), M=s.M, token_rows=s.token_rows) for s in self.scales],
@@ -206,6 +208,9 @@ class Report:
             issue += (f"; this call shape: {k['calls']} calls, {k['captures']} capture(s), {k['replays']} replays, "
                       f"{k['eager']} eager")
         lines.append(issue)
+        if self.text[0]:
+            n, bucket, why = self.text
+            lines.append(f"text: {n} tokens" + (f", padded to bucket {bucket}" if bucket else "") + (f" ({why})" if why else ""))
         return "\n".join(lines)
 
 

@@ -18,10 +18,11 @@ VAR_CONFIGS = ["none", "var-d16", "stagevar-tiny-var"]
 
 
 def _graphs(monkeypatch, model, config, max_keys=2, **fake):
-    """Accelerate ``model`` with execution='graphs' on the stand-in backend; returns the backend."""
+    """Accelerate ``model`` with execution='graphs' on the stand-in backend, text unpadded (the
+    buckets have tests of their own: test_text_buckets.py); returns the backend."""
     backend = ReplayingBackend(model, **fake)
     monkeypatch.setattr(ex, "CudaGraphBackend", lambda: backend)
-    stagevar.accelerate(model, config, execution="graphs", capture_after=2)
+    stagevar.accelerate(model, config, execution="graphs", capture_after=2, text_buckets=())
     getattr(model, _ATTR).engine.executor.max_keys = max_keys
     return backend
 
@@ -405,13 +406,51 @@ def test_cuda_graphs_none_equals_unpatched_and_presets_equal_eager(family, B, au
     with ctx():
         want = [out(model.autoregressive_infer_cfg(**kw)) for kw in kws]
         for config in ["none"] + presets:
-            stagevar.accelerate(model, config, execution="graphs", capture_after=2)
+            stagevar.accelerate(model, config, execution="graphs", capture_after=2, text_buckets=())
             ref = want if config == "none" else [out(_eager(model, config, kw)) for kw in kws]
             got = [_no_fallback(lambda kw=kw: out(model.autoregressive_infer_cfg(**kw))) for kw in kws]
             assert stagevar.last_report(model).executor == "graphs", stagevar.last_report(model).note
             for g, w in zip(got, ref):
                 assert torch.equal(g, w), config
             stagevar.restore(model)
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_infinity_three_prompt_lengths_under_bucketing(autocast, capsys):
+    """Three prompt lengths in one bucket, graphs on: every output equals the unpadded eager call's,
+    whether the first call's check kept bucketing (one key, replays) or turned it off (one key per
+    length). Prints which, for the GPU log."""
+    from test_infinity import call_kwargs
+
+    dev = torch.device("cuda")
+    bundle = reference_infinity("tiny", device=dev)
+    model = bundle.model
+    words = "a red fox runs over the deep snow at night".split()
+    texts = [bundle.encode([" ".join(words[:n]), " ".join(words[:n + 2])]) for n in (2, 4, 7)]
+    kws = [call_kwargs(bundle, 2, seed=s, label_B_or_BLT=t) for s in (0, 1) for t in texts]
+    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else (lambda: torch.autocast("cuda", enabled=False))
+    with ctx():
+        want = [_eager(model, "infinity-2b", kw)[2] for kw in kws]
+        stagevar.accelerate(model, "infinity-2b", execution="graphs", capture_after=2, text_buckets=(16,))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(2):
+                got = [_no_fallback(lambda kw=kw: model.autoregressive_infer_cfg(**kw)[2]) for kw in kws]
+                for g, w in zip(got, want):
+                    assert torch.equal(g, w)
+        engine = getattr(model, _ATTR).engine
+        kept = not engine.buckets_off
+        counts = engine.executor.counts()
+        if kept:
+            assert len(counts) == 1 and sum(c["replays"] for c in counts.values()) >= 6, counts
+        else:
+            assert any(issubclass(w.category, stagevar.TextBucketWarning) for w in caught)
+        stagevar.restore(model)
+    with capsys.disabled():
+        print(f"\n  bucketing on CUDA ({'bf16 autocast' if autocast else 'fp32'}): "
+              f"{'kept, one key, ' + str(counts) if kept else 'off: ' + engine.buckets_off}")
 
 
 @cuda

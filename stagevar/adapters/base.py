@@ -130,6 +130,23 @@ class GraphHooks:
             stack.extend(c for c in mod._modules.values() if c is not None)
         return (tuple(id(b) for b in self.blocks()), tuple(ptrs), tuple(id(h) for h in self.helpers()))
 
+    # -- text bucketing: prompts of different lengths share one call shape ----------------------
+    def default_text_buckets(self) -> Tuple[int, ...]:
+        """The text lengths a call's text is padded up to under CUDA graphs when ``accelerate`` is
+        not told (``()``: none, e.g. a family without text)."""
+        return ()
+
+    def text_length(self, args: tuple, kwargs: dict) -> Optional[int]:
+        """The longest text of a call, in tokens, read from its arguments on the host (None: the
+        call has no text to pad). Raises nothing the call itself would not: None on bad arguments."""
+        return None
+
+    def pad_text(self, st: Any, length: int) -> None:
+        """Pad the call state's text to ``length`` tokens (at least its longest), the padded tokens
+        masked wherever the blocks read the text, so that the call's tensors have one shape for
+        every prompt up to ``length``. Called by the engine right after :meth:`begin`."""
+        raise NotImplementedError(f"{type(self).__name__} has no text to pad")
+
     def final_tensors(self, st: Any) -> List[torch.Tensor]:
         """What the scale loop produced, before decoding (compared by the graph executor's exactness
         check as well as the output, which may hold no tensor, e.g. Infinity with ``ret_img=False``).

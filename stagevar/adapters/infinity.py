@@ -62,6 +62,7 @@ class _InfinityCall(CallState):
     lvl_before: frozenset = frozenset({0})  # the blocks before which the level embedding is added
     rope_from_zero: bool = False  # the blocks' self-attention reads RoPE rows from 0 (no scale_ind; see _rope_for)
     rope: Optional[tuple] = field(default=None)  # (positions, table) of the current low-rank unit
+    branch_ca_kv: Optional[dict] = None  # text padded to a bucket: each branch's own ca_kv, for keep_rows
 
 
 class InfinityAdapter(Adapter):
@@ -188,6 +189,42 @@ class InfinityAdapter(Adapter):
         sos = cond_BD = m.text_proj_for_sos((kv_compact, cu_seqlens_k, max_seqlen_k))
         return sos, cond_BD, (m.text_proj_for_ca(kv_compact), cu_seqlens_k, max_seqlen_k), split
 
+    # -- text bucketing ----------------------------------------------------------------------------
+    def default_text_buckets(self) -> Tuple[int, ...]:
+        """A few lengths up to the model's text length (the rows of its learned null prompt)."""
+        longest = int(self.model.cfg_uncond.shape[0])
+        return tuple(b for b in (32, 64, 128, 256) if b < longest) + (longest,)
+
+    def text_length(self, args: tuple, kwargs: dict) -> Optional[int]:
+        try:
+            a = self.bind_call(args, kwargs)
+            n = int(a["label_B_or_BLT"][3])
+            negative = a.get("negative_label_B_or_BLT")
+            return n if negative is None else max(n, int(negative[3]))
+        except Exception:  # noqa: BLE001 -- the call itself says what is wrong with its arguments
+            return None
+
+    def pad_text(self, st: _InfinityCall, length: int) -> None:
+        """Zero rows after the packed text (``ca_kv``), ``length`` per text: no ``cu_seqlens_k`` span
+        reads them, so cross-attention sees the same tokens; ``max_seqlen_k`` becomes ``length``.
+        The pooled start token and the text norm ran on the unpadded text in :meth:`begin`. Under
+        CFG each branch's text is padded apart too (what :meth:`keep_rows` switches to), so that the
+        cut to one branch has fixed offsets."""
+        kv, cu, longest = st.ca_kv
+        if length < longest:
+            raise ValueError(f"text bucket {length} is shorter than the call's longest text ({longest} tokens)")
+        n_texts = cu.shape[0] - 1
+        st.ca_kv = (F.pad(kv, (0, 0, 0, n_texts * length - kv.shape[0])), cu, length)
+        if st.use_cfg:
+            B, branches = st.B, {}
+            for name, lo in (("cond", 0), ("uncond", B)):
+                first, end, _ = st.text_split[name]
+                rows = kv[first:end]
+                branches[name] = (F.pad(rows, (0, 0, 0, B * length - rows.shape[0])), cu[lo:lo + B + 1] - cu[lo],
+                                  length)
+            st.branch_ca_kv = branches
+            st.text_split = {name: (0, B * length, length) for name in branches}
+
     def begin(self, args: tuple, kwargs: dict, cache_condition: bool = False) -> _InfinityCall:
         m = self.model
         a = self.bind_call(args, kwargs)
@@ -305,6 +342,9 @@ class InfinityAdapter(Adapter):
         if not st.use_cfg:
             raise ValueError("one-branch refinement needs CFG (some cfg_list entry != 1); this call has a single branch")
         super().keep_rows(st, branch)  # the KV caches, next_x and the condition
+        if st.branch_ca_kv is not None:  # padded to a bucket: the branch's own padded text
+            st.ca_kv = st.branch_ca_kv[branch]
+            return
         B = st.B
         kv, cu, _ = st.ca_kv
         lo, hi = (0, B) if branch == "cond" else (B, 2 * B)

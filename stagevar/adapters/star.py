@@ -143,6 +143,31 @@ class STARAdapter(VARLoopAdapter):
             b.attn.kv_caching(True)
         return st
 
+    # -- text bucketing (off by default: upstream's T5 encoder pads every prompt to 120 tokens) ------
+    def text_length(self, args: tuple, kwargs: dict) -> Optional[int]:
+        try:
+            text = self.bind_call(args, kwargs).get("encoder_hidden_states")
+        except Exception:  # noqa: BLE001 -- the call itself says what is wrong with its arguments
+            return None
+        return int(text.shape[1]) if isinstance(text, torch.Tensor) and text.dim() == 3 else None
+
+    def pad_text(self, st: _STARCall, length: int) -> None:
+        """Zero text tokens after the call's ``T``, masked out of cross-attention (an additive
+        ``-inf``, or ``False`` in a boolean mask; a mask is made where the call gave none)."""
+        rows, T = st.text.shape[:2]
+        if length < T:
+            raise ValueError(f"text bucket {length} is shorter than the call's text ({T} tokens)")
+        if length == T:
+            return
+        mask = st.text_mask
+        if mask is None:
+            mask = st.text.new_zeros((rows, 1, 1, T), dtype=torch.float32)
+        if mask.shape[-1] != T:
+            raise ValueError(f"encoder_attention_mask covers {mask.shape[-1]} text tokens, the text has {T}")
+        fill = False if mask.dtype == torch.bool else -math.inf
+        st.text_mask = torch.nn.functional.pad(mask, (0, length - T), value=fill)
+        st.text = torch.nn.functional.pad(st.text, (0, 0, 0, length - T))
+
     def _freqs(self, st: _STARCall, si: int, positions: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Scale ``si``'s RoPE rows ``(M, c/2)``, or those of ``positions`` ``(rows, r)``: ``(rows, r, c/2)``."""
         freqs = self.model.freqs_cis
