@@ -327,6 +327,38 @@ def full_rank_run(model, vae, seed: int) -> str:
     return "PASS" if diff <= 1 else f"FAIL images differ by up to {diff} (of 255)"
 
 
+def buckets_run(model, vae, precision: str, B: int, config: str, seed: int) -> str:
+    """Text bucketing on upstream's blocks: three texts sets of other lengths, each called twice with
+    ``text_buckets=(16, 32)`` (the first call of a bucket is checked against the unpadded call, the
+    second runs padded if the check kept bucketing), against the same calls unpadded."""
+    import stagevar
+    from stagevar.api import _ATTR
+
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16-autocast" else contextlib.nullcontext
+    kws = []
+    for i, lens in enumerate(([6, 3, 9], [2, 11, 5], [7, 7, 1])):
+        kw = call_kwargs(vae, "1:1", B, 0, "3", "plain", seed + i)
+        kw["label_B_or_BLT"] = text_condition(B, 128, lens, torch.Generator().manual_seed(seed + i))
+        kws.append(kw)
+    with ctx():
+        with stagevar.accelerated(model, config, execution="eager", text_buckets=()):
+            want = [model.autoregressive_infer_cfg(**kw)[2] for kw in kws]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stagevar.TextBucketWarning)
+            with stagevar.accelerated(model, config, execution="eager", text_buckets=(16, 32)):
+                padded = 0
+                for _ in range(2):
+                    for kw, w in zip(kws, want):
+                        got = model.autoregressive_infer_cfg(**kw)[2]
+                        padded += bool(stagevar.last_report(model).text[1])
+                        if not torch.equal(got, w):
+                            return f"FAIL a call with text_buckets differs from the unpadded call ({stagevar.last_report(model).text})"
+                off = getattr(model, _ATTR).engine.buckets_off
+    if off:
+        return f"PASS outputs unchanged; the check turned bucketing off: {off}"
+    return f"PASS bucketing kept: {padded} of 6 calls ran padded, bit-identical to unpadded"
+
+
 def cases(quick: bool, fused_norm: str):
     """``(model settings, [(precision, B, cfg_insertion_layer, schedule, cfg mode, sampler), ...])``."""
     for norm, lvl in itertools.product(["off", fused_norm], [1, 0]):
@@ -391,6 +423,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             counts[word] += 1
             print(f"{word:4s}  {label:42s} full-rank 'sample' units == upstream (max 1/255), B=2 1:1"
                   + ("" if word == "PASS" else f"  -- {verdict[5:]}"), flush=True)
+        if settings == dict(fused_norm="off", lvl_only_first=1):
+            for precision, B, config in itertools.product(["fp32", "bf16-autocast"], [1, 3], ["none", "infinity-2b"]):
+                verdict = buckets_run(model, vae, precision, B, config, args.seed)
+                word = verdict.split()[0]
+                counts[word] += 1
+                print(f"{word:4s}  {label:42s} {precision:13s} B={B} text_buckets=(16, 32) {config}  -- {verdict[5:]}",
+                      flush=True)
         if settings.get("patchify"):
             for name in ("infinity-8b", "infinity-8b-paper"):
                 verdict = presets_run(model, vae, name, args.seed)
