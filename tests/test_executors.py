@@ -159,7 +159,8 @@ def test_replays_draw_from_each_calls_seed(monkeypatch, small):
     assert not torch.equal(a, c) and stagevar.last_report(small).executor == "graphs"
 
 
-@pytest.mark.parametrize("change", ["B", "cfg", "top_k", "block", "weights_reloaded", "quantizer_reloaded"])
+@pytest.mark.parametrize("change", ["B", "cfg", "top_k", "block", "weights_reloaded", "quantizer_reloaded", "data_swapped",
+                                    "buffer_replaced"])
 def test_a_changed_call_or_model_captures_anew(monkeypatch, small, change):
     _graphs(monkeypatch, small, "var-d16", max_keys=4)
     kw = gen_kwargs(2, seed=0)
@@ -179,6 +180,13 @@ def test_a_changed_call_or_model_captures_anew(monkeypatch, small, change):
         name, p = next(quant.named_parameters())
         mod = quant.get_submodule(name.rpartition(".")[0]) if "." in name else quant
         setattr(mod, name.rpartition(".")[2], torch.nn.Parameter(p.detach().clone()))
+    elif change == "data_swapped":  # new storage under the same Parameter object (what model.to() does)
+        w = small.blocks[0].attn.proj.weight
+        w.data = w.data.clone()
+    elif change == "buffer_replaced":
+        name, buf = next((n, b) for n, b in small.named_buffers() if b is not None)
+        mod = small.get_submodule(name.rpartition(".")[0]) if "." in name else small
+        setattr(mod, name.rpartition(".")[2], buf.clone())
     else:  # new storage for a parameter (e.g. a re-load that replaces tensors)
         small.blocks[0].attn.proj.weight = torch.nn.Parameter(small.blocks[0].attn.proj.weight.detach().clone())
     got = small.autoregressive_infer_cfg(**kw)

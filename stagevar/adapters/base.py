@@ -99,6 +99,26 @@ class ToolHooks:
 
 
 
+_REGISTERED = [0, False]  # assignments of a parameter, buffer or submodule anywhere; hooks installed
+
+
+def _count_registration(*args) -> None:
+    _REGISTERED[0] += 1
+
+
+def _registrations() -> int:
+    """How many parameter, buffer and submodule assignments torch has seen (from the first call
+    on): a change means some module tree may have changed."""
+    if not _REGISTERED[1]:
+        from torch.nn.modules import module as _module
+
+        for name in ("register_module_parameter_registration_hook", "register_module_buffer_registration_hook",
+                     "register_module_module_registration_hook"):
+            getattr(_module, name)(_count_registration)
+        _REGISTERED[1] = True
+    return _REGISTERED[0]
+
+
 class GraphHooks:
     """What the CUDA-graph executor asks of a family, with working defaults: what a captured call
     reads (its key) and what it produces (its exactness check)."""
@@ -116,19 +136,35 @@ class GraphHooks:
         """Identity of what a captured call runs: the blocks, every parameter and buffer's storage
         in :meth:`graphed_modules`, the sampling functions. A swapped block or reloaded weights
         (new storage) change it; weights loaded in place (``load_state_dict``) do not, and need not:
-        a replay reads them where they are. Computed on every call, so one flat walk over the
-        modules' own tables (``Module.parameters()`` costs several times more)."""
-        ptrs: List[int] = []
+        a replay reads them where they are. Computed on every call: the walk over the module tree
+        is cached until a parameter, buffer or submodule is assigned anywhere (torch's global
+        registration hooks count those), so a call reads only each tensor's storage pointer, which
+        also sees ``param.data = t`` and ``model.to(...)``."""
+        blocks = tuple(id(b) for b in self.blocks())
+        cached = self.__dict__.get("_walk")
+        if cached is None or cached[0] != _registrations() or cached[1] != blocks:
+            cached = self._walk = (_registrations(), blocks, self._graphed_tensors())
+        return (blocks, tuple(t.data_ptr() for t in cached[2]), tuple(id(h) for h in self.helpers()))
+
+    def _graphed_tensors(self) -> List[torch.Tensor]:
+        """Every parameter and buffer of :meth:`graphed_modules`, each module once (one flat walk
+        over the modules' own tables: ``Module.parameters()`` costs several times more)."""
+        out: List[torch.Tensor] = []
         stack, seen = list(reversed(self.graphed_modules())), set()
         while stack:
             mod = stack.pop()
             if id(mod) in seen:  # a module reachable twice (shared) is read once, as parameters() does
                 continue
             seen.add(id(mod))
-            ptrs.extend(t.data_ptr() for t in mod._parameters.values() if t is not None)
-            ptrs.extend(t.data_ptr() for t in mod._buffers.values() if t is not None)
+            out.extend(t for t in mod._parameters.values() if t is not None)
+            out.extend(t for t in mod._buffers.values() if t is not None)
             stack.extend(c for c in mod._modules.values() if c is not None)
-        return (tuple(id(b) for b in self.blocks()), tuple(ptrs), tuple(id(h) for h in self.helpers()))
+        return out
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_walk", None)  # a copy walks its own modules
+        return state
 
     # -- text bucketing: prompts of different lengths share one call shape ----------------------
     def default_text_buckets(self) -> Tuple[int, ...]:
