@@ -107,7 +107,7 @@ def _text_buckets(value: Any, adapter: Any, graphs: bool) -> Tuple[int, ...]:
 
 
 def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: str, capture_after: int = 3,
-            text_buckets: Any = None) -> Engine:
+            text_buckets: Any = None, max_keys: Optional[int] = None) -> Engine:
     """A validated engine: the config checked against the model's schedules before anything is patched."""
     carried = getattr(adapter.model, "stagevar_config", None)
     if config is None and isinstance(carried, StageVARConfig):
@@ -116,7 +116,7 @@ def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: s
         resolved, source = _config(None, adapter.default_preset), f"{adapter.family} family default"
     else:
         resolved, source = _config(config, adapter.default_preset), "given"
-    executor = make_executor(execution, adapter.device(), capture_after=capture_after)
+    executor = make_executor(execution, adapter.device(), capture_after=capture_after, max_keys=max_keys)
     engine = Engine(adapter, resolved, executor=executor)
     engine.config_source = source
     engine.text_buckets = _text_buckets(text_buckets, adapter, isinstance(executor, GraphExecutor))
@@ -127,7 +127,8 @@ def _engine(adapter: Any, config: Union[None, str, StageVARConfig], execution: s
 
 
 def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
-               wait: bool = True, capture_after: int = 3, text_buckets: Optional[Sequence[int]] = None) -> Any:
+               wait: bool = True, capture_after: int = 3, text_buckets: Optional[Sequence[int]] = None,
+               max_keys: Optional[int] = None) -> Any:
     """Patch ``model`` (this instance only) to generate with StageVAR.
 
     The model's generation method (``autoregressive_infer_cfg``) is replaced on the instance by
@@ -157,6 +158,10 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
             ``()``: off. The first call of each bucket runs padded and unpadded and keeps bucketing
             only if the two are bit-identical (else it is off for the model, with a
             :class:`TextBucketWarning`); the report names the bucket a call used.
+        max_keys: under graphs, the call shapes whose graphs are kept (least recently used
+            dropped). None: as many as free device memory allows (after the first capture, free
+            memory over that shape's pool growth; 2 to 16). All shapes on a device capture into
+            one shared pool, so graph memory is about the largest shape's, not the sum.
 
     Returns:
         ``model``.
@@ -179,7 +184,7 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
     with _PATCHING:
         patch: Optional[_Patch] = getattr(model, _ATTR, None)
         adapter = patch.engine.adapter if patch is not None else adapter_for(model)
-        replaced = attach(model, _engine(adapter, config, execution, capture_after, text_buckets))
+        replaced = attach(model, _engine(adapter, config, execution, capture_after, text_buckets, max_keys))
         getattr(model, _ATTR).wait = wait
     if replaced is not None:
         release_engine(replaced)

@@ -2,25 +2,29 @@
 
 :class:`EagerExecutor` runs :meth:`Engine.run_scale` for each scale (the only executor on a CPU).
 
-:class:`GraphExecutor` captures one ``torch.cuda.CUDAGraph`` per scale index, in order, into one
-private memory pool per *key* -- everything that fixes the shapes and the work of a call: the
-plan, the batch, the config, dtype and autocast state, the call's scalar arguments (CFG weights,
-temperatures, top-k/p, ...), the text length, and a fingerprint of the model (block identities,
-parameter storage, the sampling functions in use). A key's first calls run eagerly; its
-``capture_after``-th (3 by default) captures, replays, and compares the result (and the loop's
-final codes) with an eager run by ``torch.equal``: any difference, or an error in capture, in that
-eager run or in a later replay, keeps the key eager (one warning naming where it differed, pool
-freed). The graphs read buffers and a sampling generator the executor owns: later calls build
+:class:`GraphExecutor` captures one ``torch.cuda.CUDAGraph`` per scale index, in order, for each
+*key* -- everything that fixes the shapes and the work of a call: the plan, the batch, the config,
+dtype and autocast state, the call's scalar arguments (CFG weights, temperatures, top-k/p, ...),
+the text length (or its bucket, see :meth:`Engine._text_bucket`), and a fingerprint of the model
+(block identities, parameter storage, the sampling functions in use). Every key of a model on one
+device captures into one shared pool (calls into a model run one at a time, so no two keys' graphs
+run at once, and a key's temporaries are reused by the next key's capture). A key's first calls
+run eagerly; its ``capture_after``-th (3 by default) captures, on the device's own capture stream,
+replays, and compares the final tensors after every scale, the result and the loop's final codes
+with an eager run by ``torch.equal``: any difference, an empty graph for a scale that computes, or
+an error in capture, in that eager run or in a later replay, keeps the key eager (one warning
+naming the first scale and tensor that differed; its graphs freed, the pool too if no key uses it).
+The graphs read buffers and a sampling generator the executor owns: later calls build
 their inputs eagerly (labels, text, condition), copy them into those buffers (the caller's tensors
 are never written), carry the states of the call's seeded sampling and projection generators
 over to the executor's, replay scale by scale, recording events between replays for the per-scale
 report, and copy the sampling generator's state back (``model.rng`` ends where an eager call
 leaves it). Graphs are dropped only once their queued replays have run. The report counts, per
-key, its calls, captures, replays and eager calls.
+key, its calls, captures, replays and eager calls, and its pool growth.
 
 A call without a seed (``g_seed=None``) stays eager: its sampling draws from the global
-generator, which a replay could not reproduce. Graphs live in a per-model LRU (2 keys by
-default), freed by :func:`stagevar.restore` and :func:`stagevar.release_graphs`; copies of the
+generator, which a replay could not reproduce. Graphs live in a per-model LRU (``max_keys``; by
+default what free device memory allows), freed by :func:`stagevar.restore` and :func:`stagevar.release_graphs`; copies of the
 model never carry them.
 """
 from __future__ import annotations
@@ -28,12 +32,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
+import warnings
 from typing import Any, Callable, List, Optional
 
 import torch
 
 from ._warnings import warn_at_caller
-from .engine import Call, EagerExecutor, Engine, Executor, autocast_state, first_difference, outputs_equal
+from .engine import Call, EagerExecutor, Engine, Executor, Observer, autocast_state, first_difference, outputs_equal
 from .report import Timeline
 
 EXECUTIONS = ("auto", "eager", "graphs")
@@ -41,6 +46,11 @@ EXECUTIONS = ("auto", "eager", "graphs")
 
 class GraphsUnavailableError(RuntimeError):
     """``execution="graphs"`` was asked for where CUDA graphs cannot run; the message says why."""
+
+
+class EmptyGraphError(RuntimeError):
+    """A capture recorded no kernel: a failure for a scale that computes, nothing to replay for a
+    skipped scale that does no work."""
 
 
 class GraphFallbackWarning(UserWarning):
@@ -148,14 +158,55 @@ class CudaGraphBackend:
             torch.cuda.empty_cache()
             return torch.cuda.memory_reserved(device)
 
+    def __init__(self):
+        self._streams: dict = {}  # device index -> the capture stream (made, and warmed up, once)
+
+    def free(self, device: torch.device) -> int:
+        """Free memory on ``device`` (bytes), as the driver reports it."""
+        with torch.cuda.device(device):
+            return int(torch.cuda.mem_get_info()[0])
+
+    def _stream(self, device: torch.device) -> "torch.cuda.Stream":
+        """The device's capture stream; on first use, one warm-up on it (a matrix product and a
+        softmax), so that lazily made per-stream state (cuBLAS workspaces) is not made in a capture."""
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        stream = self._streams.get(index)
+        if stream is None:
+            stream = torch.cuda.Stream(device=index)
+            stream.wait_stream(torch.cuda.current_stream(index))
+            with torch.cuda.stream(stream):
+                a = torch.ones(64, 64, device=device)
+                (a @ a).softmax(-1)
+            stream.synchronize()
+            self._streams[index] = stream
+        return stream
+
     def capture(self, fn: Callable[[], None], pool: Any, generators: List[torch.Generator], bindings: Bindings,
                 device: torch.device) -> Any:
-        graph = torch.cuda.CUDAGraph()
-        if _torch_version() < (2, 14):  # later torch registers the generators a capture draws from itself
-            for gen in generators:
-                graph.register_generator_state(gen)
-        with torch.cuda.device(device), torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            fn()
+        """One graph of ``fn``, captured on the device's own stream inside ``torch.cuda.device``;
+        the current stream is restored whatever happens (``torch.cuda.graph`` leaves its stream
+        current when ending the capture raises). Raises :class:`EmptyGraphError` when nothing was
+        recorded (a capture on the wrong device or stream records nothing)."""
+        with torch.cuda.device(device):
+            current = torch.cuda.current_stream()
+            stream = self._stream(device)
+            graph = torch.cuda.CUDAGraph()
+            if _torch_version() < (2, 14):  # later torch registers the generators a capture draws from itself
+                for gen in generators:
+                    graph.register_generator_state(gen)
+            stream.wait_stream(current)
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+                        fn()
+            finally:
+                torch.cuda.set_stream(current)
+                current.wait_stream(stream)
+            for w in caught:
+                if "graph is empty" in str(w.message).lower():
+                    raise EmptyGraphError("the captured CUDA graph is empty (no kernel was recorded)")
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return graph
 
     def replay(self, graph: Any) -> None:
@@ -207,18 +258,20 @@ class GraphExecutor:
         execution: ``"auto"`` (eager wherever graphs cannot run or are not exact) or ``"graphs"``
             (raise :class:`GraphsUnavailableError` instead, saying why).
         backend: what captures and replays (:class:`CudaGraphBackend`; tests pass a stand-in).
-        max_keys: keys kept, least recently used evicted.
+        max_keys: keys kept, least recently used evicted. None: as many as free device memory
+            allows, at most :data:`AUTO_MAX_KEYS` -- after a device's first capture, the free memory
+            over that key's pool growth (each further key may need as much), at least 2.
         capture_after: a key is captured on its ``capture_after``-th call (the ones before run
             eagerly): a call shape seen once or twice costs no capture.
     """
 
     name = "graphs"
 
-    def __init__(self, execution: str = "auto", backend: Any = None, max_keys: int = 2, capture_after: int = 3):
+    def __init__(self, execution: str = "auto", backend: Any = None, max_keys: Optional[int] = None,
+                 capture_after: int = 3):
         if execution not in ("auto", "graphs"):
             raise ValueError(f"execution={execution!r}: expected 'auto' or 'graphs'")
-        if not isinstance(max_keys, int) or max_keys < 1:
-            raise ValueError(f"max_keys={max_keys!r}: keep at least one key")
+        check_max_keys(max_keys)
         if isinstance(capture_after, bool) or not isinstance(capture_after, int) or capture_after < 2:
             raise ValueError(f"capture_after={capture_after!r}: a key captures on its N-th call, N >= 2 (its first "
                              f"call runs eagerly)")
@@ -227,6 +280,8 @@ class GraphExecutor:
         self.max_keys = max_keys
         self.capture_after = capture_after
         self._entries: "collections.OrderedDict[tuple, _Entry]" = collections.OrderedDict()
+        self._pools: dict = {}       # device -> the graph pool every key on it captures into
+        self._auto_keys: dict = {}   # device -> the key limit free memory allowed after its first capture
 
     # copies of the model (deepcopy, pickle) never carry graphs
     def __deepcopy__(self, memo: dict) -> "GraphExecutor":
@@ -249,6 +304,7 @@ class GraphExecutor:
         if had:
             self._wait(had[0])
         self._entries.clear()
+        self._pools.clear()
         if had:
             self.backend.release()
 
@@ -260,9 +316,34 @@ class GraphExecutor:
             wait(entry.call.gen.device)
 
     def counts(self) -> dict:
-        """Per key (in LRU order): its calls, captures, replays and eager calls."""
-        return {i: dict(calls=e.calls, captures=e.captures, replays=e.replays, eager=e.eager)
+        """Per key (in LRU order): its calls, captures, replays and eager calls, and how much its
+        capture grew the device's shared graph pool (bytes)."""
+        return {i: dict(calls=e.calls, captures=e.captures, replays=e.replays, eager=e.eager, pool_bytes=e.pool_bytes)
                 for i, e in enumerate(self._entries.values())}
+
+    def key_limit(self, device: torch.device) -> int:
+        """The keys kept for ``device``: ``max_keys``, or what free memory allowed (see the class)."""
+        if self.max_keys is not None:
+            return self.max_keys
+        return self._auto_keys.get(str(device), AUTO_MAX_KEYS)
+
+    def _drop(self, entry: _Entry) -> None:
+        """Let go of one key's graphs once its replays have run; the device's pool goes with the
+        last graphs that use it."""
+        if entry.graphs is None:
+            return
+        device = entry.call.gen.device if entry.call is not None else None
+        self._wait(entry)
+        entry.drop_graphs()
+        if device is not None and not any(e.graphs is not None for e in self._entries.values()):
+            self._pools.pop(str(device), None)
+        self.backend.release()
+
+    def _pool(self, device: torch.device) -> Any:
+        pool = self._pools.get(str(device))
+        if pool is None:
+            pool = self._pools[str(device)] = self.backend.new_pool(device)
+        return pool
 
     # ------------------------------------------------------------------------------------------
     def _refuse(self, reason: str) -> None:
@@ -315,12 +396,9 @@ class GraphExecutor:
             entry = self._entries.get(key)
             if entry is None:
                 entry = self._entries[key] = _Entry()
-                while len(self._entries) > self.max_keys:
+                while len(self._entries) > self.key_limit(call.gen.device):
                     _, old = self._entries.popitem(last=False)
-                    if old.graphs is not None:
-                        self._wait(old)
-                        old.drop_graphs()
-                        self.backend.release()
+                    self._drop(old)
             self._entries.move_to_end(key)
             self._entry = entry
             entry.calls += 1
@@ -350,9 +428,18 @@ class GraphExecutor:
 
     def _fail(self, entry: _Entry, why: str) -> None:
         entry.failed = why
-        entry.drop_graphs()
+        if entry.graphs is not None:
+            self._drop(entry)
+        else:
+            entry.drop_graphs()
+            self._release_unused_pool()
         warn_at_caller(f"stagevar: CUDA graphs disabled for this call shape, which runs eagerly from now on: {why}",
                        GraphFallbackWarning)
+
+    def _release_unused_pool(self) -> None:
+        """After a failed capture: a pool no key's graphs use is let go (as before the capture)."""
+        if not any(e.graphs is not None for e in self._entries.values()):
+            self._pools.clear()
         self.backend.release()
 
     def _fall_back(self, engine: Engine, entry: _Entry, call: Call, why: str, args: tuple, kwargs: dict) -> Any:
@@ -369,6 +456,7 @@ class GraphExecutor:
         ad = engine.adapter
         device = ad.device()
         graphs: List[Any] = []
+        replayed: List[List[torch.Tensor]] = []  # the final tensors after each computed scale of the replay
         error = ""
         user_rng = call.st.rng
         try:
@@ -383,19 +471,25 @@ class GraphExecutor:
             bindings = Bindings(call)
             reserved0 = self.backend.reserved(device)
             t_cap = time.perf_counter()
-            pool = self.backend.new_pool(device)
+            pool = self._pool(device)
             torch.clear_autocast_cache()  # casts read by a graph must be made inside the graphs
             try:
                 for p in call.plans:
-                    graphs.append(self.backend.capture(lambda p=p: engine.run_scale(call, p), pool, generators,
-                                                       bindings, device))
+                    try:
+                        graphs.append(self.backend.capture(lambda p=p: engine.run_scale(call, p), pool, generators,
+                                                           bindings, device))
+                    except EmptyGraphError:
+                        if not p.skipped:  # a computed scale that recorded nothing: captured on the wrong stream
+                            raise
+                        graphs.append(None)  # a skipped scale with nothing to do (the last one): nothing to replay
             finally:
                 torch.clear_autocast_cache()
             capture_s = time.perf_counter() - t_cap
             entry.graphs, entry.call, entry.static, entry.pool = graphs, call, static, pool
             entry.stats = engine.stats(call)
             entry.capture_s, entry.pool_bytes = capture_s, max(0, self.backend.reserved(device) - reserved0)
-            timeline = self._bind_and_replay(engine, entry, call, fresh=False)
+            self._set_auto_limit(device, entry.pool_bytes)
+            timeline = self._bind_and_replay(engine, entry, call, fresh=False, snapshots=replayed)
         except Exception as e:  # noqa: BLE001 -- any capture (or first replay) failure: eager for this key
             error = f"capture failed ({type(e).__name__}: {e})"
         except BaseException:
@@ -403,6 +497,7 @@ class GraphExecutor:
             raise
         if error:  # outside the except: its traceback no longer holds the partial graphs and their pool
             graphs.clear()
+            replayed.clear()
             pool = None
             user_rng.set_state(call.st.rng.get_state())
             return self._fall_back(engine, entry, call, error, args, kwargs)
@@ -414,16 +509,19 @@ class GraphExecutor:
         after = entry.rng.get_state()  # where the replayed call left the sampling generator
         report = engine.unread_report()
         ref_final: List[torch.Tensor] = []  # the same call, eagerly: its output and its final tensors
+        snapshots = _Snapshots(ad)
         error = ""
         try:
-            reference = engine.run_eager(args, kwargs, before_end=lambda c: ref_final.extend(ad.final_tensors(c.st)))
+            reference = engine.run_eager(args, kwargs, observer=snapshots,
+                                         before_end=lambda c: ref_final.extend(ad.final_tensors(c.st)))
         except Exception as e:  # noqa: BLE001 -- out of memory beside the new graphs, say: drop them, run again
             error = f"the eager reference run beside the new graphs failed ({type(e).__name__}: {e})"
         if error:
             self._fail(entry, error)
             entry.eager += 1
             return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
-        where = first_difference(out, reference, "output") or first_difference(final, ref_final, "final tensor")
+        where = (_first_scale_difference(call.plans, replayed, snapshots.after)
+                 or first_difference(out, reference, "output") or first_difference(final, ref_final, "final tensor"))
         if where:
             self._fail(entry, f"the replayed call differs from the eager call (torch.equal) at {where}")
             engine.note(f"graphs off for this key: {entry.failed}")
@@ -446,9 +544,18 @@ class GraphExecutor:
             if dst is not src:
                 dst.copy_(src)
 
-    def _bind_and_replay(self, engine: Engine, entry: _Entry, call: Call, fresh: bool = True) -> Timeline:
+    def _set_auto_limit(self, device: torch.device, grew: int) -> None:
+        """After a device's first capture: the keys that free memory allows (``max_keys=None``)."""
+        free = getattr(self.backend, "free", None)
+        if self.max_keys is not None or str(device) in self._auto_keys or free is None or grew <= 0:
+            return
+        self._auto_keys[str(device)] = max(2, min(AUTO_MAX_KEYS, int(free(device)) // grew))
+
+    def _bind_and_replay(self, engine: Engine, entry: _Entry, call: Call, fresh: bool = True,
+                         snapshots: Optional[List[List[torch.Tensor]]] = None) -> Timeline:
         """Replay ``entry``'s graphs on ``call``'s inputs (copied into the captured ones) and its
-        generators' states; returns the marks between the replays."""
+        generators' states; returns the marks between the replays. ``snapshots`` (the capture's
+        check) gets a copy of the final tensors after each computed scale."""
         captured = entry.call
         if fresh:
             self._copy_inputs(entry.static, state_tensors(call.st))
@@ -459,8 +566,11 @@ class GraphExecutor:
                 registered.set_state(own.get_state())
         timeline = Timeline(engine.adapter.device())
         timeline.mark()
-        for graph in entry.graphs:
-            self.backend.replay(graph)
+        for p, graph in zip(captured.plans, entry.graphs):
+            if graph is not None:
+                self.backend.replay(graph)
+            if snapshots is not None and not p.skipped:
+                snapshots.append([t.clone() for t in engine.adapter.final_tensors(captured.st)])
             timeline.mark()
         if fresh:  # the call's own generator (model.rng) ends where the eager call would leave it
             call.st.rng.set_state(captured.st.rng.get_state())
@@ -477,6 +587,37 @@ class GraphExecutor:
                                                 executor="graphs", capture_s=entry.capture_s,
                                                 pool_bytes=entry.pool_bytes, text=text or entry.call.text)
         return out
+
+
+#: The most keys kept with ``max_keys=None``.
+AUTO_MAX_KEYS = 16
+
+
+def check_max_keys(max_keys: Any) -> None:
+    if max_keys is not None and (isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1):
+        raise ValueError(f"max_keys={max_keys!r}: keep at least one call shape's graphs (an int >= 1), or None for "
+                         f"as many as free device memory allows")
+
+
+class _Snapshots(Observer):
+    """The final tensors after each computed scale of an eager call (the capture's check)."""
+
+    def __init__(self, adapter: Any):
+        self.adapter, self.after = adapter, []
+
+    def scale_done(self, st: Any, si: int) -> None:
+        self.after.append([t.clone() for t in self.adapter.final_tensors(st)])
+
+
+def _first_scale_difference(plans: List[Any], replayed: List[List[torch.Tensor]],
+                            eager: List[List[torch.Tensor]]) -> str:
+    """The first computed scale after which the replay's final tensors differ from the eager call's."""
+    computed = [p.index for p in plans if not p.skipped]
+    for si, a, b in zip(computed, replayed, eager):
+        found = first_difference(a, b, "final tensor")
+        if found:
+            return f"scale {si}: {found}"
+    return ""
 
 
 def _own_inputs(st: Any) -> None:
@@ -502,11 +643,12 @@ def _own_inputs(st: Any) -> None:
             setattr(st, f.name, own(getattr(st, f.name)))
 
 
-def make_executor(execution: str, device: torch.device, backend: Any = None, max_keys: int = 2,
+def make_executor(execution: str, device: torch.device, backend: Any = None, max_keys: Optional[int] = None,
                   capture_after: int = 3) -> Executor:
     """The executor for ``execution`` on ``device``; raises where ``"graphs"`` cannot run."""
     if execution not in EXECUTIONS:
         raise ValueError(f"execution={execution!r} is not one of {EXECUTIONS}")
+    check_max_keys(max_keys)
     if execution == "eager":
         return EagerExecutor()
     backend = backend if backend is not None else CudaGraphBackend()

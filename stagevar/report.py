@@ -202,7 +202,7 @@ class Report:
         issue = f"host issued the call in {self.host_s * 1e3:.1f} ms"
         if self.executor == "graphs":
             issue += (f"; graphs captured once in {self.capture_s * 1e3:.0f} ms, "
-                      f"pool {self.pool_bytes / 2 ** 20:.0f} MiB")
+                      f"shared pool grown {self.pool_bytes / 2 ** 20:.0f} MiB by this call shape")
         if self.key_counts:
             k = self.key_counts
             issue += (f"; this call shape: {k['calls']} calls, {k['captures']} capture(s), {k['replays']} replays, "

@@ -24,10 +24,11 @@ def _attention_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
 class ReplayingBackend:
     name = "fake"
 
-    def __init__(self, model: torch.nn.Module, fail_capture: bool = False, perturb: bool = False):
+    def __init__(self, model: torch.nn.Module, fail_capture: bool = False, perturb: bool = False, perturb_from: int = 0):
         self.attn = _attention_modules(model)
         self.fail_capture = fail_capture
         self.perturb = perturb  # make replays inexact (a backend bug the exactness check must catch)
+        self.perturb_from = perturb_from  # ... from the graph captured perturb_from-th on (0: every graph)
         self.captures = self.replays = self.released = 0
         self.replaying = False
 
@@ -63,10 +64,10 @@ class ReplayingBackend:
             t.copy_(v)
         for g, s in zip(generators, states):  # nor draws: a registered generator is advanced by replays only
             g.set_state(s)
-        return fn, bindings, pre, post
+        return fn, bindings, pre, post, self.captures - 1
 
     def replay(self, graph) -> None:
-        fn, bindings, pre, post = graph
+        fn, bindings, pre, post, ordinal = graph
         self.replays += 1
         self.replaying = True
         try:
@@ -79,7 +80,7 @@ class ReplayingBackend:
             for d, s in zip(dst, src):
                 if d is not s:
                     d.copy_(s)
-                if self.perturb and d.is_floating_point():
+                if self.perturb and ordinal >= self.perturb_from and d.is_floating_point():
                     d.add_(0.25)
             self._load(bindings, post)
         finally:

@@ -574,12 +574,13 @@ def test_a_failing_eager_reference_leaves_the_key_eager_and_returns_an_eager_res
     assert stagevar.last_report(small).executor == "eager"
 
 
-def test_an_inexact_replay_names_where_it_differed(monkeypatch, small):
-    _graphs(monkeypatch, small, "var-d16", perturb=True)
+@pytest.mark.parametrize("first", [0, 3, 5])
+def test_an_inexact_replay_names_the_first_scale_and_tensor_that_differ(monkeypatch, small, first):
+    _graphs(monkeypatch, small, "var-d16", perturb=True, perturb_from=first)
     kw = gen_kwargs(2, seed=0)
     small.autoregressive_infer_cfg(**kw)
-    with pytest.warns(GraphFallbackWarning, match=r"differs from the eager call \(torch.equal\) at output "
-                                                  r"\(\d+ of \d+ values, max \|diff\|"):
+    with pytest.warns(GraphFallbackWarning, match=rf"differs from the eager call \(torch.equal\) at scale {first}: final "
+                                                  rf"tensor\[0\] \(\d+ of \d+ values, max \|diff\|"):
         small.autoregressive_infer_cfg(**kw)
 
 
@@ -606,3 +607,108 @@ def test_torch_versions_without_capture_safe_sampling_are_refused(monkeypatch):
     monkeypatch.setattr(ex, "_torch_version", lambda: (2, 10))
     assert "no graph-safe generators" in ex.CudaGraphBackend().unavailable(torch.device("cuda"))
     assert ex._torch_version() == (2, 10)
+
+
+# ------------------------------------------------------------------------------------------
+# One pool per device, shared by every key; how many keys are kept.
+def test_every_key_captures_into_one_shared_pool_dropped_with_the_last_graphs(monkeypatch, small):
+    backend = _graphs(monkeypatch, small, "var-d16", max_keys=3)
+    pools = []
+    real_new_pool = backend.new_pool
+    backend.new_pool = lambda device: pools.append(real_new_pool(device)) or pools[-1]
+    captured_pools = []
+    real_capture = backend.capture
+    backend.capture = lambda fn, pool, *a: captured_pools.append(pool) or real_capture(fn, pool, *a)
+    for B in (1, 2, 3):
+        for _ in range(2):
+            small.autoregressive_infer_cfg(**gen_kwargs(B))
+    assert len(pools) == 1 and set(map(id, captured_pools)) == {id(pools[0])}
+    ex_ = _executor(small)
+    assert [c["captures"] for c in ex_.counts().values()] == [1, 1, 1]
+    stagevar.release_graphs(small)
+    assert ex_._pools == {}
+    for _ in range(2):
+        small.autoregressive_infer_cfg(**gen_kwargs(1))
+    assert len(pools) == 2  # a new pool after the last graphs went
+
+
+def test_a_failed_capture_leaves_no_pool_behind(monkeypatch, small):
+    backend = _graphs(monkeypatch, small, "var-d16", fail_capture=True)
+    with pytest.warns(GraphFallbackWarning):
+        for _ in range(2):
+            small.autoregressive_infer_cfg(**gen_kwargs(2))
+    assert _executor(small)._pools == {} and backend.released >= 1
+
+
+def test_max_keys_argument(monkeypatch, small):
+    monkeypatch.setattr(ex, "CudaGraphBackend", lambda: ReplayingBackend(small))
+    stagevar.accelerate(small, "var-d16", execution="graphs", max_keys=3)
+    assert _executor(small).max_keys == 3
+    for bad in (0, -1, 2.0, True, "4"):
+        with pytest.raises(ValueError, match="max_keys"):
+            stagevar.accelerate(small, "none", execution="graphs", max_keys=bad)
+        assert _executor(small).max_keys == 3 and stagevar.current_config(small).name == "var-d16"
+    with pytest.raises(ValueError, match="max_keys"):
+        stagevar.accelerate(reference_var("tiny"), "none", execution="eager", max_keys=0)
+
+
+def test_max_keys_none_keeps_what_free_memory_allows(monkeypatch, small):
+    backend = _graphs(monkeypatch, small, "var-d16")
+    ex_ = _executor(small)
+    ex_.max_keys = None
+    grown = [0]
+
+    def reserved(device):  # each capture grows the pool by 100 bytes
+        return grown[0]
+
+    real_capture = backend.capture
+
+    def capture(*a):
+        grown[0] += 100 // len(small.patch_nums) + 1
+        return real_capture(*a)
+
+    backend.reserved, backend.capture = reserved, capture
+    backend.free = lambda device: 350  # room for three keys of ~100 bytes
+    assert ex_.key_limit(torch.device("cpu")) == ex.AUTO_MAX_KEYS
+    for B in (1, 2, 3, 4, 5):
+        for _ in range(2):
+            small.autoregressive_infer_cfg(**gen_kwargs(B))
+    assert ex_.key_limit(torch.device("cpu")) == 3
+    assert len(ex_.keys) == 3 and [k[2][0] for k in ex_.keys] == [("B", 3), ("B", 4), ("B", 5)]
+    assert all(c["pool_bytes"] > 0 for c in ex_.counts().values())
+
+
+def test_an_empty_graph_fails_a_computed_scale_and_is_skipped_for_an_idle_one(monkeypatch, small):
+    """A skipped last scale records no kernel (there is no next input to build): nothing to replay.
+    A computed scale that records nothing was captured on the wrong stream: the key goes eager."""
+    backend = _graphs(monkeypatch, small, "skip-last-2")
+    real_capture = backend.capture
+    last = len(small.patch_nums) - 1
+    scales = []
+    real_run_scale = stagevar.engine.Engine.run_scale
+    monkeypatch.setattr(stagevar.engine.Engine, "run_scale",
+                        lambda self, call, p: scales.append(p.index) or real_run_scale(self, call, p))
+
+    def empty_for_last(fn, pool, generators, bindings, device):
+        graph = real_capture(fn, pool, generators, bindings, device)
+        if scales[-1] == last:
+            raise ex.EmptyGraphError("the captured CUDA graph is empty (test)")
+        return graph
+
+    backend.capture = empty_for_last
+    kw = gen_kwargs(2, seed=0)
+    want = small.autoregressive_infer_cfg(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphFallbackWarning)
+        got = small.autoregressive_infer_cfg(**kw)
+        assert stagevar.last_report(small).executor == "graphs" and torch.equal(got, want)
+        graphs = _executor(small)._entries[_executor(small).keys[0]].graphs
+        assert graphs[-1] is None and all(g is not None for g in graphs[:-1])
+        assert torch.equal(small.autoregressive_infer_cfg(**kw), want)  # replayed, the idle scale passed over
+
+    stagevar.accelerate(small, "var-d16", execution="graphs", capture_after=2, text_buckets=())
+    backend.capture = lambda *a: (_ for _ in ()).throw(ex.EmptyGraphError("the captured CUDA graph is empty (test)"))
+    small.autoregressive_infer_cfg(**kw)
+    with pytest.warns(GraphFallbackWarning, match="empty"):
+        got = small.autoregressive_infer_cfg(**kw)
+    assert torch.equal(got, _eager(small, "var-d16", kw))
