@@ -200,3 +200,31 @@ def test_bench_default_methods_follow_the_models_preset():
     assert compared("var-d16", carried="stagevar-tiny-var")[:2] == ["var-d16", "stagevar-tiny-var"]
     assert compared("var-d16", carried="calibrated-a0.96")[:2] == ["var-d16", "cfg-only"]  # not a name: left out
     assert compared("star-d30")[:2] == ["star-d30", "star-d16"]
+
+
+def test_timing_rows_give_images_per_second_and_peak_memory(monkeypatch):
+    """img/s is B over the median wall time; the peak is measured in one more call per arm, and a
+    method that holds a large tensor during its call shows it."""
+    from stagevar.tools import bench
+
+    var = reference_var("tiny")
+    kw = dict(B=3, label_B=torch.tensor([1, 2, 3]), g_seed=0, cfg=3.0)
+    held = []
+    real_finish = Engine.finish
+
+    def finish_holding_64_mib(self, call):  # an accelerated call that allocates 64 MiB while it runs
+        held.append(torch.ones(16 * 2 ** 20))
+        try:
+            return real_finish(self, call)
+        finally:
+            held.clear()
+
+    monkeypatch.setattr(Engine, "finish", finish_holding_64_mib)
+    rows = bench.interleaved(var, kw, resolve_methods(["baseline", "var-d16"], var), repeats=2, warmup=0)
+    by = {r["method"]: r for r in rows}
+    for r in rows:
+        assert r["images_per_s"] == pytest.approx(3 / (r["e2e_ms"] / 1e3))
+        assert r["peak_kind"].startswith("cpu_peak_") and r["peak_mib"] is not None
+    assert by["var-d16"]["peak_mib"] >= 60 and by["baseline"]["peak_mib"] < 30
+    text = bench.format_timing("t", rows)
+    assert "peak MiB" in text and "img/s" in text and "CPU peak increase" in text

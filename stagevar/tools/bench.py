@@ -44,13 +44,16 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
     return None if num is None or not den else num / den
 
 
-def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeats: int, warmup: int = 1,
-                executions: Sequence[str] = ("eager",), progress: bool = False) -> List[Dict[str, Any]]:
+def interleaved(model: Any, call_kwargs: Any, methods: Sequence[Method], repeats: int, warmup: int = 1,
+                executions: Sequence[str] = ("eager",), progress: bool = False,
+                peak_memory: bool = True) -> List[Dict[str, Any]]:
     """Time the generation call under each method and executor, interleaved round by round.
 
     Args:
         model: a supported model, unpatched (unpatched again on return or error).
-        call_kwargs: the generation call's arguments; the same (seed included) for every call.
+        call_kwargs: the generation call's arguments; the same (seed included) for every call. A
+            list of them (prompts of several lengths, say): every round runs each under every arm,
+            the warm-up too, and the rows' medians are over all of them.
         methods: ``[(label, config)]``; :data:`~.runner.BASELINE` is the unpatched call, run once, eagerly (added
             first if missing). The ``none`` preset is added if missing: each executor's rows are
             also compared with ``none`` under that executor.
@@ -58,6 +61,8 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
         warmup: untimed calls per arm first; at least two where graphs may run (the first call of
             a shape runs eager, the second captures), so that timed calls replay.
         executions: ``"eager"``, ``"graphs"``, ``"auto"`` (see :func:`stagevar.accelerate`).
+        peak_memory: one more untimed call per arm under :class:`~.timing.PeakMemory` (CUDA: peak
+            allocated over the call; CPU: the peak increase of the live heap during the call).
 
     Returns:
         One row per method x executor: medians and ranges in ms of the wall time (``e2e_*``) and
@@ -65,8 +70,10 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
         executor ran (and its notes), ``exact`` (graphs: ``torch.equal`` to the same method's eager
         output for the same seed), and ratios against the unpatched call (``e2e_speedup``,
         ``loop_speedup``, ``device_speedup``) and against ``none`` under the same executor
-        (``none_wall_ratio``, ``none_device_ratio``).
+        (``none_wall_ratio``, ``none_device_ratio``); ``images_per_s`` (B over the median wall
+        time) and ``peak_mib`` / ``peak_kind``.
     """
+    batches = list(call_kwargs) if isinstance(call_kwargs, (list, tuple)) else [call_kwargs]
     methods = list(methods)
     if not any(config is BASELINE for _, config in methods):
         methods.insert(0, ("baseline", BASELINE))
@@ -81,9 +88,11 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
         if rec.batch == 0:
             last[rec.arm] = _clone(out)
 
-    result = run_interleaved(model, arms, [call_kwargs], rounds=repeats, warmup=warmup, on_call=keep,
-                             progress=progress, desc="stagevar bench")
-    exact = _exactness(model, arms, last, call_kwargs)
+    result = run_interleaved(model, arms, batches, rounds=repeats, warmup=warmup, on_call=keep,
+                             progress=progress, desc="stagevar bench", peak_memory=peak_memory,
+                             warm_every_batch=len(batches) > 1)
+    exact = _exactness(model, arms, last, batches[0])
+    images = next((r.report.batch_size for r in result.records if r.report is not None), None)
     rows = []
     for i, arm in enumerate(arms):
         recs = result.of(i)
@@ -105,7 +114,9 @@ def interleaved(model: Any, call_kwargs: dict, methods: Sequence[Method], repeat
             host_ms=_med(host) * 1e3, device_ms=_med(device) * 1e3, host_wall=_med(host) / _med(wall),
             capture_ms=max(r.capture_s for r in graphs) * 1e3 if graphs else None,
             pool_mib=max(r.pool_bytes for r in graphs) / 2 ** 20 if graphs else None,
-            exact=exact.get(i)))
+            exact=exact.get(i), images_per_s=images / _med(wall) if images else None,
+            peak_kind=result.peaks[i][0] if i in result.peaks else None,
+            peak_mib=result.peaks[i][1] if i in result.peaks else None))
     base = next(r for r, a in zip(rows, arms) if a.config is BASELINE)
     nones = {a.execution: r for r, a in zip(rows, arms) if a.config == none}
     for row, arm in zip(rows, arms):
@@ -134,6 +145,9 @@ def _exactness(model: Any, arms: Sequence[Any], last: Dict[int, Any], call_kwarg
     return out
 
 
+_PEAK_KINDS = {"cuda_max_allocated_MiB": "CUDA peak allocated over the call (graph pools included)",
+               "cpu_peak_heap_increase_MiB": "CPU peak increase of the live heap during the call (tensors and all)",
+               "cpu_peak_rss_increase_MiB": "CPU peak increase of the resident set during the call"}
 _SKIP_MARK = " " + SKIPPING_LABEL  # some scales are not computed at all (as the report's header says)
 
 
@@ -148,15 +162,18 @@ def format_timing(title: str, rows: Sequence[Dict[str, Any]]) -> str:
     labels = [r["method"] + (_SKIP_MARK if r.get("skipping") else "") for r in rows]
     w = max([30] + [len(label) for label in labels])
     lines = [title, f"{'method':<{w}} {'exec':<6} {'wall ms (min-max)':>22} {'loop ms':>8} {'host ms':>8} "
-                    f"{'dev ms':>8} {'host/wall':>9} {'capt ms':>8} {'pool MiB':>8} {'exact':>5}  "
-                    f"{'vs baseline wall|dev|loop':>25}  {'vs none wall|dev':>16}"]
+                    f"{'dev ms':>8} {'host/wall':>9} {'capt ms':>8} {'pool MiB':>8} {'peak MiB':>8} {'img/s':>7} "
+                    f"{'exact':>5}  {'vs baseline wall|dev|loop':>25}  {'vs none wall|dev':>16}"]
     for r, label in zip(rows, labels):
         rng = f"{ms(r['e2e_ms'])} ({ms(r['e2e_min_ms'])}-{ms(r['e2e_max_ms'])})"
         exact = "-" if r["exact"] is None else "yes" if r["exact"] else "NO"
         pool = "-" if r["pool_mib"] is None else f"{r['pool_mib']:.1f}"
+        peak = "-" if r.get("peak_mib") is None else f"{r['peak_mib']:.0f}"
+        ips = "-" if r.get("images_per_s") is None else f"{r['images_per_s']:.3g}"
         lines.append(f"{label:<{w}} {r['execution']:<6} {rng:>22} {ms(r['loop_ms']):>8} "
                      f"{ms(r['host_ms']):>8} {ms(r['device_ms']):>8} {r['host_wall']:>9.2f} {ms(r['capture_ms']):>8} "
-                     f"{pool:>8} {exact:>5}  {x(r['e2e_speedup'], r['device_speedup'], r['loop_speedup']):>25}  "
+                     f"{pool:>8} {peak:>8} {ips:>7} {exact:>5}  "
+                     f"{x(r['e2e_speedup'], r['device_speedup'], r['loop_speedup']):>25}  "
                      f"{x(r['none_wall_ratio'], r['none_device_ratio']):>16}")
     if any(r.get("skipping") for r in rows):
         lines.append(f"{SKIPPING_LABEL}: some scales are not computed at all (the image is decoded from the codes "
@@ -165,7 +182,10 @@ def format_timing(title: str, rows: Sequence[Dict[str, Any]]) -> str:
                  "loop: wall minus decode; host: call entry to return, nothing synchronised inside; dev: the "
                  "report's per-scale times plus decode (unpatched call: its wall time); ratios: medians against "
                  "the unpatched call and against 'none' under the same executor; exact: torch.equal to the same "
-                 "method's eager output, same seed")
+                 "method's eager output, same seed; img/s: images over the median wall time")
+    kinds = sorted({r["peak_kind"] for r in rows if r.get("peak_kind")})
+    if kinds:
+        lines.append("peak MiB: one more call per row, untimed: " + "; ".join(_PEAK_KINDS.get(k, k) for k in kinds))
     for r in rows:
         if r["execution"] != "eager" and (r["fell_back"] or r["ran"] != ["graphs"]):
             lines.append(f"{r['method']} [{r['execution']}]: ran eager in {r['eager_calls']} of {r['calls']} timed "
@@ -241,7 +261,8 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
         t = by_label[label]
         results.append(dict(
             method=label, execution=t["execution"],
-            **{k: t[k] for k in ("loop_ms", "loop_min_ms", "loop_max_ms", "e2e_ms", "loop_speedup", "e2e_speedup")},
+            **{k: t[k] for k in ("loop_ms", "loop_min_ms", "loop_max_ms", "e2e_ms", "loop_speedup", "e2e_speedup",
+                                 "images_per_s")},
             config=None if config is BASELINE else config.to_dict(), skipping=rep.skipping,
             per_scale=rep.to_dict()["scales"],  # the report's own serialisation (time_s, like every report)
             gflops=rep.gflops, flop_ratio=base_flops / rep.gflops if rep.gflops else None, memory=mem,
@@ -267,13 +288,14 @@ def format_report(report: dict) -> str:
     labels = [m["method"] + (_SKIP_MARK if m["skipping"] else "") for m in report["methods"]]
     w = max([26] + [len(label) for label in labels])
     views = list(report["methods"][0]["consistency"]) if report["methods"] else []
-    lines.append(f"{'method':<{w}} {'loop ms (min-max)':>22} {'e2e ms':>9} {'loop x':>7} {'e2e x':>7} {'FLOP x':>7} "
+    lines.append(f"{'method':<{w}} {'loop ms (min-max)':>22} {'e2e ms':>9} {'img/s':>7} {'loop x':>7} {'e2e x':>7} {'FLOP x':>7} "
                  f"{'mem MiB':>8} {'PSNR':>6} {'SSIM':>6} {'tok agr':>8}" + "".join(f" {v[:8] + ' cons.':>20}" for v in views))
     for m, label in zip(report["methods"], labels):
         rng = f"{m['loop_ms']:.0f} ({m['loop_min_ms']:.0f}-{m['loop_max_ms']:.0f})"
         last = next((v for v in reversed(list(m["token_agreement"].values())) if v is not None), None)
         fx = "-" if m["flop_ratio"] is None else f"{m['flop_ratio']:.2f}x"
-        lines.append(f"{label:<{w}} {rng:>22} {m['e2e_ms']:>9.0f} "
+        ips = "-" if m.get("images_per_s") is None else f"{m['images_per_s']:.3g}"
+        lines.append(f"{label:<{w}} {rng:>22} {m['e2e_ms']:>9.0f} {ips:>7} "
                      f"{m['loop_speedup']:>6.2f}x {m['e2e_speedup']:>6.2f}x {fx:>7} {m['memory']['value']:>8.1f} "
                      f"{m['psnr']:>6.1f} {m['ssim']:>6.3f} {('-' if last is None else f'{last:.3f}'):>8}"
                      + "".join(f" {m['consistency'][v]:>11.3f} ({m['consistency_change'][v]:+.3f})" for v in views))

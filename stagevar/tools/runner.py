@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -29,7 +29,7 @@ from ..engine import Engine
 from ..executors import EXECUTIONS, make_executor
 from ..presets import BASELINE_NAME, PATTERNS, named
 from ..report import Report
-from .timing import DecodeTimer, timed
+from .timing import DecodeTimer, PeakMemory, timed
 
 
 class _Sentinel:
@@ -175,6 +175,7 @@ class RunResult:
     records: List[Record]
     rounds: int
     warmup: int
+    peaks: Dict[int, Tuple[str, float]] = field(default_factory=dict)  # arm -> (what, MiB): run_interleaved(peak_memory=True)
 
     def of(self, arm: int) -> List[Record]:
         return [r for r in self.records if r.arm == arm]
@@ -231,7 +232,7 @@ def _decode_timers(adapter: Any, batches: Sequence[dict], device: Any) -> Iterat
 
 def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], rounds: int = 1, warmup: int = 1,
                     on_call: Optional[Callable[[Record, Any], None]] = None, progress: bool = False,
-                    desc: str = "stagevar") -> RunResult:
+                    desc: str = "stagevar", peak_memory: bool = False, warm_every_batch: bool = False) -> RunResult:
     """Run ``arms x rounds x batches`` interleaved and time every call.
 
     Args:
@@ -245,6 +246,11 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
             that run eager, that one captures), so its timed calls replay.
         on_call: told each timed call's :class:`Record` and output (after the timing).
         progress: a progress bar (tqdm when installed, else one line per call on stderr).
+        peak_memory: after the rounds, one more (untimed) call per arm on the first batch under
+            :class:`~.timing.PeakMemory` (a CPU's sampling thread would perturb the timed calls):
+            ``RunResult.peaks``.
+        warm_every_batch: the warm-up calls run every batch, not the first only (prompts of
+            several lengths: each call shape is captured before the timed rounds).
 
     Returns:
         :class:`RunResult` with every timed call.
@@ -277,9 +283,10 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
                 return out, t, decode_s
 
             for w in range(max(warm)):
-                for i in range(len(arms)):
-                    if w < warm[i]:
-                        call(i, 0)
+                for b in range(len(batches) if warm_every_batch else 1):
+                    for i in range(len(arms)):
+                        if w < warm[i]:
+                            call(i, b)
             for r in range(rounds):
                 for b in range(len(batches)):
                     for i, arm in enumerate(arms):
@@ -290,6 +297,14 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
                         records.append(rec)
                         if on_call is not None:
                             on_call(rec, out)
+            peaks: Dict[int, Tuple[str, float]] = {}
+            for i in range(len(arms) if peak_memory else 0):
+                switch.to(i)
+                with torch.no_grad(), PeakMemory(device) as peak:
+                    getattr(model, adapter.entry_point)(**batches[0])
+                if timers[0] is not None:
+                    timers[0].take()
+                peaks[i] = (peak.kind, peak.mib)
     finally:
         if bar is not None:
             bar.close()
@@ -297,7 +312,7 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
             switch.close()
         else:
             api.restore(model)
-    return RunResult(arms=list(arms), records=records, rounds=rounds, warmup=warmup)
+    return RunResult(arms=list(arms), records=records, rounds=rounds, warmup=warmup, peaks=peaks)
 
 
 __all__ = ["Method", "METHODS_HELP", "BASELINE", "MODEL_DEFAULT", "method_config", "resolve_methods", "Arm", "arms_for",
