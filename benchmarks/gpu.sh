@@ -9,12 +9,18 @@
 # flash-attn); then the steps, each figure printed as it lands and appended to $OUT/log.txt, so a
 # cut-off run still keeps what it measured; last the targets, PASS / FAIL / not measured
 # (benchmarks/gpu_summary.py). Steps in priority order:
-#   1. the CUDA tests, on the test files that hold them only (pytest; skipped, saying so, without it);
+#   1. the CUDA checks (python -m stagevar.tools.gpu_checks: plain Python, no pytest needed), one
+#      PASS / FAIL line each as it ends, into $OUT/checks.json;
 #   2. Infinity-2B shape, 1024^2, B=1: unpatched vs none / infinity-2b / infinity-2b-paper, eager
-#      and graphs (targets: graphed infinity-2b <= 0.25 s, >= 4x the unpatched call, >= 2x graphed none);
+#      and graphs (targets: graphed infinity-2b <= 0.25 s, >= 4x the unpatched call, >= 2x graphed
+#      none; graph pool <= 1.5x the eager call's peak allocated memory);
 #   3. VAR-d16, B=1 (target: graphed none bit-identical and >= 3x the unpatched call);
-#   4. VAR-d16 B=8 and B=64 (target at 64: graphed var-d16 >= 1.6x graphed none);
-#   5. Infinity-2B B=4 and 16:9 B=1; VAR-d30 B=8.
+#   4. real use: 24 prompts of varied lengths on the Infinity-2B shape, graphs against eager, and a
+#      fixed prompt every third call (targets: within 10% of the fixed prompt, >= 2x eager);
+#   5. VAR-d16 B=64 (target: graphed var-d16 >= 1.6x graphed none);
+#   6. Infinity-2B B=4 where free memory allows (else skipped, saying why);
+#   then, while time is left: the CUDA tests of tests/ under pytest (where pytest is installed; only
+#   the test files that hold them), Infinity 16:9 B=1, VAR-d30 B=8.
 # Everything under bf16 autocast, as users run these models; timings after the capture call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -77,33 +83,38 @@ PY
 }
 exec > >(tee "$log") 2>&1
 env_line
-step "CUDA tests (full output: cuda_tests.txt)"
+step "CUDA checks (plain runner; results in checks.json)"
+run 60 $py -m stagevar.tools.gpu_checks --json "$out/checks.json"
+step "Infinity-2B shape 1024^2 B=1"
+run 60 $py examples/benchmark_infinity.py --shape 2b --aspect 1:1 --batch 1 --bf16 --rounds 3 \
+  --execution eager graphs --json "$out/inf_2b_b1.json" 2>&1
+step "VAR-d16 B=1"
+run 25 $py examples/benchmark_var.py --shape d16 --batch 1 --bf16 --rounds 5 --execution eager graphs \
+  --json "$out/var_d16_b1.json" 2>&1
+step "real use: 24 prompts of varied lengths, Infinity-2B shape 1024^2 B=1"
+run 70 $py examples/benchmark_infinity.py --shape 2b --aspect 1:1 --batch 1 --bf16 --rounds 1 --real-use 24 \
+  --configs infinity-2b --execution eager graphs --json "$out/inf_2b_real_use.json" 2>&1
+step "VAR-d16 B=64"
+run 35 $py examples/benchmark_var.py --shape d16 --batch 64 --bf16 --rounds 3 --execution eager graphs \
+  --json "$out/var_d16_b8_64.json" 2>&1
+step "Infinity-2B shape 1024^2 B=4 (where free memory allows)"
+run 40 $py examples/benchmark_infinity.py --shape 2b --aspect 1:1 --batch 4 --bf16 --rounds 2 --min-free-gib 48 \
+  --execution eager graphs --json "$out/inf_2b_b4.json" 2>&1
+step "CUDA tests under pytest (full output: cuda_tests.txt)"
 if $py -c "import pytest" 2>/dev/null; then
   if (( dry )); then
-    run 90 $py -m pytest -q -p no:cacheprovider -m cuda -rf $cuda_tests
+    run 40 $py -m pytest -q -p no:cacheprovider -m cuda -rf $cuda_tests
   else
-    run 90 $py -m pytest -q -p no:cacheprovider -m cuda -rf $cuda_tests > "$out/cuda_tests.txt" 2>&1
+    run 40 $py -m pytest -q -p no:cacheprovider -m cuda -rf $cuda_tests > "$out/cuda_tests.txt" 2>&1
     tail -15 "$out/cuda_tests.txt"
   fi
 else
-  echo "skipped: pytest is not installed here (carry it as a wheel to run the CUDA tests)"
+  echo "skipped: pytest is not installed here (the plain runner above ran the executor's checks)"
 fi
-step "Infinity-2B shape 1024^2 B=1"
-run 90 $py examples/benchmark_infinity.py --shape 2b --aspect 1:1 --batch 1 --bf16 --rounds 5 \
-  --execution eager graphs --json "$out/inf_2b_b1.json" 2>&1
-step "VAR-d16 B=1"
-run 40 $py examples/benchmark_var.py --shape d16 --batch 1 --bf16 --rounds 5 --execution eager graphs \
-  --json "$out/var_d16_b1.json" 2>&1
-step "VAR-d16 B=8 and B=64"
-run 50 $py examples/benchmark_var.py --shape d16 --batch 8 64 --bf16 --rounds 5 --execution eager graphs \
-  --json "$out/var_d16_b8_64.json" 2>&1
-step "Infinity-2B shape 1024^2 B=4, and 16:9 B=1"
-run 70 $py examples/benchmark_infinity.py --shape 2b --aspect 1:1 --batch 4 --bf16 --rounds 5 \
-  --execution eager graphs --json "$out/inf_2b_b4.json" 2>&1
-run 50 $py examples/benchmark_infinity.py --shape 2b --aspect 16:9 --batch 1 --bf16 --rounds 5 \
+step "Infinity-2B shape 16:9 B=1, VAR-d30 B=8 (while time is left)"
+run 40 $py examples/benchmark_infinity.py --shape 2b --aspect 16:9 --batch 1 --bf16 --rounds 3 \
   --execution eager graphs --json "$out/inf_2b_169.json" 2>&1
-step "VAR-d30 B=8"
-run 50 $py examples/benchmark_var.py --shape d30 --batch 8 --bf16 --rounds 5 --execution eager graphs \
+run 40 $py examples/benchmark_var.py --shape d30 --batch 8 --bf16 --rounds 3 --execution eager graphs \
   --json "$out/var_d30_b8.json" 2>&1
 step "summary"
 $py benchmarks/gpu_summary.py "$out"

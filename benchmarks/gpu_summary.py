@@ -26,6 +26,10 @@ def _rows(path: str, batch: Optional[int] = None) -> Optional[List[dict]]:
     return None
 
 
+def _real(rows: Optional[List[dict]], execution: str, prompts: str) -> Optional[dict]:
+    return next((r for r in rows or [] if r["execution"] == execution and r.get("prompts") == prompts), None)
+
+
 def _row(rows: Optional[List[dict]], method: str, execution: str) -> Optional[dict]:
     return next((r for r in rows or [] if r["method"] == method and r["execution"] == execution), None)
 
@@ -62,6 +66,25 @@ def checks(out: str) -> List[Tuple[str, Optional[str], Optional[bool]]]:
     res.append(("Infinity-2B 1024^2 B=1: graphed infinity-2b >= 2x graphed none",
                 None if x is None else f"{x:.2f}x", None if x is None else x >= 2))
 
+    inf_e = _row(inf1, "infinity-2b", "eager")
+    pool, peak = (None if inf_g is None else inf_g.get("pool_mib")), (None if inf_e is None else inf_e.get("peak_mib"))
+    x = None if not pool or not peak else pool / peak
+    res.append(("Infinity-2B 1024^2 B=1: graph pool <= 1.5x the eager call's peak allocated memory",
+                None if x is None else f"pool {pool:.0f} MiB / eager peak {peak:.0f} MiB = {x:.2f}",
+                None if x is None else x <= 1.5))
+
+    real = _rows(os.path.join(out, "inf_2b_real_use.json"))
+    varied_g, fixed_g, varied_e = (_real(real, "graphs", "varied"), _real(real, "graphs", "fixed"),
+                                   _real(real, "eager", "varied"))
+    x = _ratio(fixed_g, varied_g)  # varied over fixed
+    res.append(("real use, 24 prompts of varied lengths: graphed infinity-2b within 10% of the fixed prompt's call",
+                None if x is None else f"varied/fixed {x:.3f} ({varied_g['replayed']} of {varied_g['calls']} "
+                                       f"replayed, buckets {varied_g['buckets']})",
+                None if x is None else x <= 1.10))
+    x = _ratio(varied_g, varied_e)
+    res.append(("real use: graphed infinity-2b >= 2x eager infinity-2b",
+                None if x is None else f"{x:.2f}x", None if x is None else x >= 2))
+
     v_g, v_none_g = _row(var64, "var-d16", "graphs"), _row(var64, "none (loop overhead)", "graphs")
     x = _ratio(v_g, v_none_g)
     res.append(("VAR-d16 B=64: graphed var-d16 >= 1.6x graphed none",
@@ -75,6 +98,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     print("== summary: the GPU targets")
+    path = os.path.join(argv[0], "checks.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            checks_run = json.load(f)
+        passed = sum(c["verdict"] == "PASS" for c in checks_run)
+        failed = [c["check"] for c in checks_run if c["verdict"] != "PASS"]
+        print(f"{'PASS' if not failed else 'FAIL':<12} CUDA checks: {passed} of {len(checks_run)} passed"
+              + (f" (failed: {', '.join(failed)})" if failed else ""))
+    else:
+        print(f"{'not measured':<12} CUDA checks (no checks.json)")
     for target, figure, passed in checks(argv[0]):
         verdict = "not measured" if passed is None else "PASS" if passed else "FAIL"
         print(f"{verdict:<12} {target}" + (f": {figure}" if figure else ""))

@@ -61,7 +61,7 @@ def main():
                                        f"{args.rounds} interleaved rounds after the warm-up, on {device}", rows))
             results.append(dict(shape=args.shape, batch=B, repeats=args.rounds, bf16=args.bf16,
                                 executions=args.execution, device=device, rows=rows))
-    _timing.write_json(args.json, results)
+            _timing.write_json(args.json, results)  # what is measured so far: a cut-off run keeps it
 
 
 if __name__ == "__main__":

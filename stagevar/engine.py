@@ -85,6 +85,10 @@ def autocast_state(device: torch.device) -> tuple:
         return (torch.is_autocast_enabled(), None)
 
 
+#: Text lengths checked in their bucket that are remembered (then the checks start over).
+_CHECKED_KEPT = 4096
+
+
 class Observer:
     """What :meth:`Engine.observe` tells, as no-op hooks to override (``st`` is the adapter's call state)."""
 
@@ -99,6 +103,29 @@ class Observer:
 
     def sampled(self, si: int, ids: torch.Tensor) -> None:
         """The token ids sampled at scale ``si``."""
+
+
+class _ScaleOutputs(Observer):
+    """Every computed scale's transformer output and, at the end, the final tensors of one call."""
+
+    def __init__(self, adapter: Any):
+        self.adapter, self.outputs, self.final = adapter, [], []
+
+    def scale_output(self, st: Any, si: int, x: torch.Tensor) -> None:
+        self.outputs.append((si, x.clone()))
+
+    def finished(self, call: "Call") -> None:
+        self.final = [t.clone() for t in self.adapter.final_tensors(call.st)]
+
+    def first_difference(self, other: "_ScaleOutputs") -> str:
+        """Where this call and ``other`` first differ: a scale's output, then the final tensors."""
+        for (si, x), (_, y) in zip(self.outputs, other.outputs):
+            found = first_difference(x, y, f"scale {si}'s transformer output")
+            if found:
+                return found
+        if len(self.outputs) != len(other.outputs):
+            return f"the number of scales run ({len(self.outputs)} vs {len(other.outputs)})"
+        return first_difference(self.final, other.final, "final tensor")
 
 
 @dataclass
@@ -204,9 +231,11 @@ class Engine:
 
     def __call__(self, *args, **kwargs) -> Any:
         with torch.no_grad():
-            check = self._unchecked_bucket(args, kwargs)
-            if check is not None:
-                return self._check_bucket(check, args, kwargs)
+            keys = self._bucket_keys(args, kwargs)
+            if keys is not None and keys[0] not in self._buckets_checked:
+                return self._check_bucket(keys, args, kwargs)
+            if keys is not None and keys[1] not in self._buckets_checked:
+                self._probe_lengths(keys, args, kwargs)
             return self.executor.run(self, args, kwargs)
 
     # -- text bucketing ----------------------------------------------------------------------------
@@ -215,9 +244,10 @@ class Engine:
         its text (0 where it is not padded, and why)."""
         if not self.text_buckets:
             return (0, 0, "")
-        n = self.adapter.text_length(args, kwargs)
-        if n is None:
+        lengths = self.adapter.text_lengths(args, kwargs)
+        if not lengths:
             return (0, 0, "")
+        n = max(lengths)
         if self.buckets_off:
             return (n, 0, f"text buckets off: {self.buckets_off}")
         if g_seed is None:
@@ -229,8 +259,9 @@ class Engine:
             return (n, 0, f"text longer than every bucket ({self.text_buckets[-1]} tokens)")
         return (n, fits[0], "")
 
-    def _unchecked_bucket(self, args: tuple, kwargs: dict) -> Optional[tuple]:
-        """The check key of a call whose bucket has not been checked against the unpadded call yet."""
+    def _bucket_keys(self, args: tuple, kwargs: dict) -> Optional[Tuple[tuple, tuple]]:
+        """``(bucket key, lengths key)`` of a call that pads its text (None where it does not): what
+        its checks against unpadded calls are remembered by."""
         if not self.text_buckets or self.buckets_off:
             return None
         try:
@@ -240,39 +271,74 @@ class Engine:
         _, bucket, _ = self._text_bucket(args, kwargs, g_seed)
         if not bucket:
             return None
-        key = (bucket, autocast_state(self.adapter.device()), torch.is_inference_mode_enabled())
-        return None if key in self._buckets_checked else key
+        state = (autocast_state(self.adapter.device()), torch.is_inference_mode_enabled())
+        return (bucket,) + state, (bucket, self.adapter.text_lengths(args, kwargs)) + state
 
-    def _check_bucket(self, key: tuple, args: tuple, kwargs: dict) -> Any:
-        """The first call of a bucket (per autocast state) runs padded and unpadded, eagerly: the
-        bucket is kept only where the two are bit-identical; a difference turns bucketing off for
-        this model, with one warning saying where. Returns the unpadded call's output and report."""
-        padded_final: List[torch.Tensor] = []
-        plain_final: List[torch.Tensor] = []
+    def _compared(self, args: tuple, kwargs: dict, first_scale_only: bool) -> Tuple[Any, str, Any]:
+        """The call padded, then unpadded, eagerly: ``(unpadded output, where they first differ or '',
+        its report)``. Compared bit for bit: every computed scale's transformer output before
+        sampling (continuous values, which show a kernel that rounds otherwise even where the
+        sampled tokens happen to agree), then the final codes and the output. ``first_scale_only``:
+        set up and run the first computed scale only (a probe), no output."""
+        runs = []
+        for unpadded in (False, True):
+            seen = _ScaleOutputs(self.adapter)
+            self._unpadded = unpadded
+            try:
+                if first_scale_only:
+                    call = self.setup(args, kwargs, observer=seen)
+                    try:
+                        first = next((p for p in call.plans if not p.skipped), None)
+                        if first is not None:
+                            self.run_scale(call, first)
+                    finally:
+                        self.end(call)
+                    out = None
+                else:
+                    out = self.run_eager(args, kwargs, observer=seen, before_end=seen.finished)
+            finally:
+                self._unpadded = False
+            runs.append((out, seen))
+        (padded, a), (out, b) = runs
+        where = a.first_difference(b) or first_difference(padded, out, "output")
+        return out, where, None if first_scale_only else self.unread_report()
 
-        def grab(into: List[torch.Tensor]) -> Callable[[Call], None]:
-            return lambda c: into.extend(t.clone() for t in self.adapter.final_tensors(c.st))
+    def _turn_buckets_off(self, bucket: int, where: str) -> None:
+        self.buckets_off = (f"a call padded to {bucket} tokens differs from the unpadded call at {where} "
+                            f"(this model's text attention or projection is not exact with padded text)")
+        warn_at_caller(f"stagevar: text bucketing turned off for this model: {self.buckets_off}; calls run their "
+                       f"text unpadded from now on (under CUDA graphs each text length is its own call shape)",
+                       TextBucketWarning)
 
-        padded = self.run_eager(args, kwargs, before_end=grab(padded_final))
-        self._unpadded = True
-        try:
-            out = self.run_eager(args, kwargs, before_end=grab(plain_final))
-        finally:
-            self._unpadded = False
-        report = self.unread_report()
-        where = first_difference(padded, out, "output") or first_difference(padded_final, plain_final, "final tensor")
+    def _remember(self, key: tuple) -> None:
+        if len(self._buckets_checked) >= _CHECKED_KEPT:
+            self._buckets_checked.clear()
+        self._buckets_checked.add(key)
+
+    def _check_bucket(self, keys: Tuple[tuple, tuple], args: tuple, kwargs: dict) -> Any:
+        """The first call of a bucket (per autocast state) runs padded and unpadded, whole and
+        eagerly (:meth:`_compared`). Equal: the bucket is kept. Different: bucketing is off for this
+        model, with one warning saying where. Returns the unpadded call's output and report."""
+        out, where, report = self._compared(args, kwargs, first_scale_only=False)
         if where:
-            self.buckets_off = (f"a call padded to {key[0]} tokens differs from the unpadded call at {where} "
-                                f"(this model's text attention or projection is not exact with padded text)")
-            warn_at_caller(f"stagevar: text bucketing turned off for this model: {self.buckets_off}; calls run their "
-                           f"text unpadded from now on (under CUDA graphs each text length is its own call shape)",
-                           TextBucketWarning)
+            self._turn_buckets_off(keys[0][0], where)
             report.text = (report.text[0], 0, f"text buckets off: {self.buckets_off}")
         else:
-            self._buckets_checked.add(key)
-            report.text = (report.text[0], 0, f"bucket {key[0]} checked: the padded call is bit-identical to this "
-                                              f"unpadded one")
+            self._remember(keys[0])
+            self._remember(keys[1])
+            report.text = (report.text[0], 0, f"bucket {keys[0][0]} checked: the padded call is bit-identical to "
+                                              f"this unpadded one")
         return out
+
+    def _probe_lengths(self, keys: Tuple[tuple, tuple], args: tuple, kwargs: dict) -> None:
+        """Text lengths new to a checked bucket: their first scale runs padded and unpadded (a
+        kernel whose rounding depends on the text length, e.g. a vector loop's tail, shows there);
+        a difference turns bucketing off before the call runs."""
+        _, where, _ = self._compared(args, kwargs, first_scale_only=True)
+        if where:
+            self._turn_buckets_off(keys[0][0], where)
+        else:
+            self._remember(keys[1])
 
     def observe(self, observer: Observer, *args, **kwargs) -> Any:
         """Run one call eagerly with an :class:`Observer` told what happens (calibration, bench)."""

@@ -116,8 +116,8 @@ class Bindings:
     engine call's per-unit outputs and branch. Real graphs ignore it (a replay runs no Python);
     a backend that stands in for graphs by re-running Python rebinds to what capture saw."""
 
-    def __init__(self, call: Call):
-        self.call = call
+    def __init__(self, call: Call, model: Any = None):
+        self.call, self.model = call, model
 
     def save(self) -> dict:
         c = self.call
@@ -468,7 +468,7 @@ class GraphExecutor:
             entry.rng.set_state(user_rng.get_state())
             static = state_tensors(call.st)
             generators = [call.st.rng, call.gen]
-            bindings = Bindings(call)
+            bindings = Bindings(call, ad.model)
             reserved0 = self.backend.reserved(device)
             t_cap = time.perf_counter()
             pool = self._pool(device)

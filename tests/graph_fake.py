@@ -10,7 +10,7 @@ at capture, never on the current call's: an input the executor forgets to copy i
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 
@@ -24,8 +24,11 @@ def _attention_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
 class ReplayingBackend:
     name = "fake"
 
-    def __init__(self, model: torch.nn.Module, fail_capture: bool = False, perturb: bool = False, perturb_from: int = 0):
-        self.attn = _attention_modules(model)
+    def __init__(self, model: Optional[torch.nn.Module] = None, fail_capture: bool = False, perturb: bool = False,
+                 perturb_from: int = 0):
+        # the attention modules whose KV caches a capture saves: the model's, else (model=None) those of
+        # the model the executor names in each capture's bindings
+        self.attn = None if model is None else _attention_modules(model)
         self.fail_capture = fail_capture
         self.perturb = perturb  # make replays inexact (a backend bug the exactness check must catch)
         self.perturb_from = perturb_from  # ... from the graph captured perturb_from-th on (0: every graph)
@@ -41,12 +44,15 @@ class ReplayingBackend:
     def reserved(self, device):
         return 0
 
+    def _attn(self, bindings):
+        return self.attn if self.attn is not None else _attention_modules(bindings.model)
+
     def _save(self, bindings):
-        return dict(b=bindings.save(), caches=[(m.cached_k, m.cached_v) for m in self.attn])
+        return dict(b=bindings.save(), caches=[(m.cached_k, m.cached_v) for m in self._attn(bindings)])
 
     def _load(self, bindings, saved):
         bindings.load(saved["b"])
-        for m, (k, v) in zip(self.attn, saved["caches"]):
+        for m, (k, v) in zip(self._attn(bindings), saved["caches"]):
             m.cached_k, m.cached_v = k, v
 
     def capture(self, fn, pool, generators, bindings, device) -> Any:

@@ -10,6 +10,7 @@ import stagevar.executors as ex
 from stagevar import GraphFallbackWarning, GraphsUnavailableError
 from stagevar.api import _ATTR
 from stagevar.models import reference_infinity, reference_var
+from stagevar.tools import gpu_checks
 
 from conftest import gen_kwargs
 from graph_fake import ReplayingBackend
@@ -388,113 +389,36 @@ def _no_fallback(fn):
         return fn()
 
 
-@cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("family", ["var", "infinity"])
-@pytest.mark.parametrize("B", [1, 4])
-@pytest.mark.parametrize("autocast", [False, True])
-def test_cuda_graphs_none_equals_unpatched_and_presets_equal_eager(family, B, autocast):
-    from test_infinity import PROMPTS, call_kwargs
-
-    dev = torch.device("cuda")
-    top = dict(top_k=5, top_p=0.9) if B > 1 else {}  # the filtered sampler captured too
-    if family == "var":
-        model = reference_var("small", device=dev)
-        kws = [gen_kwargs(B, seed=s, label_B=(torch.arange(B, device=dev) + s) % 10, **top) for s in (0, 1, 2)]
-        presets = ["var-d16", "stagevar-tiny-var"]
-        out = lambda o: o  # noqa: E731
-    else:
-        bundle = reference_infinity("tiny", device=dev)
-        model = bundle.model
-        text = bundle.encode((PROMPTS * B)[:B])  # one text length: one key for the three seeds
-        kws = [call_kwargs(bundle, B, seed=s, label_B_or_BLT=text, **top) for s in (0, 1, 2)]
-        presets = ["infinity-2b", "infinity-2b-paper"]
-        out = lambda o: o[2]  # noqa: E731
-    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else (lambda: torch.autocast("cuda", enabled=False))
-    with ctx():
-        want = [out(model.autoregressive_infer_cfg(**kw)) for kw in kws]
-        for config in ["none"] + presets:
-            stagevar.accelerate(model, config, execution="graphs", capture_after=2, text_buckets=())
-            ref = want if config == "none" else [out(_eager(model, config, kw)) for kw in kws]
-            got = [_no_fallback(lambda kw=kw: out(model.autoregressive_infer_cfg(**kw))) for kw in kws]
-            assert stagevar.last_report(model).executor == "graphs", stagevar.last_report(model).note
-            for g, w in zip(got, ref):
-                assert torch.equal(g, w), config
-            stagevar.restore(model)
+# The GPU checks (stagevar/tools/gpu_checks.py, also run without pytest by benchmarks/gpu.sh): all of
+# them on CUDA; on a CPU, with the stand-in backend, those that need no real CUDA graph.
+CHECKS = {name: (check, cuda_only) for name, check, cuda_only in gpu_checks.CHECKS}
 
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("autocast", [False, True])
-def test_cuda_infinity_three_prompt_lengths_under_bucketing(autocast, capsys):
-    """Three prompt lengths in one bucket, graphs on: every output equals the unpadded eager call's,
-    whether the first call's check kept bucketing (one key, replays) or turned it off (one key per
-    length). Prints which, for the GPU log."""
-    from test_infinity import call_kwargs
-
-    dev = torch.device("cuda")
-    bundle = reference_infinity("tiny", device=dev)
-    model = bundle.model
-    words = "a red fox runs over the deep snow at night".split()
-    texts = [bundle.encode([" ".join(words[:n]), " ".join(words[:n + 2])]) for n in (2, 4, 7)]
-    kws = [call_kwargs(bundle, 2, seed=s, label_B_or_BLT=t) for s in (0, 1) for t in texts]
-    ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if autocast else (lambda: torch.autocast("cuda", enabled=False))
-    with ctx():
-        want = [_eager(model, "infinity-2b", kw)[2] for kw in kws]
-        stagevar.accelerate(model, "infinity-2b", execution="graphs", capture_after=2, text_buckets=(16,))
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(2):
-                got = [_no_fallback(lambda kw=kw: model.autoregressive_infer_cfg(**kw)[2]) for kw in kws]
-                for g, w in zip(got, want):
-                    assert torch.equal(g, w)
-        engine = getattr(model, _ATTR).engine
-        kept = not engine.buckets_off
-        counts = engine.executor.counts()
-        if kept:
-            assert len(counts) == 1 and sum(c["replays"] for c in counts.values()) >= 6, counts
-        else:
-            assert any(issubclass(w.category, stagevar.TextBucketWarning) for w in caught)
-        stagevar.restore(model)
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_cuda_check(name, capsys):
+    detail = CHECKS[name][0](torch.device("cuda"))
     with capsys.disabled():
-        print(f"\n  bucketing on CUDA ({'bf16 autocast' if autocast else 'fp32'}): "
-              f"{'kept, one key, ' + str(counts) if kept else 'off: ' + engine.buckets_off}")
+        print(f"\n  {name}: {detail}")
 
 
-@cuda
-@pytest.mark.cuda
-def test_cuda_random_labels_replay_as_eager():
-    """label_B=None (labels drawn from the call's generator in setup), with a fresh CUDA generator per
-    call (the model's rng still on the CPU) and then with the model's own (moved by an unpatched call)."""
-    dev = torch.device("cuda")
-    model = reference_var("small", device=dev)
-    for _ in range(2):
-        stagevar.accelerate(model, "var-d16", execution="graphs", capture_after=2)
-        kws = [dict(gen_kwargs(4, seed=s), label_B=None) for s in (0, 1, 2)]
-        got = [_no_fallback(lambda kw=kw: model.autoregressive_infer_cfg(**kw)) for kw in kws]
-        assert stagevar.last_report(model).executor == "graphs", stagevar.last_report(model).note
-        for g, kw in zip(got, kws):
-            assert torch.equal(g, _eager(model, "var-d16", kw))
-        stagevar.restore(model)
-        model.autoregressive_infer_cfg(**kws[0])  # upstream's own call moves model.rng to the GPU
+@pytest.mark.parametrize("name", [n for n, (_, cuda_only) in CHECKS.items() if not cuda_only])
+def test_gpu_check_on_the_stand_in_backend(monkeypatch, name):
+    monkeypatch.setattr(ex, "CudaGraphBackend", lambda: ReplayingBackend())
+    assert CHECKS[name][0](torch.device("cpu"))
 
 
-@cuda
-@pytest.mark.cuda
-def test_cuda_release_graphs_lowers_reserved_memory():
-    dev = torch.device("cuda")
-    model = reference_var("small", device=dev)
-    stagevar.accelerate(model, "var-d16", execution="graphs", capture_after=2)
-    kw = gen_kwargs(8, seed=0, label_B=torch.arange(8, device=dev) % 10)
-    for _ in range(3):
-        _no_fallback(lambda: model.autoregressive_infer_cfg(**kw))
-    rep = stagevar.last_report(model)
-    assert rep.executor == "graphs" and rep.pool_bytes > 0
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()  # what the eager calls left cached, so that only the pool can be freed below
-    before = torch.cuda.memory_reserved()
-    stagevar.release_graphs(model)
-    assert before - torch.cuda.memory_reserved() >= rep.pool_bytes
+def test_gpu_checks_fail_where_the_executor_is_broken(monkeypatch):
+    """The checks can fail: a replay that is not exact, and an executor that writes the caller's
+    tensors, are caught."""
+    monkeypatch.setattr(ex, "CudaGraphBackend", lambda: ReplayingBackend(perturb=True))
+    with pytest.raises(GraphFallbackWarning, match="differs from the eager call"):  # the check's own replay check
+        gpu_checks.exact_var(torch.device("cpu"))
+    monkeypatch.setattr(ex, "CudaGraphBackend", lambda: ReplayingBackend())
+    monkeypatch.setattr(ex, "_own_inputs", lambda st: None)
+    with pytest.raises(AssertionError, match="caller"):
+        gpu_checks.caller_tensors_unchanged(torch.device("cpu"))
 
 
 # ------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_a_padded_call_that_differs_turns_bucketing_off_and_returns_the_unpadded
         st.ca_kv = (kv, cu.clone().index_put_((torch.tensor([cu.shape[0] - 1]),), cu[-1] + 1), n)
 
     monkeypatch.setattr(adapter, "pad_text", leaky)
-    with pytest.warns(TextBucketWarning, match="padded to 8 tokens differs from the unpadded call at output"):
+    with pytest.warns(TextBucketWarning, match="padded to 8 tokens differs from the unpadded call at scale 0.s transformer output"):
         got = m.autoregressive_infer_cfg(**kw)[2]
     assert torch.equal(got, want)
     assert "text buckets off" in stagevar.last_report(m).text[2]
@@ -211,7 +211,7 @@ def test_star_padding_masks_the_added_tokens():
             kw["encoder_attention_mask"] = None
         elif given == "bool":
             kw["encoder_attention_mask"] = kw["encoder_attention_mask"].bool()[:, None, None, :]
-        assert adapter.text_length((), kw) == T
+        assert adapter.text_lengths((), kw) == (T,)
         st = adapter.begin((), kw)
         try:
             mask_before = st.text_mask

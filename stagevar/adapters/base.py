@@ -172,9 +172,11 @@ class GraphHooks:
         not told (``()``: none, e.g. a family without text)."""
         return ()
 
-    def text_length(self, args: tuple, kwargs: dict) -> Optional[int]:
-        """The longest text of a call, in tokens, read from its arguments on the host (None: the
-        call has no text to pad). Raises nothing the call itself would not: None on bad arguments."""
+    def text_lengths(self, args: tuple, kwargs: dict) -> Optional[Tuple[int, ...]]:
+        """The text lengths (tokens) that fix what padding a call's text does to its numerics, read
+        from its arguments on the host: the longest picks the bucket, all of them key the check of
+        padded against unpadded calls. None: the call has no text to pad (or bad arguments, which
+        the call itself reports)."""
         return None
 
     def pad_text(self, st: Any, length: int) -> None:

@@ -195,12 +195,16 @@ class InfinityAdapter(Adapter):
         longest = int(self.model.cfg_uncond.shape[0])
         return tuple(b for b in (32, 64, 128, 256) if b < longest) + (longest,)
 
-    def text_length(self, args: tuple, kwargs: dict) -> Optional[int]:
+    def text_lengths(self, args: tuple, kwargs: dict) -> Optional[Tuple[int, ...]]:
+        """Every packed text's length (the prompts', then the negative prompts'), from the host
+        ``lens`` lists of upstream's packed tuples."""
         try:
             a = self.bind_call(args, kwargs)
-            n = int(a["label_B_or_BLT"][3])
+            lens = [int(n) for n in a["label_B_or_BLT"][1]]
             negative = a.get("negative_label_B_or_BLT")
-            return n if negative is None else max(n, int(negative[3]))
+            if negative is not None:
+                lens += [int(n) for n in negative[1]]
+            return tuple(lens) or None
         except Exception:  # noqa: BLE001 -- the call itself says what is wrong with its arguments
             return None
 

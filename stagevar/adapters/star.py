@@ -144,12 +144,14 @@ class STARAdapter(VARLoopAdapter):
         return st
 
     # -- text bucketing (off by default: upstream's T5 encoder pads every prompt to 120 tokens) ------
-    def text_length(self, args: tuple, kwargs: dict) -> Optional[int]:
+    def text_lengths(self, args: tuple, kwargs: dict) -> Optional[Tuple[int, ...]]:
+        """The text tensor's length ``T`` (every row padded to it, its mask marking the real
+        tokens: reading those would need the device)."""
         try:
             text = self.bind_call(args, kwargs).get("encoder_hidden_states")
         except Exception:  # noqa: BLE001 -- the call itself says what is wrong with its arguments
             return None
-        return int(text.shape[1]) if isinstance(text, torch.Tensor) and text.dim() == 3 else None
+        return (int(text.shape[1]),) if isinstance(text, torch.Tensor) and text.dim() == 3 else None
 
     def pad_text(self, st: _STARCall, length: int) -> None:
         """Zero text tokens after the call's ``T``, masked out of cross-attention (an additive

@@ -272,7 +272,8 @@ def run_interleaved(model: Any, arms: Sequence[Arm], batches: Sequence[dict], ro
         # an arm that may run CUDA graphs warms up until its key is captured, so its timed calls replay
         warm = [max(warmup, getattr(switch.engines[i].executor, "capture_after", 0)) if i in switch.engines
                 else warmup for i in range(len(arms))]
-        bar = Progress(sum(warm) + rounds * len(batches) * len(arms), progress, desc, "call")
+        bar = Progress(sum(warm) * (len(batches) if warm_every_batch else 1) + rounds * len(batches) * len(arms),
+                       progress, desc, "call")
         with _decode_timers(adapter, batches, device) as timers:
             def call(i: int, b: int) -> Tuple[Any, Any, float]:
                 switch.to(i)
