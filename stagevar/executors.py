@@ -272,9 +272,7 @@ class GraphExecutor:
         if execution not in ("auto", "graphs"):
             raise ValueError(f"execution={execution!r}: expected 'auto' or 'graphs'")
         check_max_keys(max_keys)
-        if isinstance(capture_after, bool) or not isinstance(capture_after, int) or capture_after < 2:
-            raise ValueError(f"capture_after={capture_after!r}: a key captures on its N-th call, N >= 2 (its first "
-                             f"call runs eagerly)")
+        check_capture_after(capture_after)
         self.execution = execution
         self.backend = backend if backend is not None else CudaGraphBackend()
         self.max_keys = max_keys
@@ -599,6 +597,12 @@ def check_max_keys(max_keys: Any) -> None:
                          f"as many as free device memory allows")
 
 
+def check_capture_after(capture_after: Any) -> None:
+    if isinstance(capture_after, bool) or not isinstance(capture_after, int) or capture_after < 2:
+        raise ValueError(f"capture_after={capture_after!r}: a key captures on its N-th call, N >= 2 (an int; its "
+                         f"first call runs eagerly)")
+
+
 class _Snapshots(Observer):
     """The final tensors after each computed scale of an eager call (the capture's check)."""
 
@@ -649,6 +653,7 @@ def make_executor(execution: str, device: torch.device, backend: Any = None, max
     if execution not in EXECUTIONS:
         raise ValueError(f"execution={execution!r} is not one of {EXECUTIONS}")
     check_max_keys(max_keys)
+    check_capture_after(capture_after)  # under every execution: a bad value is refused whatever runs
     if execution == "eager":
         return EagerExecutor()
     backend = backend if backend is not None else CudaGraphBackend()

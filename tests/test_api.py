@@ -185,6 +185,24 @@ def test_projection_draws_follow_the_call_seed(small, monkeypatch):
     assert not any(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
 
 
+def test_the_configs_seed_changes_the_low_rank_draw_and_not_the_sampling(small, monkeypatch):
+    """Two configs that differ only in ``seed``: other projections for the same g_seed (so other
+    images), the same projections for the same config seed."""
+    drawn = []
+    real = lowrank.projection_matrix
+    monkeypatch.setattr(lowrank, "projection_matrix", lambda *a, **k: drawn.append(real(*a, **k)) or drawn[-1])
+    base = StageVARConfig(refine_start=-2, rank_ratio=0.3, name="t")
+    runs, images = [], []
+    for seed in (0, 1, 0):
+        drawn.clear()
+        with stagevar.accelerated(small, base.replace(seed=seed)):
+            images.append(small.autoregressive_infer_cfg(**gen_kwargs(2, seed=5)))
+        runs.append(list(drawn))
+    assert runs[0] and all(torch.equal(a, b) for a, b in zip(runs[0], runs[2])) and torch.equal(images[0], images[2])
+    assert not any(torch.equal(a, b) for a, b in zip(runs[0], runs[1])) and not torch.equal(images[0], images[1])
+    assert projection_seed(5, 0) != projection_seed(5, 1)
+
+
 def test_skipping_a_middle_scale_feeds_the_next_scale_what_was_generated(small):
     """A skipped middle scale must hand the next scale the accumulated latent, not zeros."""
     K = len(small.patch_nums)

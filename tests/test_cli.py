@@ -34,6 +34,22 @@ def test_bad_counts_and_levels_are_refused_before_work(capsys):
     _fails_fast(capsys, ["calibrate", "--alpha", "0.5"], "--alpha 0.5 is not a level calibrate measures")
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["bench", "--top-k", "-1"], "--top-k must be at least 0, got -1"),
+    (["demo", "--top-p", "1.5"], "--top-p must be 0 (off) to 1, got 1.5"),
+    (["generate", "--top-p", "-0.1"], "--top-p must be 0 (off) to 1"),
+    (["bench", "--cfg", "-2"], "--cfg must be 0 or more, got -2.0"),
+    (["demo", "--cfg", "nan"], "--cfg must be 0 or more, got nan"),
+    (["calibrate", "--max-rank-ratio", "0"], "--max-rank-ratio must be above 0 and at most 1, got 0.0"),
+    (["calibrate", "--max-rank-ratio", "1.2"], "--max-rank-ratio must be above 0 and at most 1"),
+    (["calibrate", "--unit-blocks", "0"], "--unit-blocks must be at least 1, got 0"),
+    (["calibrate", "--conditions", "1", "-3"], "--conditions takes class indices (0 or more), got [-3]"),
+    (["generate", "--classes", "-1"], "--classes takes class indices (0 or more), got [-1]"),
+])
+def test_sampling_and_calibration_options_out_of_range_are_refused_before_work(capsys, argv, needle):
+    _fails_fast(capsys, argv, needle)
+
+
 def test_an_output_that_cannot_be_written_is_refused_before_work(capsys, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")

@@ -636,3 +636,99 @@ def test_an_empty_graph_fails_a_computed_scale_and_is_skipped_for_an_idle_one(mo
     with pytest.warns(GraphFallbackWarning, match="empty"):
         got = small.autoregressive_infer_cfg(**kw)
     assert torch.equal(got, _eager(small, "var-d16", kw))
+
+
+# ------------------------------------------------------------------------------------------
+# Bookkeeping: what a key holds, what a replay refreshes, what copies and re-configuration do.
+def test_autocast_state_is_part_of_the_key(monkeypatch, small):
+    _graphs(monkeypatch, small, "var-d16", max_keys=4)
+    kw = gen_kwargs(2, seed=1)
+    for _ in range(2):
+        small.autoregressive_infer_cfg(**kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        small.autoregressive_infer_cfg(**kw)
+        assert "first call" in stagevar.last_report(small).note
+        small.autoregressive_infer_cfg(**kw)
+        got = small.autoregressive_infer_cfg(**kw)
+        assert stagevar.last_report(small).executor == "graphs"
+        assert torch.equal(got, _eager(small, "var-d16", kw))
+    assert len(_executor(small).keys) == 2
+
+
+def test_a_sampler_replaced_on_the_model_module_is_part_of_the_key(monkeypatch, small):
+    import sys
+
+    _graphs(monkeypatch, small, "var-d16", max_keys=4)
+    kw = gen_kwargs(2, seed=1)
+    for _ in range(2):
+        small.autoregressive_infer_cfg(**kw)
+    module = sys.modules[type(small).__module__]
+    real = module.sample_with_top_k_top_p_
+    calls = []
+    monkeypatch.setattr(module, "sample_with_top_k_top_p_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    small.autoregressive_infer_cfg(**kw)
+    assert "first call" in stagevar.last_report(small).note and calls  # a new key, run with the new sampler
+    assert len(_executor(small).keys) == 2
+
+
+def test_integer_inputs_are_refreshed_equal_totals_other_splits(monkeypatch):
+    """Infinity without CFG keeps the caller's cu_seqlens_k (int32) as an input: texts of 3 + 5 and
+    5 + 3 tokens share one key (same shapes, same longest text), and a replay must read the new
+    offsets, not the captured ones (2 + 5 is another key: another total)."""
+    from test_infinity import call_kwargs
+
+    bundle = reference_infinity("tiny")
+    m = bundle.model
+    _graphs(monkeypatch, m, "none")
+    words = "a red fox runs over the deep snow".split()
+    K = len(bundle.schedule("1:1"))
+    kws = [call_kwargs(bundle, 2, seed=s, cfg=1.0, label_B_or_BLT=bundle.encode([" ".join(words[:a]), " ".join(words[:b])]))
+           for s, (a, b) in enumerate([(3, 5), (3, 5), (5, 3), (2, 5), (5, 3)])]
+    assert all(kw["cfg_list"] == [1.0] * K for kw in kws)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphFallbackWarning)
+        got = [m.autoregressive_infer_cfg(**kw)[2] for kw in kws]
+    assert len(_executor(m).keys) == 2 and stagevar.last_report(m).executor == "graphs"
+    assert max(c["replays"] for c in _executor(m).counts().values()) == 2  # 3 + 5 captured, 5 + 3 replayed twice
+    for g, kw in zip(got, kws):
+        assert torch.equal(g, _eager(m, "none", kw)[2])
+
+
+def test_execution_graphs_refuses_a_reducer_that_cannot_be_captured(monkeypatch, small):
+    _graphs(monkeypatch, small, "var-d16")
+    config = stagevar.preset("var-d16").replace(reducer="orthogonal", name="orth")
+    stagevar.accelerate(small, config, execution="graphs")
+    with pytest.raises(GraphsUnavailableError, match="orthogonal"):
+        small.autoregressive_infer_cfg(**gen_kwargs(2, seed=0))
+    stagevar.accelerate(small, config, execution="auto")
+    small.autoregressive_infer_cfg(**gen_kwargs(2, seed=0))
+    rep = stagevar.last_report(small)
+    assert rep.executor == "eager" and "orthogonal" in rep.note
+
+
+def test_a_copy_keeps_its_execution_mode(monkeypatch, small):
+    _graphs(monkeypatch, small, "var-d16")
+    stagevar.accelerate(small, "var-d16", execution="graphs", capture_after=4, max_keys=3)
+    twin = copy.deepcopy(small)
+    a, b = _executor(small), _executor(twin)
+    assert isinstance(b, ex.GraphExecutor) and b is not a
+    assert (b.execution, b.capture_after, b.max_keys) == ("graphs", 4, 3)
+
+
+def test_reaccelerating_frees_the_old_graphs(monkeypatch, small):
+    backend = _graphs(monkeypatch, small, "var-d16")
+    kw = gen_kwargs(2, seed=0)
+    for _ in range(2):
+        small.autoregressive_infer_cfg(**kw)
+    old = _executor(small)
+    assert old.keys and backend.released == 0
+    stagevar.accelerate(small, "none", execution="graphs", capture_after=2)
+    assert old.keys == [] and old._pools == {} and backend.released >= 1
+
+
+@pytest.mark.parametrize("bad", [1, 0, True, 2.5, "3"])
+def test_capture_after_is_checked_under_every_execution(small, bad):
+    for execution in ("eager", "auto"):
+        with pytest.raises(ValueError, match="capture_after"):
+            stagevar.accelerate(small, "var-d16", execution=execution, capture_after=bad)
+        assert not stagevar.is_accelerated(small)

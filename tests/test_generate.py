@@ -136,6 +136,9 @@ def test_another_runs_folder_is_refused_naming_what_to_change(ref, tmp_path):
         _run(ref, out, config="baseline")
     with pytest.raises(ValueError, match=r"seed: 0 there, 4 now.*--seed 0"):
         _run(ref, out, seed=4)
+    for other in (dict(top_k=5, top_p=0.0), dict(top_k=0, top_p=0.9), dict(cfg=1.5, top_k=0, top_p=0.0)):
+        with pytest.raises(ValueError, match="another output folder"):  # the call's options are part of the run
+            _run(ref, out, call_kwargs=dict(ref.call_kwargs, **other))
     assert set(_mtimes(out).values()) == {0}  # nothing rewritten
     (out / MANIFEST).unlink()  # images without a manifest: nothing says how they were made
     with pytest.raises(ValueError, match="no manifest.json"):

@@ -1,4 +1,5 @@
 """stagevar.metrics: image metrics, feature and Fréchet distances, token agreement, paired changes."""
+import pytest
 import torch
 
 import torch.nn.functional as F
@@ -71,6 +72,43 @@ def test_frechet_distance_of_gaussians():
     assert abs(frechet_distance(a, b) - 4.0) < 0.3  # |mu|^2 = 4, same covariance
     c = torch.randn(4000, 3, generator=g) * 2  # var 4: trace term 3 * (1 + 4 - 2*2) = 3
     assert abs(frechet_distance(a, c) - 3.0) < 0.4
+
+
+def _with_moments(z, mean, cov):
+    """Rows whose sample mean and (unbiased) covariance are exactly ``mean`` and ``cov``."""
+    z = z.double() - z.double().mean(0)
+    white = torch.linalg.cholesky(torch.cov(z.t()))
+    z = z @ torch.linalg.inv(white).t()  # sample covariance exactly I
+    return z @ torch.linalg.cholesky(cov).t() + mean
+
+
+def test_frechet_distance_with_covariances_that_do_not_commute():
+    """Against the value by hand: |dmu|^2 + tr A + tr B - 2 sum sqrt(eig(A B)) (A B is similar to
+    A^1/2 B A^1/2, so their square roots have one trace), A and B chosen not to commute."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.tensor([[2.0, 0.0], [0.0, 0.5]], dtype=torch.float64)
+    B = torch.tensor([[1.0, 0.8], [0.8, 1.0]], dtype=torch.float64)
+    assert not torch.allclose(A @ B, B @ A)
+    mu_a, mu_b = torch.tensor([1.0, -1.0], dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64)
+    fa = _with_moments(torch.randn(40, 2, generator=g), mu_a, A)
+    fb = _with_moments(torch.randn(30, 2, generator=g), mu_b, B)
+    ev = torch.linalg.eigvals(A @ B).real
+    by_hand = float((mu_a - mu_b).pow(2).sum() + torch.trace(A) + torch.trace(B) - 2 * ev.clamp_min(0).sqrt().sum())
+    assert frechet_distance(fa, fb) == pytest.approx(by_hand, rel=1e-9)
+    assert frechet_distance(fb, fa) == pytest.approx(by_hand, rel=1e-9)  # symmetric
+    assert by_hand == pytest.approx(10.0 + 4.5 - 2 * float(ev.sqrt().sum()))
+
+
+def test_frechet_distance_of_one_row_is_refused_not_nan():
+    with pytest.raises(ValueError, match="two feature rows"):
+        frechet_distance(torch.ones(1, 3), torch.ones(5, 3))
+
+
+def test_feature_distance_by_hand():
+    a = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 1.0]])
+    b = torch.tensor([[3.0, 2.0, 1.0], [5.0, 5.0, 6.0]])
+    # centred: (-1, 0, 1) vs (1, 0, -1): cosine -1 -> 2; (-1/3, -1/3, 2/3) vs the same shape -> 0
+    assert torch.allclose(feature_distance(a, b), torch.tensor([2.0, 0.0]), atol=1e-6)
 
 
 def test_token_agreement_per_scale():

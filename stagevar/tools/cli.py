@@ -354,9 +354,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             ap.error(f"--shape applies to the random-weight reference models (--model {with_shapes})")
         if shapes and args.shape not in shapes:
             ap.error(f"--shape {args.shape} is not a {args.model} shape; choose one of {sorted(shapes)}")
-    for name, least in (("repeats", 1), ("warmup", 0), ("per_item", 1)):
-        if getattr(args, name, least) < least:
-            ap.error(f"--{name.replace('_', '-')} must be at least {least}")
+    for name, least in (("repeats", 1), ("warmup", 0), ("per_item", 1), ("top_k", 0), ("unit_blocks", 1)):
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            ap.error(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+    import math
+
+    for name, lo, hi, closed_lo, what in (("top_p", 0.0, 1.0, True, "0 (off) to 1"), ("cfg", 0.0, math.inf, True, "0 or more"),
+                                          ("max_rank_ratio", 0.0, 1.0, False, "above 0 and at most 1")):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value > hi or value < lo or (value == lo and not closed_lo):
+            ap.error(f"--{name.replace('_', '-')} must be {what}, got {value}")
+    for name in ("classes", "conditions"):
+        bad = [v for v in getattr(args, name, None) or [] if v < 0]
+        if bad:
+            ap.error(f"--{name} takes class indices (0 or more), got {bad}")
     if args.command == "calibrate":
         from .calibrate import ALPHAS
 

@@ -80,7 +80,11 @@ def feature_distance(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
 
 
 def frechet_distance(fa: torch.Tensor, fb: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``(N, F)`` and ``(M, F)``."""
+    """Fréchet distance between Gaussians fitted to feature sets ``(N, F)`` and ``(M, F)``
+    (each needs two rows at least: one row has no covariance)."""
+    if fa.shape[0] < 2 or fb.shape[0] < 2:
+        raise ValueError(f"frechet_distance needs at least two feature rows per set (a covariance), got "
+                         f"{fa.shape[0]} and {fb.shape[0]}")
     fa, fb = fa.double(), fb.double()
     mu_a, mu_b = fa.mean(0), fb.mean(0)
     ca, cb = torch.cov(fa.t()), torch.cov(fb.t())

@@ -191,12 +191,12 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
             feat = features(img)
             row = dict(method=label, n=len(img), seconds=sum(r.wall_s for r in result.of(m)), lowpass_factor=factor)
             row.update(_change("semantic_", base_sem, correct(semantic_classifier, img)))
-            row.update(semantic_fd_to_baseline=None if semantic_classifier is None else
+            row.update(semantic_fd_to_baseline=None if semantic_classifier is None or len(img) < 2 else
                        frechet_distance(chunked(semantic_classifier.features, img), base_sem_feat))
             row.update(_with_se("lowfreq_psnr", lowfreq_psnr(img, base_img, factor)))
             texture = _change("", base_ok, correct(classifier, img))
             row.update(class_consistency=texture.pop("consistency"), **texture)
-            row.update(fd_to_baseline=None if feat is None else frechet_distance(feat, base_feat))
+            row.update(fd_to_baseline=None if feat is None or len(img) < 2 else frechet_distance(feat, base_feat))
             row.update(_with_se("feature_distance", feature_distance(feat, base_feat)) if feat is not None
                        else dict(feature_distance=None, feature_distance_se=None))
             row.update(_with_se("psnr", psnr(img, base_img)))
