@@ -44,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..")))  # this checkout's stagevar
 
 import stagevar  # noqa: E402
+from stagevar.api import _ATTR  # noqa: E402
 from stagevar import StageVARConfig  # noqa: E402
 from stagevar import engine as _engine  # noqa: E402
 
