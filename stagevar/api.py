@@ -9,6 +9,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
+import torch
+
 from ._warnings import warn_at_caller
 from .adapters import UnsupportedModelError, adapter_for
 from .config import ConfigError, StageVARConfig
@@ -191,8 +193,12 @@ def accelerate(model: Any, config: Union[None, str, StageVARConfig] = None, exec
     return wrapper
 
 
-def _patch_of(model: Any) -> Optional[_Patch]:
-    """The patch ``accelerate`` put on ``model`` (inside a torch.compile wrapper too), or None."""
+def _patch_of(model: Any, caller: str = "") -> Optional[_Patch]:
+    """The patch ``accelerate`` put on ``model`` (inside a torch.compile wrapper too), or None;
+    ``caller`` (a function's name) refuses what is not a model at all, naming that function."""
+    if caller and not isinstance(model, torch.nn.Module):
+        raise TypeError(f"stagevar.{caller}: model must be the torch.nn.Module you accelerated, got "
+                        f"{type(model).__name__}")
     return getattr(_target(model), _ATTR, None)
 
 
@@ -204,7 +210,7 @@ def release_engine(engine: Engine) -> None:
 def release_graphs(model: Any) -> Any:
     """Free the CUDA graphs and memory pools captured for ``model`` (they are captured anew when
     needed). No-op for a model that is not accelerated or runs eagerly."""
-    patch = _patch_of(model)
+    patch = _patch_of(model, "release_graphs")
     if patch is not None:
         release_engine(patch.engine)
     return model
@@ -213,6 +219,7 @@ def release_graphs(model: Any) -> Any:
 def restore(model: Any) -> Any:
     """Undo :func:`accelerate`: the original generation method back, exactly; captured graphs
     freed. No-op if not patched."""
+    _patch_of(model, "restore")
     engine = detach(model)
     if engine is not None:
         release_engine(engine)
@@ -225,7 +232,7 @@ def is_accelerated(model: Any) -> bool:
 
 def current_config(model: Any) -> Optional[StageVARConfig]:
     """The config ``model`` is accelerated with, or None."""
-    patch = _patch_of(model)
+    patch = _patch_of(model, "current_config")
     return None if patch is None else patch.engine.config
 
 
@@ -238,11 +245,12 @@ def engine_of(model: Any) -> Optional[Engine]:
 
 
 def build_engine(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
-                 capture_after: int = 3) -> Engine:
+                 capture_after: int = 3, text_buckets: Optional[Sequence[int]] = None,
+                 max_keys: Optional[int] = None) -> Engine:
     """The engine :func:`accelerate` would install (config resolved and checked against the
     model's schedules), without installing it: for the tools that switch a model between several
     engines (:func:`attach`, :func:`detach`)."""
-    return _engine(adapter_for(_target(model)), config, execution, capture_after)
+    return _engine(adapter_for(_target(model)), config, execution, capture_after, text_buckets, max_keys)
 
 
 def attach(model: Any, engine: Engine) -> Optional[Engine]:
@@ -334,7 +342,7 @@ def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, exe
 
 def last_report(model: Any) -> Report:
     """Per-scale statistics of the model's last accelerated call."""
-    patch = _patch_of(model)
+    patch = _patch_of(model, "last_report")
     if patch is None:
         raise RuntimeError("stagevar.last_report: this model is not accelerated; call stagevar.accelerate(model) first")
     if patch.engine.last_report is None:

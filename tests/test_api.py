@@ -549,3 +549,16 @@ def test_labels_and_seeds_of_other_integer_types(small):
             small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=bad))
     with pytest.raises(ValueError, match="g_seed=1.5 .* is not a seed: pass an integer, or None"):
         small.autoregressive_infer_cfg(**dict(gen_kwargs(2), g_seed=1.5))
+
+
+@pytest.mark.parametrize("name", ["restore", "release_graphs", "current_config", "last_report"])
+@pytest.mark.parametrize("not_a_model", [42, "model", None, [1, 2]])
+def test_functions_taking_a_model_refuse_what_is_not_one(name, not_a_model):
+    with pytest.raises(TypeError, match=rf"stagevar\.{name}: model must be the torch\.nn\.Module"):
+        getattr(stagevar, name)(not_a_model)
+    assert stagevar.is_accelerated(not_a_model) is False  # a question, answered
+
+
+def test_restore_and_release_graphs_of_a_model_never_accelerated_are_no_ops(small):
+    assert stagevar.restore(small) is small and stagevar.release_graphs(small) is small
+    assert stagevar.current_config(small) is None
