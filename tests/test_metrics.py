@@ -127,3 +127,39 @@ def test_paired_change_stats():
     assert abs(s["change_se"] - (3 - 1 / 8) ** 0.5 / 8) < 1e-12
     same = paired_change_stats(base, base.clone())
     assert same["lost"] == same["gained"] == 0 and same["change_se"] == 0.0
+
+
+def test_calibration_kl_is_cond_against_uncond_by_hand():
+    """KL(cond || uncond) = sum p log(p / q), with p the conditional branch's distribution: the
+    direction matters (the two directions differ for these logits)."""
+    import math
+
+    from stagevar.tools.calibrate import _Observer
+
+    cond = torch.tensor([[[math.log(0.7), math.log(0.2), math.log(0.1)]]])
+    uncond = torch.tensor([[[math.log(0.2), math.log(0.3), math.log(0.5)]]])
+
+    class Fake:
+        def schedule(self, st):
+            return [(1, 1)]
+
+        def branch_logits(self, st, x):
+            return cond, uncond
+
+    obs = _Observer(Fake(), alphas=())
+    obs.scale_output(None, 0, torch.zeros(2, 1, 4))
+    p, q = [0.7, 0.2, 0.1], [0.2, 0.3, 0.5]
+    forward = sum(a * math.log(a / b) for a, b in zip(p, q))
+    backward = sum(b * math.log(b / a) for a, b in zip(p, q))
+    assert obs.kl[0] == pytest.approx(forward, rel=1e-5) and abs(obs.kl[0] - backward) > 0.03
+
+
+def test_quality_change_is_the_method_minus_the_baseline():
+    from stagevar.tools.quality import _change
+
+    base = torch.tensor([True, True, False, False])
+    ok = torch.tensor([True, False, False, False])  # one lost, none gained: the fraction fell by 1/4
+    got = _change("semantic_", base, ok)
+    assert got["semantic_consistency"] == 0.25 and got["semantic_consistency_change"] == -0.25
+    assert (got["semantic_lost"], got["semantic_gained"]) == (1, 0)
+    assert _change("", ok, base)["consistency_change"] == 0.25
