@@ -128,9 +128,7 @@ def run_aspect(bundle, aspect: str, args) -> dict:
     m = bundle.model
     sched = bundle.schedule(aspect)
     K = len(sched)
-    prompts = ["a photo of a red fox standing in fresh snow, golden hour"] * args.batch
-    kw = dict(vae=bundle.vae, scale_schedule=sched, label_B_or_BLT=bundle.encode(prompts), B=args.batch, g_seed=0,
-              cfg_list=[4.0] * K, tau_list=[0.5] * K, top_k=900, top_p=0.97, ret_img=True, cfg_insertion_layer=[0])
+    kw = _kwargs(bundle, sched, FIXED, args.batch)
     methods = [("unpatched", BASELINE)] + [(c, stagevar.preset(c)) for c in args.configs]
     rows = _timing.time_with_report(m, kw, methods, args)
     _, H, W = sched[-1]

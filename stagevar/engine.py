@@ -105,19 +105,28 @@ class Observer:
         """The token ids sampled at scale ``si``."""
 
 
-class _ScaleOutputs(Observer):
-    """Every computed scale's transformer output and, at the end, the final tensors of one call."""
+class CallRecorder(Observer):
+    """What one eager call computed, for comparing it with another: per computed scale its final
+    tensors after the scale (``after``, ``(si, tensors)``), with ``outputs`` its transformer output
+    before sampling too (``outputs``, ``(si, x)``), and the final tensors at the end (``final``)."""
 
-    def __init__(self, adapter: Any):
-        self.adapter, self.outputs, self.final = adapter, [], []
+    def __init__(self, adapter: Any, outputs: bool = True):
+        self.adapter, self.keep_outputs = adapter, outputs
+        self.outputs: List[Tuple[int, torch.Tensor]] = []
+        self.after: List[Tuple[int, List[torch.Tensor]]] = []
+        self.final: List[torch.Tensor] = []
 
     def scale_output(self, st: Any, si: int, x: torch.Tensor) -> None:
-        self.outputs.append((si, x.clone()))
+        if self.keep_outputs:
+            self.outputs.append((si, x.clone()))
+
+    def scale_done(self, st: Any, si: int) -> None:
+        self.after.append((si, [t.clone() for t in self.adapter.final_tensors(st)]))
 
     def finished(self, call: "Call") -> None:
         self.final = [t.clone() for t in self.adapter.final_tensors(call.st)]
 
-    def first_difference(self, other: "_ScaleOutputs") -> str:
+    def first_difference(self, other: "CallRecorder") -> str:
         """Where this call and ``other`` first differ: a scale's output, then the final tensors."""
         for (si, x), (_, y) in zip(self.outputs, other.outputs):
             found = first_difference(x, y, f"scale {si}'s transformer output")
@@ -239,12 +248,14 @@ class Engine:
             return self.executor.run(self, args, kwargs)
 
     # -- text bucketing ----------------------------------------------------------------------------
-    def _text_bucket(self, args: tuple, kwargs: dict, g_seed: Any) -> Tuple[int, int, str]:
+    def _text_bucket(self, args: tuple, kwargs: dict, g_seed: Any, lengths: Any = ()) -> Tuple[int, int, str]:
         """``(longest text, bucket, why not)`` for a call: the smallest of ``text_buckets`` that holds
-        its text (0 where it is not padded, and why)."""
+        its text (0 where it is not padded, and why). ``lengths``: the call's text lengths, where
+        the caller has read them already."""
         if not self.text_buckets:
             return (0, 0, "")
-        lengths = self.adapter.text_lengths(args, kwargs)
+        if lengths == ():
+            lengths = self.adapter.text_lengths(args, kwargs)
         if not lengths:
             return (0, 0, "")
         n = max(lengths)
@@ -268,11 +279,12 @@ class Engine:
             g_seed = self.adapter.bind_call(args, kwargs).get("g_seed")
         except Exception:  # noqa: BLE001 -- the call itself reports its bad arguments
             return None
-        _, bucket, _ = self._text_bucket(args, kwargs, g_seed)
+        lengths = self.adapter.text_lengths(args, kwargs)
+        _, bucket, _ = self._text_bucket(args, kwargs, g_seed, lengths)
         if not bucket:
             return None
         state = (autocast_state(self.adapter.device()), torch.is_inference_mode_enabled())
-        return (bucket,) + state, (bucket, self.adapter.text_lengths(args, kwargs)) + state
+        return (bucket,) + state, (bucket, lengths) + state
 
     def _compared(self, args: tuple, kwargs: dict, first_scale_only: bool) -> Tuple[Any, str, Any]:
         """The call padded, then unpadded, eagerly: ``(unpadded output, where they first differ or '',
@@ -282,7 +294,7 @@ class Engine:
         set up and run the first computed scale only (a probe), no output."""
         runs = []
         for unpadded in (False, True):
-            seen = _ScaleOutputs(self.adapter)
+            seen = CallRecorder(self.adapter)
             self._unpadded = unpadded
             try:
                 if first_scale_only:

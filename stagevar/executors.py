@@ -33,12 +33,12 @@ import collections
 import dataclasses
 import time
 import warnings
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
 from ._warnings import warn_at_caller
-from .engine import Call, EagerExecutor, Engine, Executor, Observer, autocast_state, first_difference, outputs_equal
+from .engine import Call, CallRecorder, EagerExecutor, Engine, Executor, autocast_state, first_difference, outputs_equal
 from .report import Timeline
 
 EXECUTIONS = ("auto", "eager", "graphs")
@@ -325,17 +325,18 @@ class GraphExecutor:
             return self.max_keys
         return self._auto_keys.get(str(device), AUTO_MAX_KEYS)
 
-    def _drop(self, entry: _Entry) -> None:
-        """Let go of one key's graphs once its replays have run; the device's pool goes with the
-        last graphs that use it."""
-        if entry.graphs is None:
-            return
-        device = entry.call.gen.device if entry.call is not None else None
-        self._wait(entry)
+    def _drop(self, entry: _Entry, release: bool = False) -> None:
+        """Let go of one key's graphs once its replays have run; the pool goes with the last graphs
+        that use it. ``release``: return the allocator's cache even where the key held no graphs
+        (after a failed capture, whose partial graphs are freed)."""
+        had = entry.graphs is not None
+        if had:
+            self._wait(entry)
         entry.drop_graphs()
-        if device is not None and not any(e.graphs is not None for e in self._entries.values()):
-            self._pools.pop(str(device), None)
-        self.backend.release()
+        if not any(e.graphs is not None for e in self._entries.values()):
+            self._pools.clear()
+        if had or release:
+            self.backend.release()
 
     def _pool(self, device: torch.device) -> Any:
         pool = self._pools.get(str(device))
@@ -426,19 +427,9 @@ class GraphExecutor:
 
     def _fail(self, entry: _Entry, why: str) -> None:
         entry.failed = why
-        if entry.graphs is not None:
-            self._drop(entry)
-        else:
-            entry.drop_graphs()
-            self._release_unused_pool()
+        self._drop(entry, release=True)
         warn_at_caller(f"stagevar: CUDA graphs disabled for this call shape, which runs eagerly from now on: {why}",
                        GraphFallbackWarning)
-
-    def _release_unused_pool(self) -> None:
-        """After a failed capture: a pool no key's graphs use is let go (as before the capture)."""
-        if not any(e.graphs is not None for e in self._entries.values()):
-            self._pools.clear()
-        self.backend.release()
 
     def _fall_back(self, engine: Engine, entry: _Entry, call: Call, why: str, args: tuple, kwargs: dict) -> Any:
         """End ``call``, turn its key's graphs off, and run the call anew, eagerly."""
@@ -454,7 +445,7 @@ class GraphExecutor:
         ad = engine.adapter
         device = ad.device()
         graphs: List[Any] = []
-        replayed: List[List[torch.Tensor]] = []  # the final tensors after each computed scale of the replay
+        replayed: List[Tuple[int, List[torch.Tensor]]] = []  # (si, final tensors) after each computed scale replayed
         error = ""
         user_rng = call.st.rng
         try:
@@ -507,7 +498,7 @@ class GraphExecutor:
         after = entry.rng.get_state()  # where the replayed call left the sampling generator
         report = engine.unread_report()
         ref_final: List[torch.Tensor] = []  # the same call, eagerly: its output and its final tensors
-        snapshots = _Snapshots(ad)
+        snapshots = CallRecorder(ad, outputs=False)
         error = ""
         try:
             reference = engine.run_eager(args, kwargs, observer=snapshots,
@@ -518,7 +509,7 @@ class GraphExecutor:
             self._fail(entry, error)
             entry.eager += 1
             return engine.run_eager(args, kwargs, note=f"graphs off for this key: {entry.failed}")
-        where = (_first_scale_difference(call.plans, replayed, snapshots.after)
+        where = (_first_scale_difference(replayed, snapshots.after)
                  or first_difference(out, reference, "output") or first_difference(final, ref_final, "final tensor"))
         if where:
             self._fail(entry, f"the replayed call differs from the eager call (torch.equal) at {where}")
@@ -550,7 +541,7 @@ class GraphExecutor:
         self._auto_keys[str(device)] = max(2, min(AUTO_MAX_KEYS, int(free(device)) // grew))
 
     def _bind_and_replay(self, engine: Engine, entry: _Entry, call: Call, fresh: bool = True,
-                         snapshots: Optional[List[List[torch.Tensor]]] = None) -> Timeline:
+                         snapshots: Optional[List[Tuple[int, List[torch.Tensor]]]] = None) -> Timeline:
         """Replay ``entry``'s graphs on ``call``'s inputs (copied into the captured ones) and its
         generators' states; returns the marks between the replays. ``snapshots`` (the capture's
         check) gets a copy of the final tensors after each computed scale."""
@@ -568,7 +559,7 @@ class GraphExecutor:
             if graph is not None:
                 self.backend.replay(graph)
             if snapshots is not None and not p.skipped:
-                snapshots.append([t.clone() for t in engine.adapter.final_tensors(captured.st)])
+                snapshots.append((p.index, [t.clone() for t in engine.adapter.final_tensors(captured.st)]))
             timeline.mark()
         if fresh:  # the call's own generator (model.rng) ends where the eager call would leave it
             call.st.rng.set_state(captured.st.rng.get_state())
@@ -603,21 +594,10 @@ def check_capture_after(capture_after: Any) -> None:
                          f"first call runs eagerly)")
 
 
-class _Snapshots(Observer):
-    """The final tensors after each computed scale of an eager call (the capture's check)."""
-
-    def __init__(self, adapter: Any):
-        self.adapter, self.after = adapter, []
-
-    def scale_done(self, st: Any, si: int) -> None:
-        self.after.append([t.clone() for t in self.adapter.final_tensors(st)])
-
-
-def _first_scale_difference(plans: List[Any], replayed: List[List[torch.Tensor]],
-                            eager: List[List[torch.Tensor]]) -> str:
+def _first_scale_difference(replayed: List[Tuple[int, List[torch.Tensor]]],
+                            eager: List[Tuple[int, List[torch.Tensor]]]) -> str:
     """The first computed scale after which the replay's final tensors differ from the eager call's."""
-    computed = [p.index for p in plans if not p.skipped]
-    for si, a, b in zip(computed, replayed, eager):
+    for (si, a), (_, b) in zip(replayed, eager):
         found = first_difference(a, b, "final tensor")
         if found:
             return f"scale {si}: {found}"
