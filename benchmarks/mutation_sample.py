@@ -50,7 +50,11 @@ source_paths = ["stagevar"]
 only_mutate = {modules}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "--hypothesis-seed=0"]
 pytest_add_cli_args_test_selection = {tests}
+also_copy = {also}
 """
+
+# what the tests read besides the package and themselves (scripts they import, docs they check)
+ALSO = ["benchmarks", "examples", "README.md", "BENCHMARKS.md", "TESTING.md", "LICENSE", ".ci"]
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 36: "timeout", -24: "timeout",
           24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
@@ -58,19 +62,25 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 
 def prepare(work: Path, ref: str | None, modules: list, tests: list) -> None:
     work.mkdir(parents=True, exist_ok=True)
-    for sub in ("stagevar", "tests"):
-        shutil.rmtree(work / sub, ignore_errors=True)
+    paths = ["stagevar", "tests"] + [a for a in ALSO if (ROOT / a).exists()]
+    for sub in paths:
+        shutil.rmtree(work / sub, ignore_errors=True) if (work / sub).is_dir() else (work / sub).unlink(missing_ok=True)
     if ref is None:
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        shutil.copytree(ROOT / "stagevar", work / "stagevar", ignore=ignore)
-        shutil.copytree(ROOT / "tests", work / "tests", ignore=ignore)
+        for sub in paths:
+            src = ROOT / sub
+            shutil.copytree(src, work / sub, ignore=ignore) if src.is_dir() else shutil.copy2(src, work / sub)
     else:
-        blob = subprocess.run(["git", "archive", "--format=tar", ref, "stagevar", "tests"], cwd=ROOT,
+        blob = subprocess.run(["git", "archive", "--format=tar", ref, *paths], cwd=ROOT,
                               check=True, capture_output=True).stdout
         with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
             tar.extractall(work)
     tests = [t for t in tests if (work / t).exists()]
-    (work / "pyproject.toml").write_text(PYPROJECT.format(modules=json.dumps(modules), tests=json.dumps(tests)))
+    if not tests:
+        raise SystemExit(f"none of the test paths exist in {work}")
+    also = [a for a in ALSO if (work / a).exists()]
+    (work / "pyproject.toml").write_text(PYPROJECT.format(modules=json.dumps(modules), tests=json.dumps(tests),
+                                                          also=json.dumps(also)))
 
 
 def generate(work: Path) -> list:
@@ -105,17 +115,29 @@ def main(argv=None) -> int:
     ap.add_argument("--max-children", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=3600, help="seconds for the whole mutmut run")
     ap.add_argument("--names", nargs="*", help="check these mutant names instead of a sample")
+    ap.add_argument("--modules", nargs="+", default=MODULES, help="files to mutate (default: the four above)")
+    ap.add_argument("--tests", nargs="+", default=TESTS,
+                    help="test files mutmut may select from (default: the eight above; `tests` for all)")
+    ap.add_argument("--per-module", type=int, default=None,
+                    help="draw this many mutants from each module instead of --n from all (no 200 cap)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
-    prepare(work, args.ref, MODULES, TESTS)
+    prepare(work, args.ref, args.modules, args.tests)
     every = generate(work)
     if args.names:
         sample = args.names
+    elif args.per_module:
+        by_module = defaultdict(list)
+        for name in every:
+            by_module[module_of(name)].append(name)
+        rng = random.Random(args.seed)
+        sample = sorted(n for mod in sorted(by_module)
+                        for n in rng.sample(by_module[mod], min(args.per_module, len(by_module[mod]))))
     else:
         sample = sorted(random.Random(args.seed).sample(every, min(args.n, 200, len(every))))
-    print(f"{len(every)} mutants of {len(MODULES)} modules; checking {len(sample)} (seed {args.seed})", flush=True)
+    print(f"{len(every)} mutants of {len(args.modules)} modules; checking {len(sample)} (seed {args.seed})", flush=True)
     (work / "sample.txt").write_text("\n".join(sample) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = shutil.which("mutmut") or "mutmut"

@@ -80,7 +80,7 @@ def test_planted_low_rank_late_stage_is_found():
 
 
 def test_calibrate_bad_inputs(tiny):
-    with pytest.raises(ValueError, match="at least one condition"):
+    with pytest.raises(ValueError, match="conditions is empty; give at least one of class labels or prompts"):
         calibrate(tiny, [])
     with pytest.raises(ValueError, match="not B"):
         calibrate(tiny, [0], B=2)

@@ -37,6 +37,16 @@ def register_adapter(cls: Type[Adapter], first: bool = False) -> Type[Adapter]:
     (or before them, ``first=True``) on the attributes it ``requires``. Usable as a decorator."""
     if not (isinstance(cls, type) and issubclass(cls, Adapter)):
         raise TypeError(f"register_adapter expects an Adapter subclass, got {cls!r}")
+    if not isinstance(first, bool):
+        raise TypeError(f"register_adapter: first={first!r}; give True (try it before the built-in families) or False")
+    required = cls.required
+    if not required or isinstance(required, str) or not all(isinstance(n, str) and n for n in required):
+        raise TypeError(f"register_adapter: {cls.__name__}.required={required!r}; give a tuple of the attribute names "
+                        f"(dotted paths) a model of the family has, e.g. ('blocks', 'head') -- an adapter that "
+                        f"requires nothing would claim every model")
+    if not isinstance(cls.entry_point, str) or not cls.entry_point:
+        raise TypeError(f"register_adapter: {cls.__name__}.entry_point={cls.entry_point!r}; give the name of the "
+                        f"model's generation method")
     if cls in ADAPTERS:
         ADAPTERS.remove(cls)
     ADAPTERS.insert(0, cls) if first else ADAPTERS.append(cls)

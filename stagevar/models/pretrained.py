@@ -339,6 +339,12 @@ def load_pretrained(name_or_path: Union[str, "os.PathLike[str]"] = "stagevar-tin
         raise TypeError(f"load_pretrained takes a checkpoint name or path: a bundled name ({', '.join(BUNDLED)}), "
                         f"a local .safetensors file or folder, or a Hugging Face Hub repo id 'owner/name'; "
                         f"got {name_or_path!r}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"load_pretrained: device={device!r} is not a device; give a torch.device, 'cpu', "
+                             f"'cuda' or 'cuda:N', or None for the CPU") from None
     path = checkpoint_file(os.fspath(name_or_path))
     try:
         f = safe_open(path, framework="pt")

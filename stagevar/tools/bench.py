@@ -1,7 +1,7 @@
 """Side-by-side measurement: the unpatched call and accelerated methods, interleaved in one run.
 
 :func:`interleaved` times methods under executors (eager, CUDA graphs) on the runner of
-:mod:`stagevar.methods`; :func:`run` adds, per method, the FLOP model, peak memory and fidelity
+:mod:`.runner`; :func:`run` adds, per method, the FLOP model, peak memory and fidelity
 to the unpatched call (PSNR, SSIM, token agreement per scale), and writes the figures.
 """
 from __future__ import annotations
@@ -12,10 +12,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .. import api
+from .. import _args, api
+from .._files import folder_problem
 from ..adapters import adapter_for
 from ..engine import Engine, Observer
-from ..executors import outputs_equal
+from ..executors import EXECUTIONS, outputs_equal
 from .figures import image_grid_figure, matplotlib_figure, method_label, pareto_chart
 from .runner import BASELINE, METHODS_HELP, Method, arms_for, resolve_methods, run_interleaved
 from .metrics import psnr, ssim, token_agreement
@@ -73,7 +74,13 @@ def interleaved(model: Any, call_kwargs: Any, methods: Sequence[Method], repeats
         (``none_wall_ratio``, ``none_device_ratio``); ``images_per_s`` (B over the median wall
         time) and ``peak_mib`` / ``peak_kind``.
     """
+    where = "stagevar.bench.interleaved"
     batches = list(call_kwargs) if isinstance(call_kwargs, (list, tuple)) else [call_kwargs]
+    if not batches or not all(isinstance(b, dict) for b in batches):
+        raise ValueError(f"{where}: call_kwargs must be a dict of the generation call's arguments, or a non-empty "
+                         f"list of them")
+    repeats, warmup = _args.whole(where, "repeats", repeats), _args.whole(where, "warmup", warmup, minimum=0)
+    executions = _args.names(where, "executions", executions, f"executions ({', '.join(EXECUTIONS)})")
     methods = list(methods)
     if not any(config is BASELINE for _, config in methods):
         methods.insert(0, ("baseline", BASELINE))
@@ -238,10 +245,28 @@ def run(model: Any, methods: Sequence[str], call_kwargs: dict, repeats: int = 5,
     peak live-heap increase); fidelity to the baseline images of the same seed (PSNR, SSIM) and
     per-scale token agreement. The model is unpatched on return and on error.
     """
+    where = "stagevar.bench.run"
+    methods = _args.names(where, "methods", methods, "method names")
+    if not isinstance(call_kwargs, dict):
+        raise ValueError(f"{where}: call_kwargs must be a dict of the generation call's arguments, got "
+                         f"{type(call_kwargs).__name__}")
+    repeats, warmup = _args.whole(where, "repeats", repeats), _args.whole(where, "warmup", warmup, minimum=0)
+    executions = _args.names(where, "executions", executions, f"executions ({', '.join(EXECUTIONS)})")
+    _args.flag(where, "progress", progress)
+    _args.text(where, "title", title)
+    _args.text(where, "out_dir", out_dir)
+    if judges is not None and not isinstance(judges, dict):
+        raise ValueError(f"{where}: judges must be a dict {{view: classifier}} or None, got {type(judges).__name__}")
+    if judges and targets is None:
+        raise ValueError(f"{where}: judges need targets, the class asked for per image (a (B,) tensor)")
     if api.is_accelerated(model):
         raise ValueError("stagevar.bench.run needs the unpatched model: call stagevar.restore(model) first")
     adapter = adapter_for(model)
     ms = resolve_methods(methods, model)
+    if out_dir:
+        problem = folder_problem(out_dir, "choose another out_dir", "choose another out_dir")
+        if problem:
+            raise ValueError(f"{where}: {problem}")
     device = adapter.device()
     timing = interleaved(model, call_kwargs, ms, repeats, warmup=warmup, executions=executions, progress=progress)
     first = list(dict.fromkeys(executions))[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -23,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import _args
 from ..adapters import adapter_for
 from ..config import ConfigError, StageVARConfig
 from ..engine import Engine, Observer
@@ -254,21 +256,23 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
     eigen-decomposition per unit per scale per row, plus ``K - 1`` generations per batch for the
     sweep.
     """
-    conditions = list(conditions)
-    if not conditions:
-        raise ValueError("calibrate needs at least one condition (class labels or prompts to generate), got none")
-    if not seeds:
-        raise ValueError("calibrate needs at least one seed")
-    for a in alphas:
-        if not 0 < a < 1:
-            raise ValueError(f"alpha {a} must be in (0, 1)")
+    where = "stagevar.calibrate"
+    conditions = _args.items(where, "conditions", conditions, "class labels or prompts to generate")
+    seeds = _args.seeds(where, "seeds", seeds)
+    alphas = _args.items(where, "alphas", alphas, "energy levels in (0, 1)")
+    for i, a in enumerate(alphas):
+        if isinstance(a, bool) or not isinstance(a, numbers.Real) or not 0 < a < 1:
+            raise ValueError(f"{where}: alphas[{i}]={a!r} must be a number in (0, 1)")
+    _args.function(where, "feature_fn", feature_fn, "a function of (B, 3, H, W) images in [0, 1] to (B, F) features")
+    _args.text(where, "feature_name", feature_name)
+    unit_blocks = _args.optional_whole(where, "unit_blocks", unit_blocks)
+    _args.flag(where, "one_branch_sweep", one_branch_sweep)
+    batch_size = _args.whole(where, "batch_size", batch_size)
+    _args.function(where, "encode", encode, "a function of prompts to the model's text condition")
     reserved = sorted({"B", "label_B", "label_B_or_BLT", "g_seed"} & set(generation_kwargs))
     if reserved:
         raise ValueError(f"pass conditions and seeds to calibrate, not {' / '.join(reserved)}")
     from .. import api
-
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: give a positive number of conditions per generation call")
     kept = api.detach(model)  # its config, executor, graphs and last report, attached again at the end
     try:
         adapter = adapter_for(model)

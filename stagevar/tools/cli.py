@@ -267,9 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bench)
     c = sub.add_parser("calibrate", help="measure stages and ranks of a reference model from its own generations")
     _model_args(c, "var", "reference shape (default: small for var, tiny for infinity)")
-    c.add_argument("--conditions", type=int, nargs="*", default=None,
+    c.add_argument("--conditions", type=int, nargs="+", default=None,
                    help="class labels, for a class-conditional model (default: 0..7, or every class of a trained one)")
-    c.add_argument("--prompts", nargs="*", default=None,
+    c.add_argument("--prompts", nargs="+", default=None,
                    help="prompts, for a text-to-image model (Infinity, STAR; default: four built-in prompts)")
     c.add_argument("--seeds", type=int, nargs="+", default=[0])
     _generation_args(c, top_k=900, top_p=0.95)
@@ -376,9 +376,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.alpha not in ALPHAS:
             ap.error(f"--alpha {args.alpha} is not a level calibrate measures; choose one of {list(ALPHAS)}")
+    if getattr(args, "device", None) is not None:
+        problem = _device_problem(args.device)
+        if problem:
+            ap.error(problem)
     problem = _unwritable_outputs(args)
     if problem:
         ap.error(problem)
+    if getattr(args, "plot", None):
+        from .figures import matplotlib_figure
+
+        if matplotlib_figure() is None:  # found now, not after the calibration has run
+            ap.error("--plot needs matplotlib: pip install 'stagevar[plot]', or leave out --plot")
     if args.command == "calibrate":
         from .calibrate import write_into_source
 
@@ -400,6 +409,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"stagevar {args.command}: error: {e} (run with --debug for the traceback)", file=sys.stderr)
         return 1
+
+
+def _device_problem(device: str) -> str:
+    """What is wrong with ``--device`` on this machine ('' if nothing)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"--device {device!r} is not a device; give cpu, cuda or cuda:N"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {device}: this machine has no usable CUDA device; use --device cpu"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0..)"
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        return f"--device {device}: stagevar runs on cpu or cuda (and mps, xpu where torch has them)"
+    return ""
 
 
 def _unwritable_outputs(args) -> str:

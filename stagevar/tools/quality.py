@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import _args
 from ..adapters import adapter_for
 from .runner import BASELINE, Arm, Method, run_interleaved
 from .metrics import (downsample, feature_distance, frechet_distance, lowfreq_psnr, mean_se, paired_change_stats, psnr,
@@ -144,8 +145,27 @@ def evaluate(model, methods: Sequence[Method], conditions: Optional[Sequence] = 
     next), so the time ratios share the machine's conditions. The change in a consistency is
     paired (the same samples under both): its standard error comes from the samples that flipped.
     """
+    where = "stagevar.quality.evaluate"
+    methods = _args.items(where, "methods", methods, "(label, config) pairs, the baseline first")
+    if not all(isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) for m in methods):
+        raise ValueError(f"{where}: methods must be (label, config) pairs, as stagevar.tools.runner.resolve_methods "
+                         f"gives them; got {str(methods)[:120]}")
     if methods[0][1] is not BASELINE:
         raise ValueError("the first method must be the unpatched baseline")
+    for name, clf in (("classifier", classifier), ("semantic_classifier", semantic_classifier)):
+        if clf is not None and not (callable(clf) and callable(getattr(clf, "features", None))):
+            raise ValueError(f"{where}: {name} must be a classifier with .features (a CropClassifier), or None")
+    _args.function(where, "feature_fn", feature_fn, "a function of (B, 3, H, W) images in [0, 1] to (B, F) features")
+    _args.function(where, "encode", encode, "a function of prompts to the model's text condition")
+    per_class, batch = _args.whole(where, "per_class", per_class), _args.whole(where, "batch", batch)
+    seed = _args.whole(where, "seed", seed, minimum=0)
+    lowpass_factor = _args.optional_whole(where, "lowpass_factor", lowpass_factor)
+    conditions, targets = (v.tolist() if torch.is_tensor(v) else v for v in (conditions, targets))
+    if conditions is not None:
+        conditions = _args.items(where, "conditions", conditions, "class labels or prompts")
+    if targets is not None:
+        targets = [_args.whole(where, f"targets[{i}]", t, minimum=0)
+                   for i, t in enumerate(_args.items(where, "targets", targets, "class indices"))]
     adapter = adapter_for(model)
     if conditions is None:
         if not hasattr(model, "num_classes"):
