@@ -319,18 +319,20 @@ def detach(model: Any) -> Optional[Engine]:
 
 @contextlib.contextmanager
 def accelerated(model: Any, config: Union[None, str, StageVARConfig] = None, execution: str = "auto",
-                wait: bool = True, text_buckets: Optional[Sequence[int]] = None) -> Iterator[Any]:
-    """Scoped :func:`accelerate`; on exit the model is as it was (restored, or its earlier config,
-    engine and last report). A :func:`restore` inside the block is kept."""
+                wait: bool = True, text_buckets: Optional[Sequence[int]] = None, capture_after: int = 3,
+                max_keys: Optional[int] = None) -> Iterator[Any]:
+    """Scoped :func:`accelerate` (the same arguments); on exit the model is as it was (restored, or
+    its earlier config, engine and last report). A :func:`restore` inside the block is kept."""
     patch = _patch_of(model)
     if patch is None:
-        accelerate(model, config, execution=execution, wait=wait, text_buckets=text_buckets)
+        accelerate(model, config, execution=execution, wait=wait, text_buckets=text_buckets,
+                   capture_after=capture_after, max_keys=max_keys)
         try:
             yield model
         finally:
             restore(model)
         return
-    inner = _engine(patch.engine.adapter, config, execution, text_buckets=text_buckets)
+    inner = _engine(patch.engine.adapter, config, execution, capture_after, text_buckets, max_keys)
     before = attach(model, inner)
     try:
         yield model

@@ -235,7 +235,9 @@ class Engine:
         """The resolved plan for a schedule (validated; warns if nothing is accelerated)."""
         key = tuple((int(h), int(w)) for h, w in schedule)
         if key not in self._plans:
-            self._plans[key] = resolve_plan(self.config, key, self.units, warn=warn)
+            plans = resolve_plan(self.config, key, self.units, warn=warn)
+            self.adapter.check_plan(plans)
+            self._plans[key] = plans
         return self._plans[key]
 
     def __call__(self, *args, **kwargs) -> Any:

@@ -358,7 +358,7 @@ class GraphExecutor:
             return "the call has no sampling generator of its own"
         if not engine.reducer.graphable and any(p.lowrank and not p.skipped for p in call.plans):
             return f"reducer={engine.config.reducer!r} cannot be captured"
-        return ""
+        return engine.adapter.graph_reason(call.st, call.plans)
 
     def key(self, engine: Engine, call: Call) -> tuple:
         ad = engine.adapter

@@ -85,6 +85,27 @@ def _star(name: str, last_scale_ratios) -> StageVARConfig:
                           reducer="gaussian", resample_units=True, name=name)
 
 
+# HART (text-to-image; HART-0.7B: 24 blocks, C = 1536, 1024^2 schedule ...36, 48, 64, the last scale
+# MaskGIT + diffusion head): the authors' released settings -- the unconditional branch on the last
+# two scales (their cfg list is 0 there and the loop keeps rows [B:]), RP+RTR per block on the last
+# one at their alpha = 0.96 table: rank_ratio['0.96']['scale64'] in hart/hart/utils/rank_ratio.py of
+# github.com/sen-mao/FasterVAR, commit 3183ebbbe569035afd4c5395a202c17bdfa91a34 (24 blocks, copied
+# verbatim below). Their rank is int(ratio * min(M, C)) + 1: at 1024^2 M = 4096 and C = 1536, so the
+# ratio of M is ratio * 1536 / 4096 (exact at 1024^2, as for STAR).
+_HART_096_OF_MIN_MC = (
+    0.018744562601806715, 0.023373292425588648, 0.04417770342810599, 0.09879463294091506, 0.1585374671442322,
+    0.2074957426329037, 0.2318480559566116, 0.2366069362690658, 0.25318724085591604, 0.26998995816674004,
+    0.29325045350214707, 0.32766253193025374, 0.35949184621649616, 0.39399502998667213, 0.40009417110913664,
+    0.4096064364911891, 0.4172558145453881, 0.4268221646860662, 0.42552817960536066, 0.3918371348844954,
+    0.3481849502073154, 0.2754036400488672, 0.2678144204427658, 0.3102232341181697)
+_HART_1024_M, _HART_07B_C = 64 * 64, 1536
+
+
+def _hart(name: str, last_scale_ratios) -> StageVARConfig:
+    return StageVARConfig(refine_start=-2, branch="uncond", rank_ratios={-1: tuple(last_scale_ratios)}, unit_blocks=1,
+                          reducer="gaussian", resample_units=True, name=name)
+
+
 _PRESETS: Dict[str, StageVARConfig] = {
     "none": StageVARConfig(refine_start=None, branch="both", cache_condition=False, name="none"),
     **{f"var-d{d}": _var(d) for d in (16, 20, 24, 30, 36)},
@@ -102,6 +123,7 @@ _PRESETS: Dict[str, StageVARConfig] = {
     # resampled over depth (16 blocks), its ratios used as ratios of M -- for d16 at 256^2 and 512^2
     # min(M, C) = M, so that is what the authors' rule would compute from it. Not a measurement on d16.
     "star-d16": _star("star-d16", _STAR_D30_096_OF_MIN_MC),
+    "hart-0.7b-paper": _hart("hart-0.7b-paper", (q * _HART_07B_C / _HART_1024_M for q in _HART_096_OF_MIN_MC)),
 }
 
 

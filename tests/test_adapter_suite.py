@@ -7,6 +7,7 @@ presets, and a non-square call (or why it has none).
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +65,19 @@ def _star_kwargs(b, B, seed):
     return call_kwargs(b, B, seed=seed)
 
 
+def _hart():
+    from stagevar.models.hart import reference_hart
+
+    b = reference_hart("small")
+    return b.model, b
+
+
+def _hart_kwargs(b, B, seed):
+    from test_hart import call_kwargs
+
+    return call_kwargs(b, B, seed=seed)
+
+
 FAMILIES = [
     Family("var", _var, _var_kwargs, lambda out: out, ["var-d16", "stagevar-tiny-var"],
            no_non_square="VAR's schedule is square by construction (patch_nums)"),
@@ -73,6 +87,8 @@ FAMILIES = [
            non_square=lambda b, B, seed: _inf_kwargs(b, B, seed, "16:9")),
     Family("star", _star, _star_kwargs, lambda out: out, ["star-d30", "star-d16"],
            no_non_square="STAR's schedule is square by construction (patch_nums, one RoPE table per square scale)"),
+    Family("hart", _hart, _hart_kwargs, lambda out: out, ["hart-0.7b-paper"],
+           no_non_square="HART's schedule is square by construction (patch_nums; the last scale's MaskGIT grid)"),
 ]
 
 
@@ -82,6 +98,10 @@ def family(request):
 
 
 def _gen(model, kw):
+    # every call starts from the same global generators: upstream HART's diffusion head draws its
+    # noise from torch's, its MaskGIT order from numpy's (the other families draw from neither)
+    torch.manual_seed(0)
+    np.random.seed(0)
     return model.autoregressive_infer_cfg(**kw)
 
 

@@ -19,6 +19,21 @@ from .. import sampling as _own_helpers
 from .base import Adapter
 
 
+def sample_codes(st: Any, quant: Any, logits_BlV: torch.Tensor, ratio: float, top_k: int,
+                 top_p: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """VAR's sampling step (HART's too): token ids drawn from the call's ``rng`` with the call's
+    sampler, and their code vectors ``(B, l, Cvae)`` -- with ``more_smooth``, the gumbel-softmax
+    mixture of the codebook instead (the ids drawn all the same, as upstream)."""
+    idx_Bl = st.sample(logits_BlV, rng=st.rng, top_k=top_k, top_p=top_p, num_samples=1)
+    if idx_Bl.dim() == 3:  # VAR's helper returns (B, l, 1)
+        idx_Bl = idx_Bl[:, :, 0]
+    if not st.more_smooth:
+        return idx_Bl, quant.embedding(idx_Bl)
+    gum_t = max(0.27 * (1 - ratio * 0.95), 0.005)
+    soft = st.gumbel(logits_BlV.mul(1 + ratio), tau=gum_t, hard=False, dim=-1, rng=st.rng)
+    return idx_Bl, soft @ quant.embedding.weight.unsqueeze(0)
+
+
 class VARLoopAdapter(Adapter):
     """The shared half of the VAR-style adapters (not registered itself: it has no ``family``)."""
 

@@ -127,6 +127,11 @@ class GraphHooks:
         """The sampling functions this adapter calls (part of a CUDA-graph key)."""
         return ()
 
+    def graph_reason(self, st: Any, plans: Sequence[Any]) -> str:
+        """Why this call (its state and plan) cannot be replayed from CUDA graphs ('' if it can),
+        e.g. a scale that draws from a global generator."""
+        return ""
+
     def graphed_modules(self) -> Tuple[nn.Module, ...]:
         """The modules whose weights a captured scale reads (the model, and any module it holds
         outside its own tree, e.g. VAR's quantizer behind ``vae_quant_proxy``)."""
@@ -331,6 +336,9 @@ class LoopAdapter:
 
     def check_units(self, units: Sequence[Tuple[int, int]]) -> None:
         """Raise ``ConfigError`` if the model cannot run these ``[lo, hi)`` block units."""
+
+    def check_plan(self, plans: Sequence[Any]) -> None:
+        """Raise ``ConfigError`` if the model cannot run this resolved plan (e.g. low rank on a text prefix)."""
 
     def scale_input(self, st: Any, si: int) -> torch.Tensor:
         """``(rows, M, C)`` input of scale ``si``: the call state's ``next_x``."""

@@ -15,7 +15,7 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ._varloop import VARLoopAdapter
+from ._varloop import VARLoopAdapter, sample_codes
 from .base import CallState, MemoizedCondition
 
 
@@ -125,14 +125,7 @@ class VARAdapter(VARLoopAdapter):
             t = st.cfg * ratio
             logits_BlV = (1 + t) * logits_BlV[:st.B] - t * logits_BlV[st.B:]
         # one branch: the kept rows' own logits (uncond: CFG weight 0, as in the paper)
-        idx_Bl = st.sample(logits_BlV, rng=st.rng, top_k=st.top_k, top_p=st.top_p, num_samples=1)[:, :, 0]
-        quant = m.vae_quant_proxy[0]
-        if not st.more_smooth:
-            h_BChw = quant.embedding(idx_Bl)
-        else:
-            gum_t = max(0.27 * (1 - ratio * 0.95), 0.005)
-            h_BChw = st.gumbel(logits_BlV.mul(1 + ratio), tau=gum_t, hard=False, dim=-1, rng=st.rng) \
-                @ quant.embedding.weight.unsqueeze(0)
+        idx_Bl, h_BChw = sample_codes(st, m.vae_quant_proxy[0], logits_BlV, ratio, st.top_k, st.top_p)
         self._add_codes(st, si, h_BChw)
         return idx_Bl
 

@@ -376,7 +376,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.alpha not in ALPHAS:
             ap.error(f"--alpha {args.alpha} is not a level calibrate measures; choose one of {list(ALPHAS)}")
-    if getattr(args, "device", None) is not None:
+    under_torchrun = args.command == "generate" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    if getattr(args, "device", None) is not None and not under_torchrun:  # join_ranks picks each rank's device
         problem = _device_problem(args.device)
         if problem:
             ap.error(problem)
