@@ -116,6 +116,9 @@ run 40 $py examples/benchmark_infinity.py --shape 2b --aspect 16:9 --batch 1 --b
   --execution eager graphs --json "$out/inf_2b_169.json" 2>&1
 run 40 $py examples/benchmark_var.py --shape d30 --batch 8 --bf16 --rounds 3 --execution eager graphs \
   --json "$out/var_d30_b8.json" 2>&1
+step "HART-0.7B shape 1024^2 B=1, eager (its diffusion head keeps graphs off; while time is left)"
+run 40 $py examples/benchmark_hart.py --shape 0.7b --batch 1 --bf16 --rounds 3 \
+  --configs hart-0.7b hart-0.7b-paper fastvar-hart --execution eager --json "$out/hart_07b_b1.json" 2>&1
 step "summary"
 $py benchmarks/gpu_summary.py "$out"
 if (( dry )); then

@@ -145,10 +145,12 @@ def main(argv=None) -> int:
     (work / "sample.txt").write_text("\n".join(sample) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = shutil.which("mutmut") or "mutmut"
+    log = open(work / "mutmut.log", "w")  # mutmut's own output (its stats run's failures, say)
     try:
         subprocess.run(["timeout", str(args.timeout), mutmut, "run", "--max-children", str(args.max_children), *sample],
-                       cwd=work, env=env, stdout=subprocess.DEVNULL)
+                       cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     finally:
+        log.close()
         res = results(work)
         per = defaultdict(Counter)
         survivors = []

@@ -101,6 +101,17 @@ _HART_096_OF_MIN_MC = (
 _HART_1024_M, _HART_07B_C = 64 * 64, 1536
 
 
+# "hart-0.7b": the paper's recipe for HART (one branch on the last two scales, RP+RTR per block on the
+# last) with ranks from stagevar's own calibration of the reference model at HART-0.7B's width on the
+# 1024^2 schedule (2 blocks, random weights): `stagevar calibrate --model hart --shape 0.7b-cpu
+# --prompts "a red fox in the snow" "a lighthouse on a cliff at dusk" --seeds 0 --no-sweep --cfg 4.5
+# --top-k 0 --top-p 0` measured, at alpha = 0.96 on the last scale, 0.01367 and 0.01123 of min(M, C)
+# = 1536, i.e. 0.005127 and 0.004211 of M = 4096 (about 21 and 17 tokens), resampled over the depth.
+# A random-weight model's ranks, not a trained HART's: far lower than the authors' table, so the
+# family default is hart-0.7b-paper; calibrate your checkpoint for a measured recipe.
+_HART_REFERENCE_096_OF_M = (0.01367 * 1536 / 4096, 0.01123 * 1536 / 4096)
+
+
 def _hart(name: str, last_scale_ratios) -> StageVARConfig:
     return StageVARConfig(refine_start=-2, branch="uncond", rank_ratios={-1: tuple(last_scale_ratios)}, unit_blocks=1,
                           reducer="gaussian", resample_units=True, name=name)
@@ -123,6 +134,7 @@ _PRESETS: Dict[str, StageVARConfig] = {
     # resampled over depth (16 blocks), its ratios used as ratios of M -- for d16 at 256^2 and 512^2
     # min(M, C) = M, so that is what the authors' rule would compute from it. Not a measurement on d16.
     "star-d16": _star("star-d16", _STAR_D30_096_OF_MIN_MC),
+    "hart-0.7b": _hart("hart-0.7b", _HART_REFERENCE_096_OF_M),
     "hart-0.7b-paper": _hart("hart-0.7b-paper", (q * _HART_07B_C / _HART_1024_M for q in _HART_096_OF_MIN_MC)),
 }
 
@@ -133,6 +145,16 @@ _PRESETS: Dict[str, StageVARConfig] = {
 # branches run; nothing is skipped (skipping is its own method).
 _PRESETS["fastvar"] = StageVARConfig(refine_start=-2, branch="both", rank_ratios={-2: 0.6, -1: 0.5}, unit_blocks=1,
                                      reducer="fastvar", reduce_blocks=(0.1, 0.85), name="fastvar")
+
+# FastVAR's HART policy (csguoh/FastVAR HART/hart/modules/networks/fastvar_utils.py, commit 9e93f7a):
+# at sides 48 and 64 -- HART's last two scales at 1024^2 -- prune 50% and 75% of the tokens (keep
+# 0.5 and 0.25, the farthest from the token-map mean, per CFG row) in every block, both CFG branches
+# on. Two differences of the reducer surface, stated: FastVAR re-selects before each sublayer
+# (attention, MLP) and fills the pruned positions from the cached sublayer outputs of side 36
+# (upsampled, area); here a block is the unit and the fill is the block's output at the previous
+# scale (area), as the `fastvar` method does for the other families.
+_PRESETS["fastvar-hart"] = StageVARConfig(refine_start=-2, branch="both", rank_ratios={-2: 0.5, -1: 0.25},
+                                          unit_blocks=1, reducer="fastvar", name="fastvar-hart")
 
 #: Names of the form PREFIX + N (N >= 1): the last N scales skipped, or run on one CFG branch at full rank.
 PATTERNS = ("skip-last-", "uncond-last-", "cond-last-")
@@ -162,6 +184,7 @@ BASELINE_NAME = "baseline"
 _RELATED: Dict[str, Tuple[str, ...]] = {
     "infinity-2b": ("infinity-2b-paper",), "infinity-8b": ("infinity-8b-paper",),  # the authors' released behaviour
     "star-d30": ("star-d16",), "star-d16": ("star-d30",),
+    "hart-0.7b-paper": ("hart-0.7b", "fastvar-hart"),
 }
 _ABLATIONS = ("cfg-only", "lowrank-only", "fastvar", "skip-last-2")
 

@@ -87,7 +87,7 @@ FAMILIES = [
            non_square=lambda b, B, seed: _inf_kwargs(b, B, seed, "16:9")),
     Family("star", _star, _star_kwargs, lambda out: out, ["star-d30", "star-d16"],
            no_non_square="STAR's schedule is square by construction (patch_nums, one RoPE table per square scale)"),
-    Family("hart", _hart, _hart_kwargs, lambda out: out, ["hart-0.7b-paper"],
+    Family("hart", _hart, _hart_kwargs, lambda out: out, ["hart-0.7b-paper", "hart-0.7b", "fastvar-hart"],
            no_non_square="HART's schedule is square by construction (patch_nums; the last scale's MaskGIT grid)"),
 ]
 

@@ -21,7 +21,7 @@ def test_gpu_check_dry_run_checks_every_step_and_exits_zero(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert out.startswith("environment: torch ") and "graph-safe generators" in out
-    assert out.count("arguments and imports ok") == 7 and "dry run: collects" in out
+    assert out.count("arguments and imports ok") == 8 and "dry run: collects" in out  # 8 benchmark steps (HART last)
     assert "dry run: exact_var, exact_infinity" in out  # the plain CUDA checks, listed
     assert "not measured VAR-d16 B=1" in out and "every step's imports and arguments ok" in out
     assert (tmp_path / "log.txt").read_text() == out  # the log keeps what was printed

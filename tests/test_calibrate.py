@@ -147,3 +147,33 @@ def test_a_calibration_file_cut_short_or_edited_is_named(tmp_path, tiny):
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"'psnr_to_final' must be a list with one entry per scale \(4\)"):
         Calibration.load(path)
+
+
+def test_recommended_ratios_are_of_M_and_the_stage_boundary_is_the_scale_after_convergence(small):
+    """By hand, on planted measurements: ranks measured as ratios of min(M, C) become ratios of M
+    (the same ranks); the refinement stage starts right after the first scale from which every
+    later partial image is within all three thresholds."""
+    cal = calibrate(small, [0, 1], seeds=[0], one_branch_sweep=False, unit_blocks=len(small.blocks))
+    K = len(cal.schedule)
+    assert cal.width == small.C
+    sides = [h for _, h, _ in cal.schedule]
+    planted = [[[0.25] * len(cal.alphas)] for _ in range(K)]
+    psnr = [10.0] * (K - 3) + [30.0, 20.0, 100.0]  # scale K-3 passes, K-2 fails: converged only at K-1
+    ssim, feat = [0.9] * K, [0.0] * K
+    c = dataclasses.replace(cal, rank_ratio_mean=planted, psnr_to_final=psnr, ssim_to_final=ssim,
+                            feature_dist_to_final=feat, width=4)
+    assert c.converged_scale() == K - 1
+    assert c.recommend(max_rank_ratio=None).refine_start == K - 1  # never before the last: the last only
+    psnr[K - 2] = 26.0  # now K-3 onwards all pass
+    c = dataclasses.replace(c, psnr_to_final=psnr)
+    assert c.converged_scale() == K - 3
+    cfg = c.recommend(max_rank_ratio=None)
+    assert cfg.refine_start == K - 2 and sorted(cfg.rank_table) == [K - 2, K - 1]
+    for si in (K - 2, K - 1):
+        M = sides[si] ** 2
+        assert list(cfg.rank_table[si][0.96]) == [0.25 * min(M, 4) / M]  # rank 0.25 * 4 = 1 token of M
+    feat[K - 3] = 0.5  # the feature distance fails at K-3: converged from K-2
+    c = dataclasses.replace(c, feature_dist_to_final=feat)
+    assert c.recommend(max_rank_ratio=None).refine_start == K - 1
+    old = dataclasses.replace(c, width=None)  # a file without the width: ratios kept (C >= M assumed)
+    assert list(old.recommend(max_rank_ratio=None).rank_table[K - 1][0.96]) == [0.25]

@@ -192,3 +192,23 @@ def test_the_tools_run_on_hart(small):
     rep = bench.run(small.model, ["baseline", "hart-0.7b-paper"], call_kwargs(small, 1), repeats=1, warmup=0)
     assert [r["method"] for r in rep["methods"]] == ["baseline", "hart-0.7b-paper"]
     assert rep["methods"][1]["flop_ratio"] > 1.0
+
+
+def test_the_presets_and_fastvars_hart_policy_plan_what_they_say(small):
+    m = small.model
+    K = len(m.patch_nums)
+    stagevar.accelerate(m)
+    try:
+        assert stagevar.current_config(m).name == "hart-0.7b-paper"
+        for name, branch, reduced in (("hart-0.7b-paper", "uncond", [K - 1]), ("hart-0.7b", "uncond", [K - 1]),
+                                      ("fastvar-hart", "both", [K - 2, K - 1])):
+            stagevar.accelerate(m, name)
+            _run(m, call_kwargs(small, 2))
+            scales = stagevar.last_report(m).scales
+            assert [s.index for s in scales if "low-rank" in s.mode or "pruned" in s.mode or
+                    s.tokens != (s.M,) * len(s.tokens)] == reduced, name
+            assert all(s.rows == (2 if branch == "uncond" else 4) for s in scales[-2:]), name
+        last = stagevar.last_report(m).scales[-1]
+        assert set(last.tokens) == {int(0.25 * last.M) + 1}  # FastVAR keeps 25% at side 64 (here the last)
+    finally:
+        stagevar.restore(m)

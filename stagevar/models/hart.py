@@ -580,15 +580,18 @@ class HARTBundle:
                                                    **kwargs)
 
 
-# "0.7b-cpu" keeps HART-0.7B's width (C = 1536, 24 heads, a 300 x 1536 Qwen2 context, Cvae 32,
-# V 4096) on the 1024^2 schedule with 2 blocks, for timing on a CPU (the published depth is not
-# modelled); "tiny"/"small" are for tests.
+# "0.7b" has HART-0.7B's width and depth (C = 1536, 24 heads, 24 blocks -- the authors' per-block
+# table has 24 entries --, a 300 x 1536 Qwen2 context, Cvae 32, V 4096) on the 1024^2 schedule;
+# "0.7b-cpu" keeps the width with 2 blocks, for timing on a CPU; "tiny"/"small" are for tests.
 HART_SHAPES: Dict[str, dict] = {
     "tiny": dict(depth=2, embed_dim=64, num_heads=4, context_token=8, context_dim=32, patch_nums=(1, 2, 3, 4),
                  vocab_size=64, z_channels=8, ch=16, num_down=2, diff_width=32, diff_depth=1, num_sampling_steps=4),
     "small": dict(depth=4, embed_dim=128, num_heads=4, context_token=16, context_dim=64,
                   patch_nums=(1, 2, 3, 4, 5, 6, 8), vocab_size=256, z_channels=16, ch=32, num_down=3, diff_width=64,
                   diff_depth=2, num_sampling_steps=8),
+    "0.7b": dict(depth=24, embed_dim=1536, num_heads=24, context_token=300, context_dim=1536,
+                 patch_nums=PATCH_NUMS_1024, vocab_size=4096, z_channels=32, ch=32, num_down=4, diff_width=1024,
+                 diff_depth=6, num_sampling_steps=8),
     "0.7b-cpu": dict(depth=2, embed_dim=1536, num_heads=24, context_token=300, context_dim=1536,
                      patch_nums=PATCH_NUMS_1024, vocab_size=4096, z_channels=32, ch=32, num_down=4, diff_width=1024,
                      diff_depth=6, num_sampling_steps=8),

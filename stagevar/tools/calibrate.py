@@ -63,9 +63,11 @@ class _Observer(Observer):
         self.kl: Dict[int, float] = {}
         self.ranks: Dict[int, Dict[int, List[List[float]]]] = {}  # si -> unit -> list of [ratio per alpha]
         self.schedule = None
+        self.width: Optional[int] = None
 
     def unit_input(self, st, si, u, x):
         M, C = x.shape[1], x.shape[2]
+        self.width = int(C)
         rows = self.ranks.setdefault(si, {}).setdefault(u, [])
         for row in x:
             rows.append([k / min(M, C) for k in energy_ranks(row, self.alphas)])
@@ -110,6 +112,10 @@ class Calibration:
     rank_ratio_mean: List[List[List[float]]]
     rank_ratio_std: List[List[List[float]]]
     generation_kwargs: Dict = field(default_factory=dict)
+    #: The model's width ``C`` (the unit inputs' channels): ranks are measured as ratios of
+    #: ``min(M, C)``; :meth:`recommend` converts them to the ratios of ``M`` a config holds. None
+    #: (a file written before it was recorded): taken as ``C >= M`` at every scale.
+    width: Optional[int] = None
 
     # ---- the stage boundary
     def converged_scale(self, min_psnr: float = 25.0, max_feature_dist: float = 0.02, min_ssim: float = 0.8) -> Optional[int]:
@@ -145,7 +151,9 @@ class Calibration:
         for si in range(start, K):
             ratios = [units[a] for units in self.rank_ratio_mean[si]]
             if max_rank_ratio is None or sum(ratios) / len(ratios) <= max_rank_ratio:
-                table[si] = {alpha: ratios}
+                M = self.schedule[si][1] * self.schedule[si][2]
+                of_m = min(M, self.width) / M if self.width else 1.0  # measured of min(M, C); a config's are of M
+                table[si] = {alpha: [r * of_m for r in ratios]}
         return StageVARConfig(refine_start=start, branch=branch, rank_table=table, alpha=alpha if table else None,
                               unit_blocks=self.unit_blocks, reducer=reducer, name=f"calibrated-a{alpha}")
 
@@ -287,6 +295,7 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
                 kw = dict(generation_kwargs, g_seed=seed, **adapter.condition_kwargs(conditions[i:i + batch_size], encode))
                 obs = _Observer(adapter, list(alphas))
                 engine.observe(obs, **kw)
+                width = obs.width
                 schedule = obs.schedule
                 K = len(schedule)
                 if not per:
@@ -326,7 +335,7 @@ def calibrate(model, conditions: Sequence, *, seeds: Sequence[int] = (0,), alpha
             psnr_to_final=[mean(v) for v in per["psnr"]], ssim_to_final=[mean(v) for v in per["ssim"]],
             feature_dist_to_final=[mean(v) for v in per["feat"]], kl_cond_uncond=[mean(v) for v in per["kl"]],
             one_branch_psnr=[None] + [mean(v) for v in per["ob"][1:]] if one_branch_sweep else None,
-            rank_ratio_mean=r_mean, rank_ratio_std=r_std,
+            rank_ratio_mean=r_mean, rank_ratio_std=r_std, width=width,
             generation_kwargs={k: v for k, v in generation_kwargs.items() if isinstance(v, (int, float, bool, str))},
         )
     finally:
