@@ -212,3 +212,18 @@ def test_the_presets_and_fastvars_hart_policy_plan_what_they_say(small):
         assert set(last.tokens) == {int(0.25 * last.M) + 1}  # FastVAR keeps 25% at side 64 (here the last)
     finally:
         stagevar.restore(m)
+
+
+from test_syncfree import watched  # noqa: E402,F401 -- the fixture: no host traffic inside a scale
+
+
+@pytest.mark.parametrize("config", ["none", "hart-0.7b-paper", "hart-0.7b", "fastvar-hart", "cond-last-2"])
+def test_hart_scales_are_sync_free_but_the_diffusion_heads(watched, small, config):  # noqa: F811
+    m = small.model
+    K = len(m.patch_nums)
+    with stagevar.accelerated(m, config):
+        _run(m, call_kwargs(small, 2, final_stage=1, top_p=0.9))
+        _run(m, call_kwargs(small, 1, final_stage=1, more_smooth=True))
+        assert watched == []
+        _run(m, call_kwargs(small, 2))  # the head: upstream's own sampler (its steps are host-side floats)
+    assert all(w.startswith(f"scale {K - 1}:") for w in watched)

@@ -18,8 +18,8 @@ every scale, that each is reproducible, and that restore is exact. One PASS/FAIL
 exit status 1 on any FAIL.
 
 Cases: B = 1 and 3 (prompts of 3, 7, 12 tokens, right-padded as upstream's ``encode_prompts``
-pads them); fp32 and CPU bf16 autocast; ``more_smooth``, ``top_p``, ``final_stage=1``,
-``g_seed=None``; block pooling ``max`` and ``avg``; SDPA attention and (bf16) the flash layout.
+pads them); fp32, CPU bf16 and fp16 autocast; ``more_smooth``, ``top_p``, ``final_stage=1``,
+``g_seed=None``; block pooling ``max`` and ``avg``; SDPA attention and (bf16) the flash layout; fp16 autocast.
 
 What is stood in for, and why:
 - ``hart_backend.fused_kernels`` (upstream's compiled CUDA extension, imported at module level by
@@ -123,10 +123,11 @@ def text(B: int, seed: int = 0):
     return dict(label_B=feats, context_mask=mask, context_position_ids=torch.cumsum(mask, dim=1) - 1)
 
 
-def run(model, kw, autocast: bool):
+def run(model, kw, autocast):
+    """One call from fixed global generators, under CPU autocast to ``autocast`` (a dtype) or none."""
     torch.manual_seed(7)
     np.random.seed(7)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         out = model.autoregressive_infer_cfg(**kw)
     return out, torch.get_rng_state(), np.random.get_state()[1].copy()
 
@@ -148,8 +149,9 @@ def main(argv=None) -> int:
     from hart.modules.networks import basic_hart
 
     variants = [{}, dict(more_smooth=True), dict(top_p=0.8), dict(final_stage=1), dict(g_seed=None)]
-    for pooling, flash, autocast in (("max", False, False), ("avg", False, False), ("max", False, True),
-                                     ("max", True, True)):
+    bf16, fp16 = torch.bfloat16, torch.float16
+    for pooling, flash, autocast in (("max", False, None), ("avg", False, None), ("max", False, bf16),
+                                     ("max", True, bf16), ("max", False, fp16)):
         model = build(pooling, flash)
         for B in (1, 3):
             for extra in variants:
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
                     got, got_torch, got_np = run(model, kw, autocast)
                 same_rng = torch.equal(got_torch, want_torch) and bool((got_np == want_np).all())
                 report(torch.equal(got, want) and same_rng,
-                       f"none == upstream  pooling={pooling} flash={flash} bf16={autocast} B={B} {extra or ''}",
+                       f"none == upstream  pooling={pooling} flash={flash} autocast={autocast} B={B} {extra or ''}",
                        "" if same_rng else "global generator states differ after the call")
         kw = dict(B=2, **text(2), g_seed=5, cfg=4.5)
         want, _, _ = run(model, kw, autocast)
@@ -172,14 +174,14 @@ def main(argv=None) -> int:
                 modes = [s.mode for s in stagevar.last_report(model).scales]
             report(torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, want),
                    f"{name} reproducible, differs by seed and from upstream  pooling={pooling} flash={flash} "
-                   f"bf16={autocast}", f"last scales: {modes[-2:]}")
+                   f"autocast={autocast}", f"last scales: {modes[-2:]}")
         grew = basic_hart.get_position_ids.cache_info().currsize - cache0
         report(grew == 0, f"upstream's position cache unchanged by the accelerated calls  pooling={pooling}",
                f"grew by {grew}")
         stagevar.accelerate(model, "hart-0.7b-paper")
         stagevar.restore(model)
         back, _, _ = run(model, kw, autocast)
-        report(torch.equal(back, want), f"restore exact  pooling={pooling} flash={flash} bf16={autocast}")
+        report(torch.equal(back, want), f"restore exact  pooling={pooling} flash={flash} autocast={autocast}")
     print(f"{'all passed' if not failures else f'{failures} FAILED'}")
     return 1 if failures else 0
 

@@ -280,7 +280,7 @@ class HARTAdapter(Adapter):
         if st.branch == "both":
             logits_BlV = (1 + t) * logits_BlV[:st.B] - t * logits_BlV[st.B:]
         if si == 0:
-            logits_BlV = logits_BlV[:, [-1], :]  # the last context position predicts the 1x1 map
+            logits_BlV = logits_BlV[:, -1:, :]  # the last context position predicts the 1x1 map (a slice: no index tensor)
         quant = m.vae_quant_proxy[0]
         idx_Bl, h = sample_codes(st, quant, logits_BlV, ratio, 600 if si < 7 else 300, st.top_p)  # the call's top_k unread
         pn = m.patch_nums[si]
