@@ -117,7 +117,7 @@ def test_interleaved_checks_its_arguments(counted, kwargs, match):
     (dict(batch=-2), r"batch=-2"),
     (dict(seed=-1), r"seed=-1; give an integer of at least 0"),
     (dict(seed="0"), r"seed='0'"),
-    (dict(lowpass_factor=0), r"lowpass_factor=0"),
+    (dict(lowpass_factor=0), r"^stagevar.quality.evaluate: lowpass_factor=0; give a positive integer"),
     (dict(conditions="0123"), r"conditions='0123'; give a list of class labels or prompts"),
     (dict(targets=[0, -3]), r"targets\[1\]=-3"),
     (dict(classifier=lambda x: x), r"classifier must be a classifier with .features"),
@@ -194,3 +194,18 @@ def test_cli_calibrate_plot_without_matplotlib_is_refused_before_calibrating(mon
     with pytest.raises(SystemExit):
         cli.main(["calibrate", "--model", "var", "--shape", "tiny", "--out", str(out), "--plot", str(tmp_path / "p.png")])
     assert "--plot needs matplotlib" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_argument_checks_themselves():
+    from stagevar import _args
+
+    assert _args.optional_whole("f", "n", 0, minimum=0) == 0 and _args.optional_whole("f", "n", None) is None
+    assert type(_args.whole("f", "n", np.int16(3))) is int
+    with pytest.raises(ValueError, match=r"^f: n=-1; give an integer of at least 0$"):
+        _args.optional_whole("f", "n", -1, minimum=0)
+    assert _args.names("f", "xs", ("a", "b"), "names") == ["a", "b"]
+    assert _args.seeds("f", "s", range(3)) == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"^f: s=\{0: 1\}; give a list of integer seeds"):
+        _args.seeds("f", "s", {0: 1})
+    with pytest.raises(ValueError, match=r"\.\.\.; give a list"):  # long values are cut
+        _args.items("f", "xs", "x" * 200, "things")

@@ -1,5 +1,6 @@
 """calibrate(): shapes, ranges, a planted low-rank stage, recommendation, JSON."""
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -177,3 +178,17 @@ def test_recommended_ratios_are_of_M_and_the_stage_boundary_is_the_scale_after_c
     assert c.recommend(max_rank_ratio=None).refine_start == K - 1
     old = dataclasses.replace(c, width=None)  # a file without the width: ratios kept (C >= M assumed)
     assert list(old.recommend(max_rank_ratio=None).rank_table[K - 1][0.96]) == [0.25]
+
+
+def test_calibration_files_read_utf16_json_and_errors_name_the_parse_error(small, tmp_path):
+    """``read_json`` reads bytes (json detects UTF-8, -16, -32 itself) and names what failed."""
+    cal = calibrate(small, [0], seeds=[0], one_branch_sweep=False, unit_blocks=len(small.blocks))
+    path = tmp_path / "cal16.json"
+    path.write_text(json.dumps(cal.to_dict()), encoding="utf-16")
+    assert Calibration.load(path) == cal
+    bad = tmp_path / "cut.json"
+    bad.write_text(json.dumps(cal.to_dict())[:50])
+    with pytest.raises(ValueError, match=r"cut.json is not a stagevar calibration \(JSONDecodeError: "):
+        Calibration.load(bad)
+    header = str(cal).splitlines()[1].split()
+    assert header == ["scale", "h", "x", "w", "PSNR", "SSIM", "feat", "KL", "c|u", "1-br", "PSNR", "rank@0.96"]

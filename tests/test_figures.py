@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+import stagevar
+
 from stagevar.tools import bench
 from stagevar.tools.cli import main
 from stagevar.tools.figures import (GAP, MIN_CELL, _wrap, condition_labels, grid_array, image_grid_figure, pareto_chart,
@@ -200,3 +202,32 @@ def test_method_label_says_each_figure_once():
     assert label == ("var-d16  2.00x faster\nPSNR 19.8 dB, SSIM 0.47\nsemantic cons. 0.80 (-0.10)\n"
                      "texture cons. 0.50 (+0.00)\n[scale skipping ON]")
     assert method_label("slow", 0.8).startswith("slow  1.25x slower")
+
+
+def test_demo_figure_note_says_what_the_rows_and_judges_are(monkeypatch, tmp_path):
+    from stagevar.models import load_pretrained
+    from stagevar.tools import demo as demo_mod
+
+    seen = {}
+
+    def capture(rows, row_labels, col_labels, out, title=None, note=None):
+        seen.update(note=note, title=title, labels=row_labels)
+        return "captured"
+
+    monkeypatch.setattr(demo_mod, "image_grid_figure", capture)
+    model = load_pretrained("stagevar-tiny-var")
+    kw = dict(B=2, label_B=torch.tensor([0, 1]), g_seed=0, cfg=4.0, top_k=0, top_p=0.0)
+    result = demo_mod.demo(model, [stagevar.preset("none")], kw, [0, 1], repeats=1, out=str(tmp_path / "d.png"),
+                           title="T", trained=True)
+    assert result.backend == "captured" and seen["title"] == "T" and len(seen["labels"]) == 2
+    assert seen["note"].startswith("Rows: the unpatched model, then one per config, same seeds.")
+    assert "texture: one that sees the full image" in seen["note"] and "Random weights" not in seen["note"]
+
+
+def test_row_label_lines_are_one_line_apart():
+    from stagevar.tools.figures import LABEL_PX, _layout, _line
+
+    lay = _layout(1, 2, (64, 200), ["first line of the label\nsecond\nthird"], ["a", "b"], None, None,
+                  lambda s, px, bold: 6 * len(s))
+    ys = [y for x, y, t, px, bold, anchor in lay.texts if px == LABEL_PX]
+    assert len(ys) >= 2 and all(b - a == _line(LABEL_PX) for a, b in zip(ys, ys[1:]))

@@ -289,3 +289,15 @@ def test_a_manifest_that_is_not_json_is_named(tmp_path):
         (tmp_path / MANIFEST).write_bytes(text)
         with pytest.raises(ValueError, match=f"{MANIFEST} is not valid JSON"):
             _read_json(str(tmp_path / MANIFEST))
+
+
+def test_rank_and_world_come_from_an_initialised_process_group_and_a_given_world_is_kept(monkeypatch):
+    import torch.distributed as dist
+
+    with pytest.raises(ValueError, match="world=2 needs an initialised torch.distributed process group"):
+        gen._place(1, 2)
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 3)
+    monkeypatch.setattr(dist, "get_rank", lambda: 2)
+    assert gen._place(None, None) == (2, 3)

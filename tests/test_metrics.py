@@ -163,3 +163,28 @@ def test_quality_change_is_the_method_minus_the_baseline():
     assert got["semantic_consistency"] == 0.25 and got["semantic_consistency_change"] == -0.25
     assert (got["semantic_lost"], got["semantic_gained"]) == (1, 0)
     assert _change("", ok, base)["consistency_change"] == 0.25
+
+
+def test_gumbel_softmax_with_rng_hard_is_one_hot_and_ignores_memory_layout():
+    from stagevar.sampling import gumbel_softmax_with_rng
+
+    logits = torch.randn(3, 7, generator=torch.Generator().manual_seed(0))
+    hard = gumbel_softmax_with_rng(logits, tau=0.5, hard=True, rng=torch.Generator().manual_seed(1))
+    assert torch.allclose(hard.sum(-1), torch.ones(3)) and set(hard.flatten().tolist()) <= {0.0, 1.0}
+    soft = gumbel_softmax_with_rng(logits, tau=0.5, rng=torch.Generator().manual_seed(1))
+    assert torch.equal(hard.argmax(-1), soft.argmax(-1))  # the same noise: hard is soft's argmax
+    t = torch.randn(7, 3, generator=torch.Generator().manual_seed(2)).t()  # a non-contiguous (3, 7) view
+    a = gumbel_softmax_with_rng(t, rng=torch.Generator().manual_seed(3))
+    b = gumbel_softmax_with_rng(t.contiguous(), rng=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)  # the noise is drawn in logical order, whatever the strides
+
+
+def test_the_cpu_live_heap_reads_glibcs_mallinfo2_where_there_is_one():
+    import platform
+
+    from stagevar.tools.timing import _LiveHeap
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallinfo2 is glibc's")
+    heap = _LiveHeap()
+    assert heap.kind == "cpu_peak_heap_increase_MiB" and heap.read() > 0

@@ -93,3 +93,27 @@ def test_the_tools_compare_a_family_preset_with_its_relatives_then_the_ablations
     assert compared("var-d16", carried="var-d16").count("var-d16") == 1
     for name in compared("star-d30"):
         stagevar.preset(name, reference_var("tiny"))
+
+
+def test_preset_contents_are_pinned():
+    """What each family preset says, field by field (a mutated preset runs, so only this catches it)."""
+    v = stagevar.preset("var-d16")
+    assert (v.refine_start, v.branch, v.unit_blocks, v.reducer, dict(v.rank_ratios)) == (-2, "uncond", 1, "gaussian",
+                                                                                        {-2: 0.16, -1: 0.05})
+    for name in ("infinity-2b", "infinity-8b"):
+        c = stagevar.preset(name)
+        assert (c.refine_start, c.branch, c.alpha, c.reducer, c.resample_units, c.skip, c.name) == \
+            (-3, "uncond", 0.96, "gaussian", True, (), name)
+        assert sorted(c.rank_table) == [-3, -2, -1] and all(list(t) == [0.96] for t in c.rank_table.values())
+        p = stagevar.preset(name + "-paper")
+        assert (p.refine_start, p.alpha, p.resample_units, p.skip, sorted(p.rank_table), p.name) == \
+            (-3, 0.96, True, (-2, -1), [-3], name + "-paper")
+    for name, blocks in (("star-d30", 30), ("star-d16", 30), ("hart-0.7b-paper", 24), ("hart-0.7b", 2)):
+        c = stagevar.preset(name)
+        assert (c.refine_start, c.branch, c.unit_blocks, c.reducer, c.resample_units, sorted(c.rank_ratios), c.name) \
+            == (-2, "uncond", 1, "gaussian", True, [-1], name)
+        assert len(c.rank_ratios[-1]) == blocks
+    assert stagevar.preset("hart-0.7b-paper").rank_ratios[-1][0] == pytest.approx(0.018744562601806715 * 1536 / 4096)
+    f = stagevar.preset("fastvar-hart")
+    assert (f.refine_start, f.branch, dict(f.rank_ratios), f.reducer, f.reduce_blocks) == \
+        (-2, "both", {-2: 0.5, -1: 0.25}, "fastvar", None)

@@ -13,3 +13,11 @@ def test_a_call_that_leaves_cfg_out_uses_the_models_default_cfg():
         got = m.autoregressive_infer_cfg(**kw)
     assert torch.equal(got, want)
     assert not torch.equal(got, m.autoregressive_infer_cfg(**kw, cfg=4.0))
+
+
+def test_default_conditions_cycle_through_the_classes():
+    from stagevar.adapters import adapter_for
+
+    var = reference_var("tiny")
+    n = int(var.num_classes)
+    assert adapter_for(var).default_conditions(n + 2) == list(range(n)) + [0, 1]
