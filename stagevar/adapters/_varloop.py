@@ -1,4 +1,4 @@
-"""What the families built on VAR's loop share (VAR, STAR): ``patch_nums`` square scales, blocks
+"""What the families built on VAR's loop share (VAR, STAR, HART): ``patch_nums`` square scales, blocks
 with a self-attention KV cache at ``block.attn``, the model's own sampling helpers, and a
 multi-scale VQ quantizer that accumulates ``f_hat`` and hands back the next scale's map.
 

@@ -36,7 +36,6 @@ replay cannot reproduce).
 from __future__ import annotations
 
 import numbers
-import sys
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -45,9 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import sampling as _own_helpers
-from ._varloop import sample_codes
-from .base import Adapter, CallState, UnsupportedModelError, kv_token_dim
+from ._varloop import VARLoopAdapter, sample_codes
+from .base import CallState, UnsupportedModelError, kv_token_dim
 
 
 @dataclass
@@ -57,6 +55,7 @@ class _HARTCall(CallState):
     more_smooth: bool
     final_stage: Any
     cond: torch.Tensor          # (rows, T, D): the context embedding, un-pooled (upstream's cond_BD)
+    cond_gss: torch.Tensor      # shared_ada_lin(cond): what the blocks get (upstream's cond_BD_or_gss)
     ctx_pos: torch.Tensor       # (rows, T) context position ids
     ctx_mask: torch.Tensor      # (rows, T) context mask
     lvl_pos: torch.Tensor       # (1, T + sum pn^2 - 1, C) level embedding (+ absolute positions)
@@ -79,20 +78,18 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class HARTAdapter(Adapter):
+class HARTAdapter(VARLoopAdapter):
     family = "hart"
     required = ("patch_nums", "blocks", "context_token", "context_embed", "context_norm", "lvl_embed", "lvl_1L",
                 "shared_ada_lin", "word_embed", "head_nm", "head", "decoder_norm", "diffloss", "last_level_pns",
                 "vae_quant_proxy", "vae_proxy", "Cvae", "first_l", "get_logits", "autoregressive_infer_cfg")
-    row_fields = ("cond", "ctx_pos", "ctx_mask")
+    row_fields = ("cond", "cond_gss", "ctx_pos", "ctx_mask")
     consumed = frozenset({"B", "label_B", "g_seed", "cfg", "top_k", "top_p", "more_smooth", "context_position_ids",
                           "context_mask", "final_stage", "num_maskgit_iters"})
-    default_unit_blocks = 1
     takes_prompts = True
 
     def __init__(self, model: nn.Module):
-        super().__init__(model)
-        why = None
+        why = None  # checked before VARLoopAdapter's own block check, so a HART model hears why
         if getattr(model, "attn_type", "llama") != "llama":
             why = f"attn_type={model.attn_type!r} (stagevar follows the published 'llama' attention)"
         elif getattr(model, "use_timestep_embed", False):
@@ -110,36 +107,19 @@ class HARTAdapter(Adapter):
                 why = f"block {i} is not upstream's AdaLNSelfAttn (no attn.kv_caching or ada_lin)"
         if why is not None:
             raise UnsupportedModelError(f"stagevar does not support this HART model: {why}")
+        super().__init__(model)
 
     #: The authors' table, measured on the trained HART-0.7B (``hart-0.7b`` holds the reference model's
     #: calibration, random weights: see presets.py).
     default_preset = "hart-0.7b-paper"
 
-    # -- what the loop reads ----------------------------------------------------------------------
-    def blocks(self) -> List[nn.Module]:
-        return list(self.model.blocks)
-
+    # -- what the loop reads (blocks, helpers, graphed modules, final tensors, skip_scale, decoder: VAR's loop)
     def device(self) -> torch.device:
         return self.model.lvl_1L.device
-
-    def helpers(self):
-        module = sys.modules.get(type(self.model).__module__)
-        return (getattr(module, "sample_with_top_k_top_p_", _own_helpers.sample_with_top_k_top_p_),
-                getattr(module, "gumbel_softmax_with_rng", _own_helpers.gumbel_softmax_with_rng))
-
-    def graphed_modules(self) -> Tuple[nn.Module, ...]:
-        quant = self.model.vae_quant_proxy[0]
-        return (self.model, quant) if isinstance(quant, nn.Module) else (self.model,)
-
-    def final_tensors(self, st: Any) -> List[torch.Tensor]:
-        return [st.f_hat]
 
     def default_schedule(self) -> List[Tuple[int, int]]:
         pns = self.model.patch_nums
         return [(1, int(self.model.context_token))] + [(pn, pn) for pn in pns[1:]]
-
-    def schedule(self, st: Any) -> List[Tuple[int, int]]:
-        return self.default_schedule()
 
     def check_plan(self, plans: Sequence[Any]) -> None:
         from ..config import ConfigError
@@ -199,7 +179,7 @@ class HARTAdapter(Adapter):
         sample, gumbel = self.helpers()
         st = _HARTCall(B=B, g_seed=a.get("g_seed"), rng=rng, cfg=float(cfg), top_p=float(a.get("top_p", 0.0)),
                        more_smooth=bool(a.get("more_smooth", False)), final_stage=a.get("final_stage", 0),
-                       cond=cond, ctx_pos=ctx_pos, ctx_mask=ctx_mask, lvl_pos=lvl_pos, f_hat=f_hat, next_x=first,
+                       cond=cond, cond_gss=m.shared_ada_lin(cond), ctx_pos=ctx_pos, ctx_mask=ctx_mask, lvl_pos=lvl_pos, f_hat=f_hat, next_x=first,
                        sample=sample, gumbel=gumbel)
         for b in m.blocks:
             b.attn.kv_caching(True)
@@ -212,7 +192,7 @@ class HARTAdapter(Adapter):
 
     def run_block(self, st: _HARTCall, block: nn.Module, x: torch.Tensor, si: int,
                   positions: Optional[torch.Tensor] = None) -> torch.Tensor:
-        cond = self.model.shared_ada_lin(st.cond)
+        cond = st.cond_gss
         if positions is None:  # upstream's block as it is (the last scale: all of MaskGIT's tokens, in order)
             return block(x=x, cond_BD=cond, attn_bias=None, si=si, context_position_ids=st.ctx_pos,
                          context_mask=st.ctx_mask)
@@ -257,8 +237,8 @@ class HARTAdapter(Adapter):
             attn.cached_v = torch.cat((attn.cached_v, new_v.to(attn.cached_v.dtype)), dim=1 if flat else 2)
             k, v = (attn.cached_k.transpose(1, 2), attn.cached_v.transpose(1, 2)) if flat else (attn.cached_k, attn.cached_v)
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), scale=attn.scale)
-        return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(B, L, C))) if hasattr(attn, "proj_drop") \
-            else attn.proj(out.transpose(1, 2).reshape(B, L, C))
+        out = attn.proj(out.transpose(1, 2).reshape(B, L, C))
+        return attn.proj_drop(out) if hasattr(attn, "proj_drop") else out
 
     def _ratio(self, si: int) -> float:
         K = len(self.model.patch_nums)
@@ -302,12 +282,6 @@ class HARTAdapter(Adapter):
         st.f_hat += h.to(torch.get_default_dtype()).transpose(1, 2).reshape(st.B, m.Cvae, pn, pn)
         return idx_Bl
 
-    def skip_scale(self, st: _HARTCall, si: int) -> None:
-        m = self.model
-        if si < len(m.patch_nums) - 1:
-            nxt = m.patch_nums[si + 1]
-            self._next_input(st, si, F.interpolate(st.f_hat, size=(nxt, nxt), mode="area"))
-
     def _decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         return self.model.vae_proxy[0].fhat_to_img(f_hat).add_(1).mul_(0.5)
 
@@ -327,9 +301,3 @@ class HARTAdapter(Adapter):
     def branch_logits(self, st: _HARTCall, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         logits = self.model.get_logits(x, st.cond)
         return logits[:st.B], logits[st.B:]
-
-    def decoder(self, call_kwargs: dict):
-        return self.model.vae_proxy[0], "fhat_to_img"
-
-    def images_of(self, output: torch.Tensor) -> torch.Tensor:
-        return output.float()

@@ -103,35 +103,40 @@ def context_pooling(context_tokens: torch.Tensor, context_mask: Optional[torch.T
     raise ValueError(f"sep_aln_pooling_mode must be 'avg' or 'max', got {mode!r}")
 
 
-class LlamaRotaryEmbedding1D(nn.Module):
-    """1-D RoPE tables ``(B, L, head_dim)`` for position ids ``(B, L)``."""
+class _RotaryTables(nn.Module):
+    """RoPE tables ``(B, L, head_dim)`` (cos, sin), in float32 whatever the autocast, cast to ``x``'s dtype."""
+
+    step = 2  # frequencies: one per `step` channels
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
-        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dim, 2).float() / dim), persistent=False)
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dim, self.step).float() / dim),
+                             persistent=False)
+
+    @staticmethod
+    def _emb(freqs: torch.Tensor) -> torch.Tensor:
+        return torch.cat((freqs, freqs), dim=-1)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
         with torch.autocast(device_type=x.device.type if x.device.type != "mps" else "cpu", enabled=False):
-            freqs = position_ids.float()[..., None] * self.inv_freq.float()
-            emb = torch.cat((freqs, freqs), dim=-1)
+            emb = self._emb(position_ids.float()[..., None] * self.inv_freq.float())
             return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
 
-class LlamaRotaryEmbedding(nn.Module):
-    """2-D RoPE tables ``(B, L, head_dim)`` for coordinates ``(B, L, 2)``: per coordinate its angles
-    twice (``head_dim / 4`` frequencies each), x first, as upstream lays them out."""
+class LlamaRotaryEmbedding1D(_RotaryTables):
+    """1-D RoPE tables for position ids ``(B, L)``."""
 
-    def __init__(self, dim: int, base: float = 10000.0):
-        super().__init__()
-        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dim, 4).float() / dim), persistent=False)
 
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
-        with torch.autocast(device_type=x.device.type if x.device.type != "mps" else "cpu", enabled=False):
-            freqs = position_ids.float()[..., None] * self.inv_freq.float()  # (B, L, 2, dim/4)
-            emb = torch.cat((freqs, freqs), dim=-1).flatten(-2)  # (B, L, dim): [x, x, y, y]
-            return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+class LlamaRotaryEmbedding(_RotaryTables):
+    """2-D RoPE tables for coordinates ``(B, L, 2)``: per coordinate its angles twice (``head_dim / 4``
+    frequencies each), x first, as upstream lays them out."""
+
+    step = 4
+
+    @staticmethod
+    def _emb(freqs: torch.Tensor) -> torch.Tensor:  # (B, L, 2, dim/4) -> (B, L, dim): [x, x, y, y]
+        return torch.cat((freqs, freqs), dim=-1).flatten(-2)
 
 
 class LlamaAttention(nn.Module):
