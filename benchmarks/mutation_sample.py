@@ -19,6 +19,12 @@ Run it from the repository root, with ``OMP_NUM_THREADS=1``::
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/mutation_sample.py --n 150 --seed 0
 
 A rerun on the same work directory reuses mutmut's cached test timings; ``--fresh`` deletes it first.
+
+``--fresh-process`` checks the drawn (or ``--names``) mutants without ``mutmut run``: each one runs
+``pytest -x`` over ``--tests`` in a new interpreter with ``MUTANT_UNDER_TEST`` set. ``mutmut run``
+forks its workers from a process that has already imported the package, so a function called at
+import time (the presets are built then) runs unmutated in every worker, and its mutants survive
+whatever the tests assert; in a new interpreter the import itself runs the mutant.
 """
 from __future__ import annotations
 
@@ -105,6 +111,44 @@ def results(work: Path) -> dict:
     return out
 
 
+def fresh_process(work: Path, names: list, tests: list, env: dict, log, timeout: int) -> dict:
+    """Each mutant's ``pytest -x`` over ``tests`` in a new interpreter: {name: pytest's exit code}."""
+    out = {}
+    for name in names:
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0",
+               *[a for d in DESELECT for a in ("--deselect", d)], *tests]
+        log.write(f"\n=== {name}\n")
+        log.flush()
+        try:
+            rc = subprocess.run(cmd, cwd=work / "mutants", env=dict(env, MUTANT_UNDER_TEST=name, PYTHONPATH="."),
+                                stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = 24
+        # pytest: 0 all passed, 5 none collected; 1 a test failed, 4 the import (conftest's) failed: killed
+        out[name] = rc if rc == 24 else {0: 0, 5: 33}.get(rc, 1)
+        print(f"{STATUS.get(out[name], 'suspicious'):10s} {name}", flush=True)
+    return out
+
+
+def report(work: Path, mutmut: str, sample: list, res: dict) -> None:
+    per = defaultdict(Counter)
+    survivors = []
+    for name in sample:
+        status = STATUS.get(res.get(name), "suspicious")
+        per[module_of(name)][status] += 1
+        if status in ("survived", "no tests", "suspicious"):
+            survivors.append((name, status))
+    print("\nmodule                      killed / total   timeout  survived  no-tests  other")
+    for mod in sorted(per):
+        c = per[mod]
+        total = sum(c.values())
+        other = total - c["killed"] - c["timeout"] - c["survived"] - c["no tests"]
+        print(f"{mod:28s} {c['killed']:6d} / {total:<6d}   {c['timeout']:7d}  {c['survived']:8d}  {c['no tests']:8d}  {other:5d}")
+    for name, status in survivors:
+        shown = subprocess.run([mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
+        print(f"\n### {status}: {name}\n{shown}")
+
+
 def module_of(name: str) -> str:
     return name.split(".x_")[0].split(".x\u01c1")[0]
 
@@ -117,11 +161,13 @@ def main(argv=None) -> int:
     ap.add_argument("--ref", default=None, help="copy stagevar/ and tests/ from this git commit, not the working tree")
     ap.add_argument("--fresh", action="store_true", help="delete the work directory first")
     ap.add_argument("--max-children", type=int, default=2)
-    ap.add_argument("--timeout", type=int, default=3600, help="seconds for the whole mutmut run")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds for the whole mutmut run (for each mutant with --fresh-process)")
     ap.add_argument("--names", nargs="*", help="check these mutant names instead of a sample")
     ap.add_argument("--modules", nargs="+", default=MODULES, help="files to mutate (default: the four above)")
     ap.add_argument("--tests", nargs="+", default=TESTS,
                     help="test files mutmut may select from (default: the eight above; `tests` for all)")
+    ap.add_argument("--fresh-process", action="store_true",
+                    help="run each mutant's tests (all of --tests) in a new interpreter instead of `mutmut run`")
     ap.add_argument("--per-module", type=int, default=None,
                     help="draw this many mutants from each module instead of --n from all (no 200 cap)")
     args = ap.parse_args(argv)
@@ -145,29 +191,17 @@ def main(argv=None) -> int:
     (work / "sample.txt").write_text("\n".join(sample) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = shutil.which("mutmut") or "mutmut"
-    log = open(work / "mutmut.log", "w")  # mutmut's own output (its stats run's failures, say)
+    log = open(work / "mutmut.log", "w")  # mutmut's (or pytest's) own output (its stats run's failures, say)
     try:
-        subprocess.run(["timeout", str(args.timeout), mutmut, "run", "--max-children", str(args.max_children), *sample],
-                       cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if args.fresh_process:
+            res = fresh_process(work, sample, args.tests, env, log, args.timeout)
+        else:
+            subprocess.run(["timeout", str(args.timeout), mutmut, "run", "--max-children", str(args.max_children),
+                            *sample], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+            res = results(work)
     finally:
         log.close()
-        res = results(work)
-        per = defaultdict(Counter)
-        survivors = []
-        for name in sample:
-            status = STATUS.get(res.get(name), "suspicious")
-            per[module_of(name)][status] += 1
-            if status in ("survived", "no tests", "suspicious"):
-                survivors.append((name, status))
-        print("\nmodule                      killed / total   timeout  survived  no-tests  other")
-        for mod in sorted(per):
-            c = per[mod]
-            total = sum(c.values())
-            other = total - c["killed"] - c["timeout"] - c["survived"] - c["no tests"]
-            print(f"{mod:28s} {c['killed']:6d} / {total:<6d}   {c['timeout']:7d}  {c['survived']:8d}  {c['no tests']:8d}  {other:5d}")
-        for name, status in survivors:
-            shown = subprocess.run([mutmut, "show", name], cwd=work, capture_output=True, text=True).stdout
-            print(f"\n### {status}: {name}\n{shown}")
+    report(work, mutmut, sample, res)
     return 0
 
 

@@ -125,6 +125,33 @@ def test_calibration_plot_writes_a_png(tmp_path, tiny):
     assert (tmp_path / "cal.png").stat().st_size > 1000
 
 
+def test_calibration_plot_draws_every_curve_with_its_legend(tmp_path, tiny, monkeypatch):
+    """Each measured curve is drawn from its field (PSNR shown up to 60 dB) and named in a legend;
+    the recommended boundary is the dotted line half a scale before refine_start."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    cal = calibrate(tiny, [0, 1], one_branch_sweep=False)
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    cal.plot(str(tmp_path / "cal.png"))
+    lines = {ln.get_label(): list(ln.get_ydata()) for ax in drawn[0].axes for ln in ax.get_lines()
+             if not ln.get_label().startswith("_")}
+    a0 = cal.alphas[0]
+    assert lines == {
+        "PSNR to final (dB, shown <= 60)": [min(v, 60.0) for v in cal.psnr_to_final],
+        "SSIM to final (right axis)": list(cal.ssim_to_final),
+        f"feature distance ({cal.feature_name})": list(cal.feature_dist_to_final),
+        "KL(cond || uncond)": list(cal.kl_cond_uncond),
+        **{f"alpha={a}": [sum(u[i] for u in s) / len(s) for s in cal.rank_ratio_mean] for i, a in enumerate(cal.alphas)},
+    }
+    legends = {t.get_text() for ax in drawn[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+    assert legends == set(lines)
+    start = cal.recommend(alpha=a0).refine_start
+    dotted = [ln for ax in drawn[0].axes for ln in ax.get_lines() if ln.get_linestyle() == ":"]
+    assert len(dotted) == 3 and all(list(ln.get_xdata()) == [start - 0.5] * 2 for ln in dotted)
+
+
 def test_a_calibration_file_cut_short_or_edited_is_named(tmp_path, tiny):
     import json
 

@@ -58,6 +58,27 @@ def test_an_output_that_cannot_be_written_is_refused_before_work(capsys, tmp_pat
                 "cannot create the output folder")
 
 
+def test_plan_names_the_shapes_it_knows(capsys):
+    _fails_fast(capsys, ["plan", "--shape", "d99"], "argument --shape: invalid choice: 'd99'", "'d16'", "'d30'")
+
+
+def test_the_demos_seed_reaches_the_generation_call(monkeypatch, tmp_path, capsys):
+    """--seed is the call's g_seed (0 when not given), not only a word in the figure's title."""
+    from stagevar.tools import demo as demo_mod
+
+    seen = []
+
+    def fake_demo(model, configs, call_kwargs, conditions, **kw):
+        seen.append((call_kwargs["g_seed"], kw["title"]))
+        raise SystemExit(0)  # the call was all this test needed
+
+    monkeypatch.setattr(demo_mod, "demo", fake_demo)
+    for argv, seed in (([], 0), (["--seed", "7"], 7)):
+        with pytest.raises(SystemExit):
+            cli.main(["demo", "--model", "var", "--shape", "tiny", "--out", str(tmp_path / "o.png"), *argv])
+        assert seen[-1][0] == seed and f"seed {seed}," in seen[-1][1]
+
+
 def test_demo_creates_the_output_folder(tmp_path, capsys):
     out = tmp_path / "new" / "o.png"
     assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--repeats", "1", "--out", str(out)]) == 0

@@ -68,6 +68,33 @@ def test_labelled_figure_has_upscaled_grid_and_text_around_it(tmp_path, backend)
     assert a.shape[0] - y1 < 80  # the long prompt was cut to three lines, the note is one line
 
 
+@pytest.mark.parametrize("backend", ["matplotlib", "pil"])
+def test_column_labels_are_centred_on_their_columns_on_white(tmp_path, backend):
+    """Each column's label is centred over the column, and the page is white even where the
+    user's matplotlib style saves on black."""
+    if backend == "matplotlib":
+        matplotlib = pytest.importorskip("matplotlib")
+        style = matplotlib.rc_context({"savefig.facecolor": "black", "figure.facecolor": "black"})
+    else:
+        import contextlib
+        style = contextlib.nullcontext()
+    path = tmp_path / "c.png"
+    with style:
+        image_grid_figure(_rows(), ["a", "b"], ["astronaut", "coffee cup", "lighthouse"], str(path), backend=backend)
+    a = _read(path)
+    assert (a[0, 0] == 255).all() and (a[-1, -1] == 255).all()
+    grid = (a == RED).all(-1) | (a == BLUE).all(-1)
+    ys, xs = np.nonzero(grid)
+    y0, x0 = ys.min(), xs.min()
+    cw = 16 * (MIN_CELL // 16)
+    for b in range(3):
+        left = x0 + b * (cw + GAP)
+        band = a[:y0, left:left + cw].max(-1) < 110
+        cols = np.nonzero(band.any(0))[0]
+        assert len(cols) > 20  # the label is there
+        assert abs((cols.min() + cols.max()) / 2 - cw / 2) <= 3, (b, cols.min(), cols.max(), cw)
+
+
 def test_auto_falls_back_to_pil_then_to_the_plain_grid(tmp_path, monkeypatch):
     rows = _rows()
     _hide(monkeypatch, "matplotlib")
@@ -221,7 +248,10 @@ def test_demo_figure_note_says_what_the_rows_and_judges_are(monkeypatch, tmp_pat
                            title="T", trained=True)
     assert result.backend == "captured" and seen["title"] == "T" and len(seen["labels"]) == 2
     assert seen["note"].startswith("Rows: the unpatched model, then one per config, same seeds.")
-    assert "texture: one that sees the full image" in seen["note"] and "Random weights" not in seen["note"]
+    assert seen["note"].endswith(
+        " Cons.: the share of the row an independent classifier assigns to the class asked for -- semantic: one that "
+        "sees only 8x8 block means (class, colours, layout); texture: one that sees the full image (one image per "
+        "class: a rough sign; see BENCHMARKS.md for the full evaluation).") and "Random weights" not in seen["note"]
 
 
 def test_row_label_lines_are_one_line_apart():
@@ -231,3 +261,27 @@ def test_row_label_lines_are_one_line_apart():
                   lambda s, px, bold: 6 * len(s))
     ys = [y for x, y, t, px, bold, anchor in lay.texts if px == LABEL_PX]
     assert len(ys) >= 2 and all(b - a == _line(LABEL_PX) for a, b in zip(ys, ys[1:]))
+
+
+def test_labels_at_the_edges_of_the_chart_are_placed_inside_it():
+    """A point at the left edge is labelled to its right, one at the right edge to its left: a label
+    box outside the axes costs its area outside, wherever it is."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from stagevar.tools.figures import Point, _place_labels
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 10)
+    pts = [Point("a long label on the left", 0.2, 5.0), Point("a long label on the right", 9.8, 2.0)]
+    renderer = fig.canvas.get_renderer()
+    _place_labels(ax, pts, [0, 1], renderer)
+    frame = ax.get_window_extent(renderer).extents
+    boxes = {t.get_text(): t.get_window_extent(renderer).extents for t in ax.texts}
+    assert sorted(boxes) == ["a long label on the left", "a long label on the right"]
+    for b in boxes.values():
+        assert frame[0] <= b[0] and b[2] <= frame[2], (b, frame)

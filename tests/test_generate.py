@@ -13,7 +13,7 @@ from PIL import Image
 from stagevar.tools import cli, generate as gen
 from stagevar.tools.generate import MANIFEST, batch_seed, generate, plan_batches
 from stagevar.tools.runner import MODEL_DEFAULT
-from stagevar.models import build_reference
+from stagevar.models import build_reference, reference_var
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ITEMS = [0, 1, 2, 3, 4]  # B = 2: batches 0 (items 0, 1), 1 (2, 3), 2 (4)
@@ -104,7 +104,10 @@ def test_a_batch_depends_on_seed_k_and_b_only_not_on_order_or_global_state(ref, 
     assert _run(ref, tmp_path / "last").ran == [1]
     full, again = _pixels(tmp_path / "all"), _pixels(tmp_path / "last")
     assert all(np.array_equal(full[f], again[f]) for f in full)
-    other_seed = _pixels(os.path.dirname(_run(ref, tmp_path / "seed1", seed=1).manifest))
+    seed1 = _run(ref, tmp_path / "seed1", seed=1)
+    assert [(b["k"], b["g_seed"]) for b in json.loads(open(seed1.manifest).read())["batches"]] == \
+        [(k, gen.batch_seed(1, k)) for k in range(3)]
+    other_seed = _pixels(os.path.dirname(seed1.manifest))
     assert not np.array_equal(other_seed["00000_000.png"], full["00000_000.png"])
     other_b = _pixels(os.path.dirname(_run(ref, tmp_path / "b3", batch=3).manifest))
     assert not np.array_equal(other_b["00003_000.png"], full["00003_000.png"])  # batch 1 of 3 vs batch 1 of 2
@@ -291,11 +294,14 @@ def test_a_manifest_that_is_not_json_is_named(tmp_path):
             _read_json(str(tmp_path / MANIFEST))
 
 
-def test_rank_and_world_come_from_an_initialised_process_group_and_a_given_world_is_kept(monkeypatch):
+def test_rank_and_world_come_from_an_initialised_process_group_and_a_given_world_is_kept(monkeypatch, tmp_path):
     import torch.distributed as dist
 
     with pytest.raises(ValueError, match="world=2 needs an initialised torch.distributed process group"):
         gen._place(1, 2)
+    with pytest.raises(ValueError, match="world=2 needs an initialised torch.distributed process group"):
+        gen.generate(reference_var("tiny"), [0, 1], str(tmp_path / "o"), batch=2, rank=0,
+                     world=2)
     monkeypatch.setattr(dist, "is_available", lambda: True)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 3)

@@ -64,6 +64,29 @@ def test_presets():
         stagevar.preset(["var-d16"])
 
 
+def test_an_unknown_name_hears_its_close_matches_and_every_name():
+    """The refusals' words, whole: the close matches (three at most, joined by 'or'), the list of names,
+    the hint for a file name, the word for 'baseline' and for a value that is not a string."""
+    names = ", ".join(NAMES + ["skip-last-N", "uncond-last-N", "cond-last-N"])
+    with pytest.raises(ConfigError) as e:
+        stagevar.preset("skip-lst-2")
+    assert str(e.value) == f"unknown config 'skip-lst-2'; did you mean 'skip-last-2'? names: {names}."
+    with pytest.raises(ConfigError) as e:
+        stagevar.preset("infinity")  # four names are close: three are offered
+    close = str(e.value).split("did you mean ")[1].split("? names:")[0].split(" or ")
+    assert len(close) == 3 and all(c.strip("'").startswith("infinity-") for c in close)
+    with pytest.raises(ConfigError) as e:
+        stagevar.preset("qqqqqqqq.json")
+    assert str(e.value) == (f"unknown config 'qqqqqqqq.json'; names: {names}. "
+                            "To load a config file, pass stagevar.StageVARConfig.load(path).")
+    with pytest.raises(ConfigError) as e:
+        stagevar.preset("baseline")
+    assert str(e.value) == ("'baseline' is the model's own unpatched call, not a config: generate without "
+                            "stagevar.accelerate (or call stagevar.restore(model))")
+    with pytest.raises(ConfigError, match="must be a string .*, got int$"):
+        stagevar.preset(16)
+
+
 def test_every_name_resolves_and_relative_names_need_the_model():
     small, inf = reference_var("small"), reference_infinity("tiny").model
     for name in NAMES:
@@ -97,9 +120,10 @@ def test_the_tools_compare_a_family_preset_with_its_relatives_then_the_ablations
 
 def test_preset_contents_are_pinned():
     """What each family preset says, field by field (a mutated preset runs, so only this catches it)."""
-    v = stagevar.preset("var-d16")
-    assert (v.refine_start, v.branch, v.unit_blocks, v.reducer, dict(v.rank_ratios)) == (-2, "uncond", 1, "gaussian",
-                                                                                        {-2: 0.16, -1: 0.05})
+    for depth in (16, 20, 24, 30, 36):
+        v = stagevar.preset(f"var-d{depth}")
+        assert (v.refine_start, v.branch, v.unit_blocks, v.reducer, dict(v.rank_ratios), v.name) == \
+            (-2, "uncond", 1, "gaussian", {-2: 0.16, -1: 0.05}, f"var-d{depth}")
     for name in ("infinity-2b", "infinity-8b"):
         c = stagevar.preset(name)
         assert (c.refine_start, c.branch, c.alpha, c.reducer, c.resample_units, c.skip, c.name) == \

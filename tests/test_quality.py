@@ -64,6 +64,22 @@ def test_evaluate_var_gives_both_views():
     assert "semantic / layout" in table and "texture / fidelity" in table
 
 
+def test_the_table_puts_each_figure_in_its_column():
+    """One hand-made row, every figure different: the table shows each where its header says."""
+    row = dict(method="var-d16", seconds=12.34, speedup=1.875, semantic_consistency=0.812,
+               semantic_consistency_change=-0.031, semantic_change_se=0.012, semantic_lost=3, semantic_gained=1,
+               lowfreq_psnr=31.26, lowfreq_psnr_se=0.44, class_consistency=0.655, consistency_change=0.021,
+               change_se=0.017, lost=None, gained=None, fd_to_baseline=0.123, psnr=100.0, psnr_se=0.0, ssim=0.901,
+               ssim_se=0.004)
+    lines = format_rows([row], title="T").splitlines()
+    assert lines[0] == "T"
+    assert lines[2].split() == ["method", "time", "s", "speedup", "|", "cons.", "change", "+-SE", "lost/gained",
+                                "LF-PSNR", "+-SE", "|", "cons.", "change", "+-SE", "lost/gained", "FD", "PSNR", "+-SE",
+                                "SSIM", "+-SE"]
+    assert lines[3].split() == ["var-d16", "12.3", "1.88x", "|", "0.812", "-0.031", "0.012", "3/1", "31.3", "0.4", "|",
+                                "0.655", "+0.021", "0.017", "-", "0.123", "99.9", "0.0", "0.901", "0.004"]
+
+
 def test_evaluate_same_seeds_same_numbers():
     """The unpatched baseline is deterministic for the same seeds: every figure repeats exactly."""
     var = reference_var("tiny")

@@ -84,10 +84,10 @@ def test_a_graphs_report_prints_its_note_capture_time_and_pool_growth():
     stagevar.accelerate(var, _one_branch_lowrank())
     var.autoregressive_infer_cfg(**gen_kwargs(2))
     rep = stagevar.last_report(var)
-    rep.executor, rep.note, rep.capture_s, rep.pool_bytes = "graphs", "replayed", 0.0123, 3 * 2 ** 20
+    rep.executor, rep.note, rep.capture_s, rep.pool_bytes = "graphs", "replayed", 1.2345, 3 * 2 ** 20
     text = str(rep)
     assert "executor=graphs (replayed)" in text
-    assert "graphs captured once in 12 ms, shared pool grown 3 MiB by this call shape" in text
+    assert "graphs captured once in 1234 ms, shared pool grown 3 MiB by this call shape" in text
     assert text.splitlines()[1].split() == ["scale", "h", "x", "w", "M", "rows", "tokens/unit", "ms", "mode"]
     d = rep.to_dict()
     assert d["executor"] == "graphs" and d["note"] == "replayed" and d["skipping"] is False

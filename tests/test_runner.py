@@ -42,6 +42,9 @@ def test_arms_cross_methods_with_executors():
         Arm("baseline", BASELINE, "graphs")
     with pytest.raises(ValueError, match="execution"):
         Arm("a", LOWRANK, "fast")
+    for bad in (None, "", 3):
+        with pytest.raises(ValueError, match=f"an arm's label must be a non-empty string .*, got {bad!r}"):
+            Arm(bad, LOWRANK)
 
 
 def test_runner_interleaves_round_robin_with_the_same_arguments(monkeypatch, tiny):

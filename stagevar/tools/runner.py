@@ -107,6 +107,8 @@ class Arm:
     execution: str = "eager"
 
     def __post_init__(self):
+        if not isinstance(self.label, str) or not self.label:
+            raise ValueError(f"an arm's label must be a non-empty string (its row in the results), got {self.label!r}")
         if self.execution not in EXECUTIONS:
             raise ValueError(f"execution={self.execution!r} is not one of {EXECUTIONS}")
         if not (self.config is BASELINE or self.config is MODEL_DEFAULT or isinstance(self.config, StageVARConfig)):
