@@ -103,6 +103,19 @@ def test_config_takes_every_method_name_bench_takes(tmp_path, capsys):
     assert "uncond" in capsys.readouterr().out
 
 
+def test_config_names_are_refused_before_the_model_is_built(monkeypatch, capsys, tmp_path):
+    import stagevar.models as models
+
+    monkeypatch.setattr(models, "build_reference", lambda *a, **k: pytest.fail("the model was built"))
+    out = str(tmp_path / "o")
+    for argv, needle in ((["demo", "--config", "var-d16", "nope"], "unknown config 'nope'"),
+                         (["demo", "--config", "baseline"], "the unpatched model is always the first row"),
+                         (["bench", "--methods", "baseline", "fastvr", "--out", out], "did you mean 'fastvar'"),
+                         (["generate", "--config", "mine.json", "--out", out], "'mine.json': no such config file")):
+        assert cli.main(argv) == 1, argv
+        assert needle in capsys.readouterr().err, argv
+
+
 def test_other_errors_are_one_line_unless_debug(capsys):
     assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--config", "nope"]) == 1
     err = capsys.readouterr().err

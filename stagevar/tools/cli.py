@@ -33,6 +33,21 @@ def _named_config(arg: str, model, baseline: str, family_default=None):
     return cfg
 
 
+def _check_config_names(args) -> None:
+    """``--config`` / ``--methods`` refused by name (or as a file) before the model is built: a
+    relative name (``cfg-only``) is checked against any family here, against the model's own later."""
+    some_family = lambda: "var-d16"  # noqa: E731
+    if args.command == "demo":
+        for c in args.config or []:
+            _named_config(c, None, _DEMO_BASELINE, family_default=some_family)
+    names = [args.config] if args.command == "generate" and args.config else getattr(args, "methods", None) or []
+    for name in names if args.command in ("generate", "bench") else []:
+        method_config(name, None, some_family)
+
+
+_DEMO_BASELINE = "the unpatched model is always the first row"
+
+
 def _cli_model(args, tool: str):
     """``(description, model, generation kwargs without conditions, encode or None)`` for ``--model``,
     built by the registry of reference models (at the shape ``tool`` builds by default)."""
@@ -65,8 +80,7 @@ def _demo(args) -> int:
     names = getattr(model, "class_names", None)
     classes = f" (classes: {', '.join(names)})" if trained and names else ""
     print(f"stagevar demo: {what}{classes}, B={args.batch}, on {machine}")
-    configs = demo_configs(model, args.config and [_named_config(c, model, "the unpatched model is always the first "
-                                                                  "row") for c in args.config])
+    configs = demo_configs(model, args.config and [_named_config(c, model, _DEMO_BASELINE) for c in args.config])
     result = demo(model, configs, kw, conditions, repeats=args.repeats, out=args.out, trained=trained,
                   title=f"stagevar demo: {what}, B={args.batch}, seed {args.seed}, on {machine}")
     for row in result.rows:
@@ -401,6 +415,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (ValueError, OSError) as e:
             ap.error(str(e))
     try:
+        _check_config_names(args)
         return args.func(args)
     except GraphsUnavailableError as e:  # one line, before anything was measured
         print(e, file=sys.stderr)
