@@ -188,3 +188,19 @@ def test_the_cpu_live_heap_reads_glibcs_mallinfo2_where_there_is_one():
         pytest.skip("mallinfo2 is glibc's")
     heap = _LiveHeap()
     assert heap.kind == "cpu_peak_heap_increase_MiB" and heap.read() > 0
+
+
+def test_gumbel_softmax_without_a_generator_is_torchs_and_says_nothing():
+    """No rng: torch's own gumbel-softmax, called without a deprecation warning (torch warns when its
+    unused eps is set to anything but its default)."""
+    import warnings
+
+    from stagevar.sampling import gumbel_softmax_with_rng
+
+    logits = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.manual_seed(4)
+        a = gumbel_softmax_with_rng(logits, tau=0.7)
+    torch.manual_seed(4)
+    assert torch.equal(a, torch.nn.functional.gumbel_softmax(logits, tau=0.7))
