@@ -51,6 +51,7 @@ def counted(tiny):
 ])
 def test_calibrate_checks_each_argument_before_any_generation(counted, kwargs, match):
     model, calls = counted
+    kwargs = dict(kwargs)  # the parameter is shared by every run of the test in one process
     conditions = kwargs.pop("conditions", [0, 1])
     with pytest.raises(ValueError, match=match):
         calibrate(model, conditions, **kwargs)
