@@ -111,12 +111,12 @@ def results(work: Path) -> dict:
     return out
 
 
-def fresh_process(work: Path, names: list, tests: list, env: dict, log, timeout: int) -> dict:
-    """Each mutant's ``pytest -x`` over ``tests`` in a new interpreter: {name: pytest's exit code}."""
-    out = {}
+def fresh_process(work: Path, names: list, tests: list, env: dict, log, timeout: int, out: dict) -> None:
+    """Each mutant's ``pytest -x`` over ``tests`` in a new interpreter; ``out[name]``: its status code
+    (filled as it goes, so an interrupted run still reports what it checked)."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0",
+           *[a for d in DESELECT for a in ("--deselect", d)], *tests]
     for name in names:
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0",
-               *[a for d in DESELECT for a in ("--deselect", d)], *tests]
         log.write(f"\n=== {name}\n")
         log.flush()
         try:
@@ -127,7 +127,6 @@ def fresh_process(work: Path, names: list, tests: list, env: dict, log, timeout:
         # pytest: 0 all passed, 5 none collected; 1 a test failed, 4 the import (conftest's) failed: killed
         out[name] = rc if rc == 24 else {0: 0, 5: 33}.get(rc, 1)
         print(f"{STATUS.get(out[name], 'suspicious'):10s} {name}", flush=True)
-    return out
 
 
 def report(work: Path, mutmut: str, sample: list, res: dict) -> None:
@@ -192,16 +191,16 @@ def main(argv=None) -> int:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = shutil.which("mutmut") or "mutmut"
     log = open(work / "mutmut.log", "w")  # mutmut's (or pytest's) own output (its stats run's failures, say)
+    res: dict = {}
     try:
         if args.fresh_process:
-            res = fresh_process(work, sample, args.tests, env, log, args.timeout)
+            fresh_process(work, sample, args.tests, env, log, args.timeout, res)
         else:
             subprocess.run(["timeout", str(args.timeout), mutmut, "run", "--max-children", str(args.max_children),
                             *sample], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-            res = results(work)
-    finally:
+    finally:  # the score so far, even after Ctrl-C
         log.close()
-    report(work, mutmut, sample, res)
+        report(work, mutmut, sample, res if args.fresh_process else results(work))
     return 0
 
 

@@ -1,6 +1,7 @@
 """Figures: the labelled image grid (each backend and the fallback), the Pareto front and chart,
 and the demo and bench writing them."""
 import builtins
+import contextlib
 
 import numpy as np
 import pytest
@@ -76,7 +77,6 @@ def test_column_labels_are_centred_on_their_columns_on_white(tmp_path, backend):
         matplotlib = pytest.importorskip("matplotlib")
         style = matplotlib.rc_context({"savefig.facecolor": "black", "figure.facecolor": "black"})
     else:
-        import contextlib
         style = contextlib.nullcontext()
     path = tmp_path / "c.png"
     with style:

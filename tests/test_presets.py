@@ -67,7 +67,9 @@ def test_presets():
 def test_an_unknown_name_hears_its_close_matches_and_every_name():
     """The refusals' words, whole: the close matches (three at most, joined by 'or'), the list of names,
     the hint for a file name, the word for 'baseline' and for a value that is not a string."""
-    names = ", ".join(NAMES + ["skip-last-N", "uncond-last-N", "cond-last-N"])
+    from stagevar.presets import PATTERNS
+
+    names = ", ".join(NAMES + [p + "N" for p in PATTERNS])
     with pytest.raises(ConfigError) as e:
         stagevar.preset("skip-lst-2")
     assert str(e.value) == f"unknown config 'skip-lst-2'; did you mean 'skip-last-2'? names: {names}."

@@ -33,6 +33,9 @@ def _named_config(arg: str, model, baseline: str, family_default=None):
     return cfg
 
 
+_DEMO_BASELINE = "the unpatched model is always the first row"
+
+
 def _check_config_names(args) -> None:
     """``--config`` / ``--methods`` refused by name (or as a file) before the model is built: a
     relative name (``cfg-only``) is checked against any family here, against the model's own later."""
@@ -40,12 +43,11 @@ def _check_config_names(args) -> None:
     if args.command == "demo":
         for c in args.config or []:
             _named_config(c, None, _DEMO_BASELINE, family_default=some_family)
-    names = [args.config] if args.command == "generate" and args.config else getattr(args, "methods", None) or []
-    for name in names if args.command in ("generate", "bench") else []:
-        method_config(name, None, some_family)
-
-
-_DEMO_BASELINE = "the unpatched model is always the first row"
+    elif args.command == "generate" and args.config:
+        method_config(args.config, None, some_family)
+    elif args.command == "bench":
+        for name in args.methods or []:
+            method_config(name, None, some_family)
 
 
 def _cli_model(args, tool: str):
