@@ -20,11 +20,13 @@ Run it from the repository root, with ``OMP_NUM_THREADS=1``::
 
 A rerun on the same work directory reuses mutmut's cached test timings; ``--fresh`` deletes it first.
 
-``--fresh-process`` checks the drawn (or ``--names``) mutants without ``mutmut run``: each one runs
-``pytest -x`` over ``--tests`` in a new interpreter with ``MUTANT_UNDER_TEST`` set. ``mutmut run``
-forks its workers from a process that has already imported the package, so a function called at
-import time (the presets are built then) runs unmutated in every worker, and its mutants survive
-whatever the tests assert; in a new interpreter the import itself runs the mutant.
+``--planted`` checks the drawn (or ``--names``) mutants without ``mutmut run``: each one is written
+into the work directory's plain copy of the package (``mutmut apply``), ``pytest -x`` runs over
+``--tests`` in a new interpreter, and the file is put back. ``mutmut run`` reaches a mutant through a
+trampoline and forks its workers from a process that has already imported the package: a function
+called at import time (the presets are built then) runs unmutated in every worker, and code that
+reads its own call stack (warnings attributed to the user's line) sees the trampoline's frames.
+Planted, the mutant is the code, as a one-line bug would be.
 """
 from __future__ import annotations
 
@@ -111,19 +113,28 @@ def results(work: Path) -> dict:
     return out
 
 
-def fresh_process(work: Path, names: list, tests: list, env: dict, log, timeout: int, out: dict) -> None:
-    """Each mutant's ``pytest -x`` over ``tests`` in a new interpreter; ``out[name]``: its status code
-    (filled as it goes, so an interrupted run still reports what it checked)."""
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0",
-           *[a for d in DESELECT for a in ("--deselect", d)], *tests]
+def planted(work: Path, mutmut: str, names: list, tests: list, env: dict, log, timeout: int, out: dict) -> None:
+    """Each mutant written into the work directory's plain copy of the package (``mutmut apply``), then
+    ``pytest -x`` over ``tests`` in a new interpreter, then the file put back; ``out[name]``: its status
+    code (filled as it goes, so an interrupted run still reports what it checked)."""
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
+    log.write("\n=== unmutated\n")
+    log.flush()
+    if subprocess.run(cmd, cwd=work, env=dict(env, PYTHONPATH="."), stdout=log, stderr=subprocess.STDOUT).returncode:
+        raise SystemExit(f"the tests fail on the unmutated copy; see {work / 'mutmut.log'}")
     for name in names:
+        source = work / (module_of(name).replace(".", "/") + ".py")
+        pristine = source.read_bytes()
         log.write(f"\n=== {name}\n")
         log.flush()
         try:
-            rc = subprocess.run(cmd, cwd=work / "mutants", env=dict(env, MUTANT_UNDER_TEST=name, PYTHONPATH="."),
-                                stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+            subprocess.run([mutmut, "apply", name], cwd=work, check=True, capture_output=True)
+            rc = subprocess.run(cmd, cwd=work, env=dict(env, PYTHONPATH="."), stdout=log, stderr=subprocess.STDOUT,
+                                timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = 24
+        finally:
+            source.write_bytes(pristine)
         # pytest: 0 all passed, 5 none collected; 1 a test failed, 4 the import (conftest's) failed: killed
         out[name] = rc if rc == 24 else {0: 0, 5: 33}.get(rc, 1)
         print(f"{STATUS.get(out[name], 'suspicious'):10s} {name}", flush=True)
@@ -160,13 +171,14 @@ def main(argv=None) -> int:
     ap.add_argument("--ref", default=None, help="copy stagevar/ and tests/ from this git commit, not the working tree")
     ap.add_argument("--fresh", action="store_true", help="delete the work directory first")
     ap.add_argument("--max-children", type=int, default=2)
-    ap.add_argument("--timeout", type=int, default=3600, help="seconds for the whole mutmut run (for each mutant with --fresh-process)")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds for the whole mutmut run (for each mutant with --planted)")
     ap.add_argument("--names", nargs="*", help="check these mutant names instead of a sample")
     ap.add_argument("--modules", nargs="+", default=MODULES, help="files to mutate (default: the four above)")
     ap.add_argument("--tests", nargs="+", default=TESTS,
                     help="test files mutmut may select from (default: the eight above; `tests` for all)")
-    ap.add_argument("--fresh-process", action="store_true",
-                    help="run each mutant's tests (all of --tests) in a new interpreter instead of `mutmut run`")
+    ap.add_argument("--planted", action="store_true",
+                    help="write each mutant into the plain source and run all of --tests in a new interpreter, "
+                         "instead of `mutmut run`")
     ap.add_argument("--per-module", type=int, default=None,
                     help="draw this many mutants from each module instead of --n from all (no 200 cap)")
     args = ap.parse_args(argv)
@@ -193,14 +205,14 @@ def main(argv=None) -> int:
     log = open(work / "mutmut.log", "w")  # mutmut's (or pytest's) own output (its stats run's failures, say)
     res: dict = {}
     try:
-        if args.fresh_process:
-            fresh_process(work, sample, args.tests, env, log, args.timeout, res)
+        if args.planted:
+            planted(work, mutmut, sample, args.tests, env, log, args.timeout, res)
         else:
             subprocess.run(["timeout", str(args.timeout), mutmut, "run", "--max-children", str(args.max_children),
                             *sample], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     finally:  # the score so far, even after Ctrl-C
         log.close()
-        report(work, mutmut, sample, res if args.fresh_process else results(work))
+        report(work, mutmut, sample, res if args.planted else results(work))
     return 0
 
 

@@ -210,3 +210,6 @@ def test_the_argument_checks_themselves():
         _args.seeds("f", "s", {0: 1})
     with pytest.raises(ValueError, match=r"\.\.\.; give a list"):  # long values are cut
         _args.items("f", "xs", "x" * 200, "things")
+    # a repr of up to 80 characters is shown whole; a longer one as its first 77 and "..."
+    assert _args._shown("x" * 78) == repr("x" * 78)
+    assert _args._shown("x" * 79) == "'" + "x" * 76 + "..."

@@ -20,6 +20,17 @@ def test_energy_ranks_of_planted_low_rank_matrices():
     assert energy_ranks(torch.ones(5, 4), [0.9]) == [1]
 
 
+def test_energy_ranks_centre_each_channel_over_the_tokens():
+    """A mean token shared by every token (an offset that differs by channel) is no direction of
+    variation: the ranks of ``x + v`` are those of ``x``, for tokens fewer or more than channels."""
+    g = torch.Generator().manual_seed(1)
+    for M, C in ((60, 40), (20, 50)):
+        x = torch.randn(M, 2, generator=g) @ torch.randn(2, C, generator=g)
+        v = 10.0 * torch.randn(1, C, generator=g)
+        assert energy_ranks(x + v, [0.5, 0.999999]) == energy_ranks(x - x.mean(0), [0.5, 0.999999])
+        assert energy_ranks(x + v, [0.999999]) == [2]
+
+
 def test_calibration_report_shapes_and_ranges(small, tmp_path):
     cal = calibrate(small, [0, 3, 5], seeds=[0], cfg=3.0, unit_blocks=2)
     K = len(small.patch_nums)
@@ -135,16 +146,19 @@ def test_calibration_plot_draws_every_curve_with_its_legend(tmp_path, tiny, monk
     drawn = []
     monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
     cal.plot(str(tmp_path / "cal.png"))
-    lines = {ln.get_label(): list(ln.get_ydata()) for ax in drawn[0].axes for ln in ax.get_lines()
-             if not ln.get_label().startswith("_")}
-    a0 = cal.alphas[0]
+    axes = drawn[0].axes  # the three panels, then the first one's right axis
+    lines = {ln.get_label(): (axes.index(ax), list(ln.get_xdata()), list(ln.get_ydata()))
+             for ax in axes for ln in ax.get_lines() if not ln.get_label().startswith("_")}
+    a0, xs = cal.alphas[0], list(range(len(cal.schedule)))
     assert lines == {
-        "PSNR to final (dB, shown <= 60)": [min(v, 60.0) for v in cal.psnr_to_final],
-        "SSIM to final (right axis)": list(cal.ssim_to_final),
-        f"feature distance ({cal.feature_name})": list(cal.feature_dist_to_final),
-        "KL(cond || uncond)": list(cal.kl_cond_uncond),
-        **{f"alpha={a}": [sum(u[i] for u in s) / len(s) for s in cal.rank_ratio_mean] for i, a in enumerate(cal.alphas)},
+        "PSNR to final (dB, shown <= 60)": (0, xs, [min(v, 60.0) for v in cal.psnr_to_final]),
+        "SSIM to final (right axis)": (3, xs, list(cal.ssim_to_final)),
+        f"feature distance ({cal.feature_name})": (1, xs, list(cal.feature_dist_to_final)),
+        "KL(cond || uncond)": (1, xs, list(cal.kl_cond_uncond)),
+        **{f"alpha={a}": (2, xs, [sum(u[i] for u in s) / len(s) for s in cal.rank_ratio_mean])
+           for i, a in enumerate(cal.alphas)},
     }
+    assert axes[3].get_position().bounds == axes[0].get_position().bounds  # the twin of the first panel
     legends = {t.get_text() for ax in drawn[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     assert legends == set(lines)
     start = cal.recommend(alpha=a0).refine_start
@@ -195,6 +209,12 @@ def test_recommended_ratios_are_of_M_and_the_stage_boundary_is_the_scale_after_c
     psnr[K - 2] = 26.0  # now K-3 onwards all pass
     c = dataclasses.replace(c, psnr_to_final=psnr)
     assert c.converged_scale() == K - 3
+    on_the_line = dataclasses.replace(c, feature_dist_to_final=[0.02] * K)  # each threshold is inclusive
+    assert on_the_line.converged_scale() == on_the_line.converged_scale(max_feature_dist=0.03) == K - 3
+    assert on_the_line.converged_scale(max_feature_dist=0.0199) is None
+    psnr_on_the_line = [25.0 if v == 26.0 else v for v in psnr]
+    assert dataclasses.replace(c, psnr_to_final=psnr_on_the_line).converged_scale() == K - 3
+    assert dataclasses.replace(c, ssim_to_final=[0.8] * K).converged_scale() == K - 3
     cfg = c.recommend(max_rank_ratio=None)
     assert cfg.refine_start == K - 2 and sorted(cfg.rank_table) == [K - 2, K - 1]
     for si in (K - 2, K - 1):

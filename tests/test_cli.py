@@ -79,6 +79,49 @@ def test_the_demos_seed_reaches_the_generation_call(monkeypatch, tmp_path, capsy
         assert seen[-1][0] == seed and f"seed {seed}," in seen[-1][1]
 
 
+def test_generate_builds_the_given_shape_and_by_default_every_class_or_four_prompts(monkeypatch, tmp_path, capsys):
+    """--shape reaches the model that is built (not the tool's default shape); with no --classes or
+    prompts, generate draws every class of a class-conditional model, four built-in prompts of a text one."""
+    import stagevar.models
+    from stagevar.adapters.base import DEFAULT_PROMPTS
+    from stagevar.tools import generate as generate_mod
+
+    built, called = [], []
+    real = stagevar.models.build_reference
+
+    def recorded_build(name, shape=None, **kw):
+        built.append((name, shape))
+        assert shape == "tiny", f"built the {shape!r} shape, not the one given"
+        return real(name, shape, **kw)
+
+    def fake_generate(model, items, out, **kw):
+        called.append((model, list(items)))
+        return generate_mod.GenerateResult(manifest=str(tmp_path / "m.json"), ran=[], skipped=[])
+
+    monkeypatch.setattr(stagevar.models, "build_reference", recorded_build)
+    monkeypatch.setattr(generate_mod, "generate", fake_generate)
+    for name in ("var", "infinity"):
+        assert cli.main(["generate", "--model", name, "--shape", "tiny", "--out", str(tmp_path / name), "--quiet"]) == 0
+        assert built[-1] == (name, "tiny")
+    (var, classes), (_, prompts) = called
+    assert var.num_classes != 4 and classes == list(range(var.num_classes))
+    assert prompts == list(DEFAULT_PROMPTS[:4]) and len(set(prompts)) == 4
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """--help explains each option: none is listed bare."""
+    import argparse
+
+    def bare(parser, where):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                yield from (b for name, p in a.choices.items() for b in bare(p, f"{where} {name}"))
+            elif not (a.help or "").strip():
+                yield f"{where} {'/'.join(a.option_strings) or a.dest}"
+
+    assert list(bare(cli.build_parser(), "stagevar")) == []
+
+
 def test_demo_creates_the_output_folder(tmp_path, capsys):
     out = tmp_path / "new" / "o.png"
     assert cli.main(["demo", "--model", "var", "--shape", "tiny", "--repeats", "1", "--out", str(out)]) == 0

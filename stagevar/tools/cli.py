@@ -219,11 +219,12 @@ def _generate(args) -> int:
 
 def _generation_args(p: argparse.ArgumentParser, top_k: int, top_p: float) -> None:
     """The sampling and device options demo, bench and calibrate share."""
-    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument("--cfg", type=float, default=4.0, help="classifier-free guidance scale (default 4.0)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the model runs (default: cuda when available)")
-    p.add_argument("--top-k", type=int, default=top_k)
-    p.add_argument("--top-p", type=float, default=top_p)
+    p.add_argument("--top-k", type=int, default=top_k, help=f"sample from the k likeliest tokens, 0 for all (default {top_k})")
+    p.add_argument("--top-p", type=float, default=top_p,
+                   help=f"sample from the likeliest tokens holding this probability, 0 for all (default {top_p})")
 
 
 def _model_args(p: argparse.ArgumentParser, default: str, shape_help: str) -> None:
@@ -254,13 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "cfg-only, fastvar, skip-last-N, ..., or a JSON config file; default: the family preset; "
                         "for the trained model also its calibrated preset stagevar-tiny-var)")
     d.add_argument("--batch", type=int, default=None, help="default: one per class (pretrained), else 2")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="the generation call's g_seed (default 0)")
     _generation_args(d, top_k=900, top_p=0.95)
-    d.add_argument("--repeats", type=int, default=2)
-    d.add_argument("--out", default="stagevar_demo.png")
+    d.add_argument("--repeats", type=int, default=2,
+                   help="timed interleaved rounds; the speedups shown are their medians (default 2)")
+    d.add_argument("--out", default="stagevar_demo.png", help="the figure's path (default stagevar_demo.png)")
     d.set_defaults(func=_demo)
     p = sub.add_parser("plan", help="print what a config does at each scale of a reference shape")
-    p.add_argument("--shape", default="d16", choices=sorted(VAR_SHAPES))
+    p.add_argument("--shape", default="d16", choices=sorted(VAR_SHAPES), help="reference VAR shape (default d16)")
     p.add_argument("--config", default=None, help="a preset, another bench method or a JSON config file "
                                                    "(default var-d16)")
     p.set_defaults(func=_plan)
@@ -270,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--execution", nargs="+", default=["eager"], choices=list(EXECUTIONS),
                    help="executors to time every method under (default eager); 'graphs' needs CUDA. Each is "
                         "compared with the unpatched call and with preset 'none' under the same executor")
-    b.add_argument("--batch", type=int, default=2)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--batch", type=int, default=2, help="images per generation call, B (default 2)")
+    b.add_argument("--seed", type=int, default=0, help="the generation calls' g_seed (default 0)")
     _generation_args(b, top_k=0, top_p=0.0)
     b.add_argument("--rounds", "--repeats", dest="repeats", type=int, default=5,
                    help="timed interleaved rounds, after the warm-up (default 5)")
@@ -287,16 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class labels, for a class-conditional model (default: 0..7, or every class of a trained one)")
     c.add_argument("--prompts", nargs="+", default=None,
                    help="prompts, for a text-to-image model (Infinity, STAR; default: four built-in prompts)")
-    c.add_argument("--seeds", type=int, nargs="+", default=[0])
+    c.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="g_seed of each generation measured, every condition at each (default 0)")
     _generation_args(c, top_k=900, top_p=0.95)
-    c.add_argument("--unit-blocks", type=int, default=None)
-    c.add_argument("--alpha", type=float, default=0.96)
+    c.add_argument("--unit-blocks", type=int, default=None, help="blocks per low-rank unit (default: the family's)")
+    c.add_argument("--alpha", type=float, default=0.96,
+                   help="share of the token energy the recommended ranks keep, one of the measured levels "
+                        "(default 0.96)")
     c.add_argument("--branch", default="uncond", choices=["uncond", "cond"],
                    help="the CFG branch the recommended config keeps in the refinement stage")
     c.add_argument("--max-rank-ratio", type=float, default=0.3,
                    help="scales whose measured rank ratio exceeds this run one branch at full rank")
     c.add_argument("--no-sweep", action="store_true", help="skip the one-branch-from-scale-k generations")
-    c.add_argument("--out", default="calibration.json")
+    c.add_argument("--out", default="calibration.json", help="the calibration's JSON file (default calibration.json)")
     c.add_argument("--config-out", default=None, help="also save the recommended config as JSON")
     c.add_argument("--plot", default=None, help="PNG of the per-scale curves (needs matplotlib)")
     c.add_argument("--write-into", default=None, metavar="CKPT",
@@ -327,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--per-item", type=int, default=1, help="images per class or prompt (default 1)")
     g.add_argument("--batch", type=int, default=16, help="images per generation call, B (default 16); part of what "
                                                           "an image depends on")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="the run's seed: batch k is drawn with g_seed = seed * 1000003 + k (default 0)")
     g.add_argument("--config", default=None,
                    help=f"{METHODS_HELP} (default: the model's own: the config its checkpoint carries, else its "
                         f"family's preset)")
