@@ -421,6 +421,24 @@ def test_gpu_checks_fail_where_the_executor_is_broken(monkeypatch):
         gpu_checks.caller_tensors_unchanged(torch.device("cpu"))
 
 
+@pytest.mark.parametrize("check", ["exact_var", "exact_infinity"])
+def test_gpu_checks_compare_graphed_none_with_the_unpatched_call(monkeypatch, check):
+    """An engine whose every image is off by one, eager and graphed alike: graphed equals eager, but
+    graphed ``none`` is not the unpatched call, and the check says so."""
+    from stagevar.engine import Engine
+
+    real = Engine.finish
+
+    def off_by_one(self, call):
+        out = real(self, call)
+        return out + 1 if isinstance(out, torch.Tensor) else (*out[:2], out[2] + 1)
+
+    monkeypatch.setattr(ex, "CudaGraphBackend", lambda: ReplayingBackend())
+    monkeypatch.setattr(Engine, "finish", off_by_one)
+    with pytest.raises(AssertionError, match="^none: call 0 differs from the unpatched call"):
+        getattr(gpu_checks, check)(torch.device("cpu"))
+
+
 # ------------------------------------------------------------------------------------------
 # Real use: a shape is captured on its N-th call; the caller's tensors and generator stay the caller's.
 def test_a_key_is_captured_on_its_third_call_and_the_report_counts_it(monkeypatch, small):

@@ -69,14 +69,16 @@ def _same_as_eager(model: Any, kws: List[dict], configs: List[str], out: Callabl
                    unpatched: Optional[List[Any]] = None) -> str:
     """Every config graphed (``capture_after=2``) equals it eager (``none``: the unpatched call)."""
     for config in configs:
-        want = unpatched if config == "none" and unpatched is not None else [out(_eager(model, config, kw)) for kw in kws]
+        against_unpatched = config == "none" and unpatched is not None
+        want = unpatched if against_unpatched else [out(_eager(model, config, kw)) for kw in kws]
+        what = "the unpatched call" if against_unpatched else "the eager call"
         stagevar.accelerate(model, config, execution="graphs", capture_after=2, text_buckets=())
         try:
             got = [_graphed(lambda kw=kw: out(model.autoregressive_infer_cfg(**kw))) for kw in kws]
             rep = stagevar.last_report(model)
             assert rep.executor == "graphs", f"{config}: the last call ran {rep.executor} ({rep.note})"
             for i, (g, w) in enumerate(zip(got, want)):
-                assert torch.equal(g, w), f"{config}: call {i} differs from the eager call"
+                assert torch.equal(g, w), f"{config}: call {i} differs from {what}"
         finally:
             stagevar.restore(model)
     return f"{len(configs)} configs x {len(kws)} calls"
