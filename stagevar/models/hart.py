@@ -160,6 +160,7 @@ class LlamaAttention(nn.Module):
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(embed_dim)), nn.Parameter(torch.zeros(embed_dim))
         self.register_buffer("zero_k_bias", torch.zeros(embed_dim))
         self.proj = nn.Linear(embed_dim, embed_dim)
+        self.proj_drop = nn.Identity()  # upstream's, at its inference setting proj_drop=0
         self.using_flash = self.using_xform = False
         self.caching, self.cached_k, self.cached_v = False, None, None
 
@@ -188,7 +189,7 @@ class LlamaAttention(nn.Module):
                 k = self.cached_k = torch.cat((self.cached_k, k), dim=2)
                 v = self.cached_v = torch.cat((self.cached_v, v), dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, C)))
 
 
 class LlamaMLP(nn.Module):
