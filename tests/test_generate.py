@@ -212,6 +212,50 @@ def test_cli_help_progress_and_prompts_file(tmp_path, capsys):
     assert captured.err == "" and "2 already written, 0 run" in captured.out
 
 
+def test_progress_shows_steps_as_a_bar_or_as_lines_and_nothing_when_disabled(monkeypatch, capsys):
+    """With tqdm: one bar of ``total`` steps, each step's note beside it, closed at the end. Without
+    it: a line per step with the count and the seconds since the display began. Disabled: nothing."""
+    import types
+
+    from stagevar.tools import _progress
+
+    clock = iter([10.0, 12.5, 13.0] + [99.0] * 2)  # the display begins at 10 s; two steps; two more displays
+    monkeypatch.setattr(_progress.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # not installed: the import fails
+    p = _progress.Progress(2, True, "stagevar generate", "batch")
+    p.step("rank 0")
+    p.step()
+    p.close()
+    assert capsys.readouterr().err == ("stagevar generate: batch 1/2 (rank 0), 2.5 s\n"
+                                       "stagevar generate: batch 2/2, 3.0 s\n")
+
+    seen = []
+
+    class Bar:
+        def __init__(self, **kw):
+            seen.append(("bar", kw["total"], kw["desc"], kw["unit"], kw["file"] is sys.stderr))
+
+        def set_postfix_str(self, note):
+            seen.append(("note", note))
+
+        def update(self, n):
+            seen.append(("update", n))
+
+        def close(self):
+            seen.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=Bar))
+    p = _progress.Progress(3, True, "stagevar bench", "call")
+    p.step("a")
+    p.step()
+    p.close()
+    assert seen == [("bar", 3, "stagevar bench", "call", True), ("note", "a"), ("update", 1), ("update", 1), ("close",)]
+    quiet = _progress.Progress(3, False, "stagevar bench", "call")
+    quiet.step("a")
+    quiet.close()
+    assert quiet.bar is None and len(seen) == 5 and capsys.readouterr().err == ""
+
+
 def test_a_failing_call_leaves_the_set_incomplete_and_the_model_usable(ref, tmp_path, monkeypatch):
     """A short batch is an error, not a silently missing image; the manifest never says complete."""
     from stagevar.adapters import adapter_for

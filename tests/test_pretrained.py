@@ -147,6 +147,12 @@ def test_absurd_metadata_is_refused_before_any_module_is_built(good, tmp_path, m
     assert "tensor" in msg or "blocks" in msg or "layers" in msg  # says which evidence in the file disagrees
 
 
+def test_a_flag_the_weights_contradict_names_the_tensor_that_shows_it(good, tmp_path):
+    """shared_aln adds a block's ada_gss, attn_l2_norm its scale_mul_1H11: the refusal names the tensor."""
+    refused(with_config(good, tmp_path, shared_aln=True), r"tensor 'var\.blocks\.0\.ada_gss' is missing")
+    refused(with_config(good, tmp_path, attn_l2_norm=False), r"tensor 'var\.blocks\.0\.attn\.scale_mul_1H11' is present")
+
+
 def test_metadata_of_the_wrong_type_names_the_field(good, tmp_path):
     refused(with_config(good, tmp_path, depth="2"), r"depth='2' must be a positive integer")
     refused(with_config(good, tmp_path, num_heads=5), r"num_heads=5 must be a divisor of embed_dim=64")
@@ -157,10 +163,13 @@ def test_metadata_of_the_wrong_type_names_the_field(good, tmp_path):
 
 def test_truncated_file_says_it_was_cut_short(good, tmp_path):
     data = good[0].read_bytes()
+    n = int.from_bytes(data[:8], "little")  # the header's length; the tensor data follows it
     (tmp_path / "cut.safetensors").write_bytes(data[:-1000])
-    refused(str(tmp_path / "cut.safetensors"), "cut short", "interrupted download or copy", "re-download")
+    refused(str(tmp_path / "cut.safetensors"), "cut short", "interrupted download or copy", "re-download",
+            f"lists {len(data) - 8 - n} bytes of tensor data but only {len(data) - 8 - n - 1000} follow")
     (tmp_path / "cut_header.safetensors").write_bytes(data[:100])
-    refused(str(tmp_path / "cut_header.safetensors"), r"cut short: its header alone should be \d+ bytes", "re-download")
+    refused(str(tmp_path / "cut_header.safetensors"), f"cut short: its header alone should be {n} bytes but only 92 "
+            "follow", "re-download")
     (tmp_path / "empty.safetensors").write_bytes(b"")
     refused(str(tmp_path / "empty.safetensors"), "0 bytes, too short .* truncated or empty", "re-download")
 
