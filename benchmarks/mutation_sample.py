@@ -86,7 +86,7 @@ def prepare(work: Path, ref: str | None, modules: list, tests: list) -> None:
                               check=True, capture_output=True).stdout
         with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
             tar.extractall(work)
-    tests = [t for t in tests if (work / t).exists()]
+    tests = [t for t in tests if (work / t.split("::")[0]).exists()]  # files, folders or test ids
     if not tests:
         raise SystemExit(f"none of the test paths exist in {work}")
     also = [a for a in ALSO if (work / a).exists()]
