@@ -421,6 +421,50 @@ def test_gpu_checks_fail_where_the_executor_is_broken(monkeypatch):
         gpu_checks.caller_tensors_unchanged(torch.device("cpu"))
 
 
+def test_the_gpu_checks_driver_lists_runs_and_records_each_check_as_it_ends(monkeypatch, tmp_path, capsys):
+    """``--dry-run --only`` lists just those; without CUDA every check says SKIP; with it, the checks
+    run on the ``cuda`` device; ``run_checks`` goes on past a failing check, counts the failures and
+    rewrites the JSON after every check (so a later check that hangs loses no earlier figure)."""
+    import json
+
+    assert gpu_checks.main(["--dry-run", "--only", "random_labels", "exact_var"]) == 0
+    assert capsys.readouterr().out == "dry run: exact_var, random_labels\n"  # in CHECKS' order
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_checks.main([]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"SKIP  {n}: no CUDA device" for n in CHECKS]
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_checks, "run_checks", lambda device, only, path: seen.append((device, only, path)) or 2)
+    assert gpu_checks.main(["--only", "exact_var", "--json", "r.json"]) == 1
+    assert seen == [(torch.device("cuda"), ["exact_var"], "r.json")]
+    monkeypatch.undo()
+
+    out = tmp_path / "checks.json"
+
+    def first(device):
+        return f"ran on {device}"
+
+    def second(device):
+        on_disk = json.loads(out.read_text())  # the first check's result is already written
+        assert [r["check"] for r in on_disk] == ["first"]
+        raise ValueError("broken")
+
+    def third(device):
+        return "after a failure"
+
+    monkeypatch.setattr(gpu_checks, "CHECKS", [("first", first, False), ("second", second, False),
+                                              ("third", third, True), ("skipped", first, False)])
+    assert gpu_checks.run_checks(torch.device("cpu"), ["first", "second", "third"], str(out)) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["PASS  first", "FAIL  second", "PASS  third"]
+    assert lines[1].endswith("): ValueError: broken")
+    got = json.loads(out.read_text())
+    assert [(r["check"], r["verdict"], r["detail"]) for r in got] == [
+        ("first", "PASS", "ran on cpu"), ("second", "FAIL", "ValueError: broken"), ("third", "PASS", "after a failure")]
+    assert all(r["seconds"] >= 0 for r in got)
+
+
 @pytest.mark.parametrize("check", ["exact_var", "exact_infinity"])
 def test_gpu_checks_compare_graphed_none_with_the_unpatched_call(monkeypatch, check):
     """An engine whose every image is off by one, eager and graphed alike: graphed equals eager, but
