@@ -113,7 +113,7 @@ def _optional_int(value: Any, name: str, what: str) -> Optional[int]:
     return int(value)
 
 
-def _choice(value: Any, name: str, choices: Tuple[str, ...], hint: str = "") -> str:
+def _choice(value: Any, name: str, choices: Tuple[str, ...], hint: str) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"{name}={value!r} is not one of {choices}{hint}")
     return value

@@ -513,3 +513,21 @@ def test_save_is_atomic_and_load_names_the_file(tmp_path, monkeypatch):
     path.write_text('{"reducer": "svd"}')
     with pytest.raises(ConfigError, match=r"c.json: reducer='svd' is not one of"):
         StageVARConfig.load(path)
+
+
+def test_reduce_blocks_takes_fractions_from_zero_to_one_inclusive_of_the_ends():
+    assert StageVARConfig(reduce_blocks=(0.0, 1.0)).reduce_blocks == (0.0, 1.0)
+    assert StageVARConfig(reduce_blocks=[0, 0.5]).reduce_blocks == (0.0, 0.5)
+    for bad in ((0.5, 1.5), (-0.1, 0.5), (0.5, 0.5), (0.6, 0.4)):
+        with pytest.raises(ConfigError, match=r"reduce_blocks=\(.*\): give 0 <= lo < hi <= 1"):
+            StageVARConfig(reduce_blocks=bad)
+    with pytest.raises(ConfigError, match=r"e\.g\. \(0\.1, 0\.85\) for the middle blocks; got '0-1' \(a str\)$"):
+        StageVARConfig(reduce_blocks="0-1")
+
+
+def test_a_format_1_file_with_one_of_projection_and_selection_takes_the_old_default_of_the_other():
+    assert StageVARConfig.from_dict({"selection": "norm"}).reducer == "gaussian"
+    assert StageVARConfig.from_dict({"projection": "sample"}).reducer == "sample"
+    with pytest.raises(ConfigError, match=r"projection='gaussian' and selection='mean_distance': no reducer combines "
+                                          r"them; .* or reducer='gaussian' \(norm-sampled representatives\)"):
+        StageVARConfig.from_dict({"selection": "mean_distance"})

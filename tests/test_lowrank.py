@@ -323,3 +323,65 @@ def test_zero_tokens_are_chosen_only_after_every_nonzero_one(case):
         # a zero token carries a weight floor of 1e-12 * the largest weight; nonzero weights here are at
         # least 1/36 of the largest, so a zero token is drawn first with probability below 40 * 36e-12
         assert sum(chosen) == min(r, n_nonzero)
+
+
+# ------------------------------------------------------------------------------------------
+# The reducers: one registered object per technique, each a composition of the functions above.
+def test_each_registered_reducer_is_its_technique_with_its_flags():
+    from stagevar.lowrank import (REDUCERS, FarthestFromMean, GaussianProjection, OrthogonalProjection,
+                                  Representatives, reducer)
+    kinds = {"gaussian": GaussianProjection, "orthogonal": OrthogonalProjection, "sample": Representatives,
+             "fastvar": FarthestFromMean}
+    assert sorted(REDUCERS) == sorted(kinds)
+    for name, cls in kinds.items():
+        assert type(reducer(name)) is cls and reducer(name) is REDUCERS[name] and cls.name == name
+    assert {n: REDUCERS[n].exact_at_full_rank for n in kinds} == {"gaussian": False, "orthogonal": False,
+                                                                  "sample": True, "fastvar": True}
+    assert {n: REDUCERS[n].graphable for n in kinds} == {"gaussian": True, "orthogonal": False, "sample": True,
+                                                         "fastvar": True}
+    with pytest.raises(ValueError, match=r"unknown reducer 'svd'; registered: \['fastvar', 'gaussian', 'orthogonal', 'sample'\]"):
+        reducer("svd")
+
+
+def test_reducers_select_reduce_and_expand_with_the_tensor_functions():
+    from stagevar.lowrank import reducer
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 5) + torch.linspace(0, 3, 5)  # an offset shared by every token
+    prev, prev_hw, hw = torch.randn(2, 6, 5), (2, 3), (3, 4)
+    for name in ("gaussian", "orthogonal", "sample"):
+        idx = reducer(name).select(x, 4, gen(3))
+        assert torch.equal(idx, representative_indices(x, 4, gen(3)))
+        assert torch.equal(reducer(name).reduce(x, idx, gen(5)), project(x, 4, name, idx, gen(5)))
+    assert torch.equal(reducer("sample").reduce(x, idx, None), x.gather(1, idx.unsqueeze(-1).expand(-1, -1, 5)))
+    assert not torch.equal(reducer("gaussian").reduce(x, idx, gen(5)), reducer("orthogonal").reduce(x, idx, gen(5)))
+    fidx = reducer("fastvar").select(x, 4, None)
+    assert torch.equal(fidx, farthest_from_mean_indices(x, 4))
+    assert torch.equal(reducer("fastvar").reduce(x, fidx, None), x.gather(1, fidx.unsqueeze(-1).expand(-1, -1, 5)))
+    out = torch.randn(2, 4, 5)
+    for name in ("gaussian", "orthogonal", "sample", "fastvar"):
+        assert torch.equal(reducer(name).expand(out, fidx, prev, prev_hw, hw), restore_tokens(prev, prev_hw, out, fidx, hw))
+
+
+def test_register_reducer_adds_a_named_subclass_and_refuses_anything_else():
+    from stagevar.lowrank import REDUCERS, Reducer, Representatives, reducer, register_reducer
+
+    class Firsts(Representatives):
+        name = "firsts"
+
+        def select(self, x_BMC, r, generator):
+            return torch.arange(r).expand(x_BMC.shape[0], r)
+
+    try:
+        assert register_reducer(Firsts) is Firsts  # usable as a decorator
+        assert type(reducer("firsts")) is Firsts
+        assert reducer("firsts").select(torch.zeros(2, 9, 3), 3, None).tolist() == [[0, 1, 2]] * 2
+    finally:
+        REDUCERS.pop("firsts", None)
+
+    class Nameless(Reducer):
+        pass
+
+    for bad in (Nameless, Firsts(), int, "gaussian", None):
+        with pytest.raises(TypeError, match=r"register_reducer expects a Reducer subclass with a name, got "):
+            register_reducer(bad)
+    assert "firsts" not in REDUCERS and "" not in REDUCERS

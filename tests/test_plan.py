@@ -188,3 +188,49 @@ def test_two_keys_naming_one_scale_are_refused_naming_both():
                                                                                           3: {0.96: [0.75]}},
                                         alpha=0.96), sched + [(5, 5)], 1)
     assert plans[-1].ranks == (int(0.5 * 25) + 1,) and plans[3].ranks == (int(0.75 * 16) + 1,)
+
+
+def test_unit_layout_groups_consecutive_blocks_and_refuses_what_cannot_be_grouped():
+    from stagevar.plan import unit_layout
+    assert unit_layout(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert unit_layout(4, 4) == [(0, 4)]
+    assert unit_layout(3, 1) == [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(ConfigError, match="^the model has no transformer blocks to run$"):
+        unit_layout(0, 1)
+    with pytest.raises(ConfigError, match=r"unit_blocks=5 exceeds the model's 4 blocks; use at most 4"):
+        unit_layout(4, 5)
+
+
+def test_reduce_blocks_keeps_the_units_inside_the_fraction_of_the_depth_and_the_plan_runs_the_others_intact():
+    from stagevar.plan import reduced_units, unit_layout
+    cfg = StageVARConfig(rank_ratio=0.25, reduce_blocks=(0.25, 0.75))
+    assert reduced_units(cfg, unit_layout(8, 2)) == [False, True, True, False]        # blocks 2..6 of 8
+    assert reduced_units(cfg, unit_layout(8, 1)) == [False, False, True, True, True, True, False, False]
+    assert reduced_units(cfg, unit_layout(8, 3)) == [False, True, False]               # (0,3) (3,6) (6,8)
+    assert reduced_units(StageVARConfig(reduce_blocks=(0.0, 1.0)), unit_layout(5, 2)) == [True] * 3
+    assert reduced_units(StageVARConfig(rank_ratio=0.25), unit_layout(8, 3)) == [True] * 3
+    sched = [(1, 1), (2, 2), (4, 4)]
+    plans = resolve_plan(cfg, sched, unit_layout(8, 2))
+    assert plans[-1].ranks == (None, 5, 5, None)
+    assert plans[-1].unit_tokens(4) == (16, 5, 5, 16)
+    assert plans[0].unit_tokens(4) == (1, 1, 1, 1)
+    # an int is that many one-block units
+    plans_8 = resolve_plan(cfg, sched, unit_layout(8, 1))
+    assert resolve_plan(cfg, sched, 8) == plans_8
+    assert plans_8[-1].ranks == (None, None, 5, 5, 5, 5, None, None)
+    first_half = StageVARConfig(rank_ratio=0.25, reduce_blocks=(0.0, 0.5))
+    assert resolve_plan(first_half, sched, 8)[-1].ranks == (5, 5, 5, 5, None, None, None, None)
+
+
+def test_the_ratio_a_wrong_length_list_came_from_is_named():
+    sched = [(1, 1), (2, 2), (4, 4)]
+    with pytest.raises(ConfigError, match=r"^rank_ratios\[-1\]: 3 per-unit ratios given but the model has 2 "):
+        resolve_plan(StageVARConfig(rank_ratios={-1: [0.1, 0.2, 0.3]}), sched, 2)
+    with pytest.raises(ConfigError, match=r"^rank_table\[2\]\[0\.96\]: 3 per-unit ratios given but the model has 2 "):
+        resolve_plan(StageVARConfig(rank_table={2: {0.96: [0.1, 0.2, 0.3]}}, alpha=0.96), sched, 2)
+    with pytest.raises(ConfigError, match=r"^rank_ratio: 3 per-unit ratios given but the model has 2 "):
+        resolve_plan(StageVARConfig(rank_ratio=[0.1, 0.2, 0.3]), sched, 2)
+
+
+def test_describe_marks_units_that_run_intact_with_M():
+    assert describe([ScalePlan(3, (2, 2), ranks=(None, 2, None))]) == "scale  3 2x2 M=4: low-rank ranks=M,2,M"
