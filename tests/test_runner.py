@@ -98,9 +98,11 @@ def test_runner_restores_the_model_on_any_exception(monkeypatch, tiny, where):
 
         monkeypatch.setattr(stagevar.engine.Engine, "run_scale", flaky)
     elif where == "on_call":
-        def on_call(rec, out):
+        def raise_in_round_1(rec, out):
             if rec.round == 1:
                 raise RuntimeError("boom")
+
+        on_call = raise_in_round_1
     else:  # a config that does not fit the model: refused while the arms are set up
         arms.append(Arm("bad", StageVARConfig(refine_start=-2, unit_blocks=5, name="bad")))
     with pytest.raises((RuntimeError, stagevar.ConfigError)):
