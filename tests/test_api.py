@@ -544,8 +544,10 @@ def test_labels_and_seeds_of_other_integer_types(small):
     want = small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=3))
     assert torch.equal(small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=np.int64(3))), want)
     assert torch.equal(small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=3, g_seed=np.int32(0))), want)
-    for bad in ([1, 2], torch.tensor([1.0, 2.0]), torch.tensor([[1, 2]])):
-        with pytest.raises(ValueError, match=r"label_B must be a 1-D integer tensor of B class indices.*torch.tensor"):
+    for bad, shown in ([[1, 2], r"\[1, 2\] \(a list\)"], [torch.tensor([1.0, 2.0]), r"a \(2,\) torch.float32 tensor"],
+                       [torch.tensor([[1, 2]]), r"a \(1, 2\) torch.int64 tensor"], ["3", r"'3' \(a str\)"]):
+        with pytest.raises(ValueError, match=r"label_B must be a 1-D integer tensor of B class indices.*; got "
+                                             + shown + r"\. For a list: torch.tensor\(labels\)$"):
             small.autoregressive_infer_cfg(**dict(gen_kwargs(2), label_B=bad))
     with pytest.raises(ValueError, match="g_seed=1.5 .* is not a seed: pass an integer, or None"):
         small.autoregressive_infer_cfg(**dict(gen_kwargs(2), g_seed=1.5))

@@ -341,3 +341,13 @@ def test_report_after_failure_and_scoped_override(small):
         small.autoregressive_infer_cfg(B=2, label_B=torch.tensor([1]))
     with pytest.raises(RuntimeError, match="the last call raised"):
         stagevar.last_report(small)
+
+
+def test_outputs_equal_needs_the_same_nesting_on_both_sides():
+    from stagevar.engine import outputs_equal
+
+    t = torch.arange(4)
+    assert outputs_equal([t, (1, "x")], (t.clone(), [1, "x"]))   # lists and tuples alike
+    assert not outputs_equal([t], t) and not outputs_equal(t, [t])
+    assert not outputs_equal([1], 1) and not outputs_equal(1, (1,))
+    assert not outputs_equal([t, 1], [t]) and not outputs_equal(t, t.float()) and not outputs_equal(t, t[:3])

@@ -335,7 +335,7 @@ def test_a_failing_replay_falls_back_once(monkeypatch, small):
 
     monkeypatch.setattr(backend, "replay", broken)
     kw2 = gen_kwargs(2, seed=6)
-    with pytest.warns(GraphFallbackWarning, match="replay failed"):
+    with pytest.warns(GraphFallbackWarning, match=r"replay failed \(RuntimeError: CUDA error: an illegal memory access"):
         got = small.autoregressive_infer_cfg(**kw2)
     assert torch.equal(got, _eager(small, "var-d16", kw2)) and stagevar.last_report(small).executor == "eager"
     monkeypatch.setattr(backend, "replay", replay)
@@ -494,8 +494,10 @@ def test_a_key_is_captured_on_its_third_call_and_the_report_counts_it(monkeypatc
     for _ in range(5):
         small.autoregressive_infer_cfg(**kw)
         rep = stagevar.last_report(small)
-        notes.append((rep.executor, rep.key_counts))
+        notes.append((rep.executor, rep.key_counts, rep.note))
     assert [n[0] for n in notes] == ["eager", "eager", "graphs", "graphs", "graphs"]
+    assert notes[0][2] == "call 1 of this key runs eager (first call; call 3 captures)"
+    assert notes[1][2] == "call 2 of this key runs eager (the next call captures)"
     assert notes[0][1] == dict(calls=1, captures=0, replays=0, eager=1)
     assert notes[2][1] == dict(calls=3, captures=1, replays=0, eager=2)
     assert notes[4][1] == dict(calls=5, captures=1, replays=2, eager=2)
@@ -794,3 +796,53 @@ def test_capture_after_is_checked_under_every_execution(small, bad):
         with pytest.raises(ValueError, match="capture_after"):
             stagevar.accelerate(small, "var-d16", execution=execution, capture_after=bad)
         assert not stagevar.is_accelerated(small)
+
+
+def test_the_executor_constructors_check_execution_and_keep_the_given_backend():
+    with pytest.raises(ValueError, match=r"^execution='eager': expected 'auto' or 'graphs'$"):
+        ex.GraphExecutor("eager")
+    backend = ReplayingBackend()
+    for execution in ("auto", "graphs"):
+        made = ex.make_executor(execution, torch.device("cpu"), backend=backend, max_keys=3, capture_after=4)
+        assert isinstance(made, ex.GraphExecutor) and made.backend is backend
+        assert (made.execution, made.max_keys, made.capture_after) == (execution, 3, 4)
+
+
+@pytest.mark.parametrize("version, want", [("2.13.0+cpu", (2, 13)), ("2.6.0a0+git1234", (2, 6)), ("2.10.1", (2, 10)),
+                                           ("3.0.0rc1", (3, 0))])
+def test_torch_version_is_major_and_minor(monkeypatch, version, want):
+    monkeypatch.setattr(torch, "__version__", version)
+    assert ex._torch_version() == want
+
+
+def test_owned_inputs_are_copies_in_the_same_containers():
+    """The executor's copies of a call's tensors keep every container's type (a namedtuple too)
+    and a tensor two fields share stays shared."""
+    import collections
+    import dataclasses
+
+    Pair = collections.namedtuple("Pair", "a b")
+
+    @dataclasses.dataclass
+    class St:
+        g_seed: int
+        rng: object
+        pair: Pair
+        items: list
+        table: dict
+        plain: tuple
+
+    t, u = torch.arange(3.0), torch.ones(2)
+    st = St(g_seed=0, rng=None, pair=Pair(t, 5), items=[u, 1], table={"k": t}, plain=(u, "x"))
+    ex._own_inputs(st)
+    assert type(st.pair) is Pair and st.pair.b == 5 and torch.equal(st.pair.a, t) and st.pair.a is not t
+    assert st.items[0] is not u and torch.equal(st.items[0], u) and st.items[1] == 1
+    assert st.table["k"] is st.pair.a and st.plain[0] is st.items[0] and st.plain[1] == "x"
+
+
+def test_the_signature_of_a_set_is_its_members_whatever_their_types_and_order():
+    a, b = {1, "a", (2, None)}, set()
+    for v in [(2, None), "a", 1]:
+        b.add(v)
+    assert ex._signature(a) == ex._signature(b) == ex._signature(frozenset(a))
+    assert ex._signature({1, "a"}) != ex._signature({1, "b"})

@@ -197,6 +197,8 @@ def test_bad_input_names_what_to_change_and_leaves_model_usable(bundle):
         generate(m, dict(kw, cfg_list=[3.0]))
     with pytest.raises(NotImplementedError, match="gt_leak"):
         generate(m, dict(kw, gt_leak=2))
+    with pytest.raises(NotImplementedError, match="bitwise .* head only; vae_type=0 is not supported"):
+        generate(m, dict(kw, vae_type=0))
     stagevar.accelerate(m, StageVARConfig(refine_start=-2, branch="uncond", name="t"))
     with pytest.raises(ValueError, match="needs CFG"):
         generate(m, dict(kw, cfg_list=[1.0] * len(kw["scale_schedule"])))
@@ -636,6 +638,9 @@ def test_a_truncated_call_runs_the_prefix_of_the_full_plan(bundle):
     """The plan was resolved on the shortened schedule: structure scales got cut, a short trunk raised."""
     K = len(bundle.schedule("1:1"))
     stagevar.accelerate(bundle.model, "infinity-2b")  # the last three scales accelerated
+    with pytest.warns(stagevar.NoAccelerationWarning) as rec:
+        assert bundle.model.autoregressive_infer_cfg(**call_kwargs(bundle, 2, trunk_scale=0, ret_img=False)) == ([], [], [])
+    assert [str(w.message) for w in rec] == ["config 'infinity-2b': this call runs no scale at all; nothing is accelerated"]
     for trunk in (1, K - 3, K - 1):
         kw = call_kwargs(bundle, 2, trunk_scale=trunk)
         if trunk <= K - 3:
