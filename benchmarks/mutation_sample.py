@@ -21,7 +21,7 @@ Run it from the repository root, with ``OMP_NUM_THREADS=1``::
 A rerun on the same work directory reuses mutmut's cached test timings; ``--fresh`` deletes it first.
 
 ``--planted`` checks the drawn (or ``--names``) mutants without ``mutmut run``: each one is written
-into the work directory's plain copy of the package (``mutmut apply``), ``pytest -x`` runs over
+into the work directory's plain copy of the package (:func:`plant`), ``pytest -x`` runs over
 ``--tests`` in a new interpreter, and the file is put back. ``mutmut run`` reaches a mutant through a
 trampoline and forks its workers from a process that has already imported the package: a function
 called at import time (the presets are built then) runs unmutated in every worker, and code that
@@ -120,7 +120,7 @@ def planted(work: Path, mutmut: str, names: list, tests: list, env: dict, log, t
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
     log.write("\n=== unmutated\n")
     log.flush()
-    if subprocess.run(cmd, cwd=work, env=dict(env, PYTHONPATH="."), stdout=log, stderr=subprocess.STDOUT).returncode:
+    if subprocess.run(cmd, cwd=work, env=dict(env, PYTHONPATH=".", PYTHONDONTWRITEBYTECODE="1"), stdout=log, stderr=subprocess.STDOUT).returncode:
         raise SystemExit(f"the tests fail on the unmutated copy; see {work / 'mutmut.log'}")
     for name in names:
         source = work / (module_of(name).replace(".", "/") + ".py")
@@ -128,8 +128,8 @@ def planted(work: Path, mutmut: str, names: list, tests: list, env: dict, log, t
         log.write(f"\n=== {name}\n")
         log.flush()
         try:
-            subprocess.run([mutmut, "apply", name], cwd=work, check=True, capture_output=True)
-            rc = subprocess.run(cmd, cwd=work, env=dict(env, PYTHONPATH="."), stdout=log, stderr=subprocess.STDOUT,
+            plant(work, mutmut, name, source)
+            rc = subprocess.run(cmd, cwd=work, env=dict(env, PYTHONPATH=".", PYTHONDONTWRITEBYTECODE="1"), stdout=log, stderr=subprocess.STDOUT,
                                 timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = 24
@@ -138,6 +138,83 @@ def planted(work: Path, mutmut: str, names: list, tests: list, env: dict, log, t
         # pytest: 0 all passed, 5 none collected; 1 a test failed, 4 the import (conftest's) failed: killed
         out[name] = rc if rc == 24 else {0: 0, 5: 33}.get(rc, 1)
         print(f"{STATUS.get(out[name], 'suspicious'):10s} {name}", flush=True)
+
+
+def function_of(name: str) -> tuple:
+    """``(module, class or None, function)`` of a mutant name (``pkg.mod.x_func__mutmut_3``,
+    ``pkg.mod.x\u01c1Class\u01c1method__mutmut_3``)."""
+    module = module_of(name)
+    rest = name[len(module) + 2:].rsplit("__mutmut_", 1)[0]
+    if rest.startswith("\u01c1"):
+        cls, func = rest[1:].split("\u01c1", 1)
+        return module, cls, func
+    return module, None, rest[1:]
+
+
+def plant(work: Path, mutmut: str, name: str, source: Path) -> None:
+    """Write mutant ``name`` into ``source``, in the function it belongs to.
+
+    ``mutmut apply`` (3.8.1) writes a method's mutant over the first function of that name in the
+    file: a mutant of ``GraphExecutor.__init__`` lands in ``Bindings.__init__``. Here the function
+    is found with ``ast`` (its class, then its name), and ``mutmut show``'s diff, which is relative to
+    the function's text, is applied there; every removed and context line must match, or it stops."""
+    import ast
+
+    _, cls, func = function_of(name)
+    text = source.read_text()
+    tree = ast.parse(text)
+    body = tree.body
+    if cls is not None:
+        owners = [n for n in body if isinstance(n, ast.ClassDef) and n.name == cls]
+        if len(owners) != 1:
+            raise SystemExit(f"{name}: {len(owners)} top-level classes {cls!r} in {source}")
+        body = owners[0].body
+    defs = [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == func]
+    if len(defs) != 1:
+        raise SystemExit(f"{name}: {len(defs)} functions {func!r} in {'class ' + cls if cls else 'the module'} of {source}")
+    node = defs[0]
+    lines = text.splitlines(keepends=True)
+    start = node.lineno - 1
+    indent = lines[start][:len(lines[start]) - len(lines[start].lstrip())]
+    diff = subprocess.run([mutmut, "show", name], cwd=work, check=True, capture_output=True, text=True).stdout
+    hunks, cur = [], None
+    for line in diff.splitlines():
+        if line.startswith("@@"):
+            cur = [int(line.split()[1][1:].split(",")[0]), []]
+            hunks.append(cur)
+        elif cur is not None and line[:1] in (" ", "-", "+"):
+            cur[1].append(line)
+
+    def shifted(original: str, shown: str):
+        """True where ``original`` is ``shown`` under the function's indent, False where it is ``shown``
+        itself (a string literal's continuation line keeps its own indentation), None: no match."""
+        original = original.rstrip("\n")
+        if shown and original == indent + shown:
+            return True
+        return False if original == shown else None
+
+    for first, hunk in sorted(hunks, key=lambda h: -h[0]):
+        old = [h[1:] for h in hunk if h[0] in " -"]
+        # line 1 of mutmut's text is the def, or a comment or blank line above it that the parser
+        # attached to the function: the nearest position where every old line matches
+        for at in sorted(range(start + first - 12, start + first + 10), key=lambda k: abs(k - (start + first - 1))):
+            flags = [shifted(o, h) for o, h in zip(lines[at:at + len(old)], old)] if at >= 0 else []
+            if len(flags) == len(old) and None not in flags:
+                break
+        else:
+            raise SystemExit(f"{name}: mutmut's diff does not match {source} near line {start + first}")
+        out, removed, i = [], [], 0
+        for h in hunk:
+            if h[0] == "+":  # an added line is indented as the removed line it replaces
+                out.append((indent if (removed.pop(0) if removed else True) else "") + h[1:] + "\n")
+                continue
+            if h[0] == "-":
+                removed.append(flags[i])
+            else:
+                out.append(lines[at + i])
+            i += 1
+        lines[at:at + len(old)] = out
+    source.write_text("".join(lines))
 
 
 def report(work: Path, mutmut: str, sample: list, res: dict) -> None:
