@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from stagevar import engine as _engine
 from stagevar.models import reference_var
@@ -51,3 +52,50 @@ def edited_copy(cls, name, **methods):
     body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
     body.update(methods, __qualname__=name)
     return type(name, cls.__bases__, body)
+
+
+# -- no host traffic inside a scale ----------------------------------------------------------------
+_FORBIDDEN = {"aten._local_scalar_dense.default", "aten.item.default", "aten.is_nonzero.default",
+              "aten.nonzero.default", "aten.nonzero_static.default"}
+# A tensor made from Python data. A 0-d one is a scalar (``x[..., -1:] = False`` in upstream's
+# top-p sampler): it becomes a kernel argument of a fill, with no copy to the device; anything
+# larger is host data that a device would have to receive.
+_LIFTS = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default"}
+
+
+class _NoHostTraffic(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func)
+        if name in _FORBIDDEN:
+            self.seen.append(name)
+        elif name in _LIFTS and args[0].dim() > 0:
+            self.seen.append(f"{name} of shape {tuple(args[0].shape)}")
+        elif name.startswith(("aten._to_copy", "aten.copy_", "aten.to.")):
+            devices = {a.device for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)}
+            target = kwargs.get("device")
+            if len(devices) > 1 or (target is not None and devices and torch.device(target) not in devices):
+                self.seen.append(f"{name} across devices")
+        return func(*args, **kwargs)
+
+
+@pytest.fixture
+def watched(monkeypatch):
+    """Every run_scale runs under a dispatch mode that records each operation reading a device value on
+    the host, building a tensor from host data, or copying across devices (tests/test_syncfree.py);
+    returns the list of those seen."""
+    mode_seen = []
+    real = _engine.Engine.run_scale
+
+    def run_scale(self, call, p):
+        mode = _NoHostTraffic()
+        with mode:
+            real(self, call, p)
+        mode_seen.extend(f"scale {p.index}: {op}" for op in mode.seen)
+
+    monkeypatch.setattr(_engine.Engine, "run_scale", run_scale)
+    return mode_seen

@@ -214,11 +214,8 @@ def test_the_presets_and_fastvars_hart_policy_plan_what_they_say(small):
         stagevar.restore(m)
 
 
-from test_syncfree import watched  # noqa: E402,F401 -- the fixture: no host traffic inside a scale
-
-
 @pytest.mark.parametrize("config", ["none", "hart-0.7b-paper", "hart-0.7b", "fastvar-hart", "cond-last-2"])
-def test_hart_scales_are_sync_free_but_the_diffusion_heads(watched, small, config):  # noqa: F811
+def test_hart_scales_are_sync_free_but_the_diffusion_heads(watched, small, config):
     m = small.model
     K = len(m.patch_nums)
     with stagevar.accelerated(m, config):

@@ -19,7 +19,6 @@ from stagevar.plan import rank_from_ratio, ratios_for_units
 from stagevar.models.star import PATCH_NUMS_1024, STAR, reference_star
 from stagevar.presets import _STAR_D30_096_OF_MIN_MC
 
-from test_syncfree import watched  # noqa: F401 -- the fixture: no host traffic inside a scale
 
 PROMPTS = ["a red cat sitting on a mat", "sky", "an old wooden boat drifting on a calm grey sea at dawn"]
 UNCOND_LAST_2 = StageVARConfig(refine_start=-2, branch="uncond", name="uncond-last-2")
@@ -348,7 +347,7 @@ _SYNC_CONFIGS = ["none", "star-d30", "star-d16",
 
 
 @pytest.mark.parametrize("config", _SYNC_CONFIGS, ids=str)
-def test_star_scales_are_sync_free(watched, config):  # noqa: F811 -- the fixture imported above
+def test_star_scales_are_sync_free(watched, config):
     bundle = reference_star("small")
     stagevar.accelerate(bundle.model, config)
     bundle.model.autoregressive_infer_cfg(**call_kwargs(bundle, 2, top_k=5, top_p=0.9, sample_version="old"))

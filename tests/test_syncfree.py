@@ -3,62 +3,17 @@
 Such an operation stalls the host on a GPU (it waits for the device) and cannot be captured in a
 CUDA graph. The check runs on a CPU: a dispatch mode around :meth:`Engine.run_scale` fails on
 ``.item()`` / ``int(t)`` / ``bool(t)`` (``_local_scalar_dense``), ``nonzero``, tensors made from
-Python values (``lift_fresh``, beyond 0-d scalars) and copies across devices.
+Python values (``lift_fresh``, beyond 0-d scalars) and copies across devices (the ``watched``
+fixture, in conftest.py: the HART and STAR tests use it too).
 """
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import stagevar
 from stagevar import StageVARConfig
-from stagevar.engine import Engine
 from stagevar.models import reference_infinity, reference_var
 
 from conftest import gen_kwargs
-
-_FORBIDDEN = {"aten._local_scalar_dense.default", "aten.item.default", "aten.is_nonzero.default",
-              "aten.nonzero.default", "aten.nonzero_static.default"}
-# A tensor made from Python data. A 0-d one is a scalar (``x[..., -1:] = False`` in upstream's
-# top-p sampler): it becomes a kernel argument of a fill, with no copy to the device; anything
-# larger is host data that a device would have to receive.
-_LIFTS = {"aten.lift_fresh.default", "aten.lift_fresh_copy.default"}
-
-
-class _NoHostTraffic(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = str(func)
-        if name in _FORBIDDEN:
-            self.seen.append(name)
-        elif name in _LIFTS and args[0].dim() > 0:
-            self.seen.append(f"{name} of shape {tuple(args[0].shape)}")
-        elif name.startswith(("aten._to_copy", "aten.copy_", "aten.to.")):
-            devices = {a.device for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)}
-            target = kwargs.get("device")
-            if len(devices) > 1 or (target is not None and devices and torch.device(target) not in devices):
-                self.seen.append(f"{name} across devices")
-        return func(*args, **kwargs)
-
-
-@pytest.fixture
-def watched(monkeypatch):
-    """Every run_scale runs under the mode; returns the list of offending operations seen."""
-    mode_seen = []
-    real = Engine.run_scale
-
-    def run_scale(self, call, p):
-        mode = _NoHostTraffic()
-        with mode:
-            real(self, call, p)
-        mode_seen.extend(f"scale {p.index}: {op}" for op in mode.seen)
-
-    monkeypatch.setattr(Engine, "run_scale", run_scale)
-    return mode_seen
-
 
 def _family_presets(prefixes):
     return [n for n in stagevar.preset_names() if n == "none" or n.startswith(prefixes)]
