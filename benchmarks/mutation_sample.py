@@ -118,9 +118,10 @@ def planted(work: Path, mutmut: str, names: list, tests: list, env: dict, log, t
     ``pytest -x`` over ``tests`` in a new interpreter, then the file put back; ``out[name]``: its status
     code (filled as it goes, so an interrupted run still reports what it checked)."""
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
+    env = dict(env, PYTHONPATH=".", PYTHONDONTWRITEBYTECODE="1")  # the work directory's package, never a stale .pyc
     log.write("\n=== unmutated\n")
     log.flush()
-    if subprocess.run(cmd, cwd=work, env=dict(env, PYTHONPATH=".", PYTHONDONTWRITEBYTECODE="1"), stdout=log, stderr=subprocess.STDOUT).returncode:
+    if subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT).returncode:
         raise SystemExit(f"the tests fail on the unmutated copy; see {work / 'mutmut.log'}")
     for name in names:
         source = work / (module_of(name).replace(".", "/") + ".py")
@@ -129,7 +130,7 @@ def planted(work: Path, mutmut: str, names: list, tests: list, env: dict, log, t
         log.flush()
         try:
             plant(work, mutmut, name, source)
-            rc = subprocess.run(cmd, cwd=work, env=dict(env, PYTHONPATH=".", PYTHONDONTWRITEBYTECODE="1"), stdout=log, stderr=subprocess.STDOUT,
+            rc = subprocess.run(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = 24
@@ -195,18 +196,20 @@ def plant(work: Path, mutmut: str, name: str, source: Path) -> None:
 
     for first, hunk in sorted(hunks, key=lambda h: -h[0]):
         old = [h[1:] for h in hunk if h[0] in " -"]
-        # line 1 of mutmut's text is the def, or a comment or blank line above it that the parser
-        # attached to the function: the nearest position where every old line matches
-        for at in sorted(range(start + first - 12, start + first + 10), key=lambda k: abs(k - (start + first - 1))):
-            flags = [shifted(o, h) for o, h in zip(lines[at:at + len(old)], old)] if at >= 0 else []
+        # line 1 of mutmut's text is the def, or a comment, blank line or decorator above it that the
+        # parser attached to the function: the hunk sits at its nominal line or up to 11 lines above
+        nominal = start + first - 1
+        for at in range(nominal, max(nominal - 12, -1), -1):
+            flags = [shifted(o, h) for o, h in zip(lines[at:at + len(old)], old)]
             if len(flags) == len(old) and None not in flags:
                 break
         else:
             raise SystemExit(f"{name}: mutmut's diff does not match {source} near line {start + first}")
         out, removed, i = [], [], 0
         for h in hunk:
-            if h[0] == "+":  # an added line is indented as the removed line it replaces
-                out.append((indent if (removed.pop(0) if removed else True) else "") + h[1:] + "\n")
+            if h[0] == "+":  # an added line is indented as the removed line it replaces (else: indented)
+                under = removed.pop(0) if removed else True
+                out.append((indent if under else "") + h[1:] + "\n")
                 continue
             if h[0] == "-":
                 removed.append(flags[i])

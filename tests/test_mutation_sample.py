@@ -60,7 +60,8 @@ def test_a_methods_mutant_lands_in_its_own_class_not_the_first_of_that_name(tmp_
 def test_a_top_level_mutant_and_a_diff_counted_from_a_leading_comment(tmp_path, monkeypatch):
     got = _plant(tmp_path, monkeypatch, "pkg.mod.x_helper__mutmut_1", "@@ -1,2 +1,2 @@\n def helper(v):\n-    return v * 2\n+    return v / 2\n")
     assert got == SOURCE.replace("v * 2", "v / 2")
-    # mutmut counts from the comment above a function where its parser attached one
+    # a hunk numbered from lines above the def (mutmut counts from a comment or decorator its parser
+    # attached to the function): found at the nearest matching line above the nominal one
     diff = '@@ -6,2 +6,2 @@\n     self.y = y + 1\n-    self.z = "text"\n+    self.z = "XXtextXX"\n'
     got = _plant(tmp_path, monkeypatch, "pkg.mod.x\u01c1Second\u01c1__init____mutmut_9", diff)
     assert got == SOURCE.replace('"text"', '"XXtextXX"')
